@@ -1,0 +1,46 @@
+"""The ``fastgen`` entry point: one sub-module of ``jobs`` per subcommand, each exposing ``add_parser``.
+
+A subcommand module defines ``add_parser(subparsers)`` that registers its parser and sets ``func`` to a callable
+``(args) -> int`` (the process exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand modules, in the order `fastgen --help` lists them.
+SUBCOMMANDS = ("demo", "inspect", "s3_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="fastgen", description="Synthesize industrial anomaly image/mask pairs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"jobs.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fastgen`` with ``argv``; returns the exit code. Config errors exit 2 with one clear line."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
+        print(f"fastgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
