@@ -1,7 +1,7 @@
 # fastgen: `make demo` and `make test` each set up everything on a fresh machine (a venv in .venv) first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,s3,kubeflow,eval
+EXTRAS ?= dev,s3,kubeflow
 
 .PHONY: install demo test lint bench clean
 

@@ -26,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``fastgen`` with ``argv``; returns the exit code. Config errors exit 2 with one clear line."""
+    """Run ``fastgen`` with ``argv``; returns the exit code.
+
+    Config errors, missing files and storage errors exit 2 with one clear line (``-v`` shows the traceback).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # config errors, missing files, unreachable storage (StorageError)
         if args.verbose:
             raise
         print(f"fastgen {args.command}: error: {exc}", file=sys.stderr)

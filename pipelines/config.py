@@ -72,6 +72,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, where)
 
 
+# Field names whose values never reach a file or a log; "key" counts only beside a "secret" (an access key pair).
+SECRET_FIELDS = frozenset({"secret", "password", "token", "secret_access_key"})
+REDACTED = "***"
+
+
+def redact(data: Any) -> Any:
+    """A copy of plain config data with every secret value replaced by ``***`` (None stays None)."""
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    paired = "secret" in data
+    return {
+        k: (REDACTED if v is not None and (k in SECRET_FIELDS or (paired and k == "key")) else redact(v))
+        for k, v in data.items()
+    }
+
+
 def dump_config(cfg: Any) -> str:
-    """The YAML text of a config dataclass, keys in field order."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The YAML text of a config dataclass, keys in field order, secrets redacted (see :func:`redact`)."""
+    return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Fixtures shared across test packages: the embedded S3 server (session) and a fresh bucket per test.
+pytest_plugins = ["tests.fixtures_s3"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests when CUDA is absent (CI has no GPU); ``s3`` and ``ray`` tests never skip."""
@@ -14,6 +17,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-# Fixtures shared across test packages (the embedded S3 server, tiny datasets).
-pytest_plugins = ["tests.fixtures_s3"]

@@ -70,3 +70,22 @@ def test_dump_round_trips() -> None:
     cfg = Job(seed=5, sampler=Sampler(nfe=7))
     assert load_config(Job, None, [f"{k}={v}" for k, v in [("seed", 5), ("sampler.nfe", 7)]]) == cfg
     assert yaml.safe_load(dump_config(cfg)) == {"seed": 5, "sampler": {"nfe": 7, "root": "data"}}
+
+
+def test_dump_redacts_secrets() -> None:
+    @dataclass(kw_only=True)
+    class Storage:
+        endpoint_url: str | None = None
+        key: str | None = None
+        secret: str | None = None
+
+    @dataclass(kw_only=True)
+    class WithStorage:
+        storage: Storage = field(default_factory=Storage)
+        key: str = "magnetic_tile/crack"  # a plain field named "key" outside a credential pair is kept
+
+    text = dump_config(WithStorage(storage=Storage(endpoint_url="http://127.0.0.1:1", key="AKIA1", secret="s3cr3t!")))
+    assert "s3cr3t" not in text and "AKIA1" not in text
+    data = yaml.safe_load(text)
+    assert data["storage"] == {"endpoint_url": "http://127.0.0.1:1", "key": "***", "secret": "***"}
+    assert data["key"] == "magnetic_tile/crack"

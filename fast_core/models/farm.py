@@ -1,0 +1,216 @@
+"""FARM, the foreground-aware reconstruction module of FAST (FAST_SPEC §4): predicts the clean anomaly latent ẑ0_fg.
+
+FARM maps a noisy latent z_t, the latent-resolution anomaly mask m (1 = anomaly) and the timestep t to an estimate of
+the clean foreground latent m ⊙ z_0. A skip-free convolutional encoder brings z_t to a (h/4)×(w/4) bottleneck, where a
+time-dependent *background-adaptive soft mask* g_t ∈ (0, 1) damps responses outside the mask:
+
+    u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
+
+and a decoder that re-reads the mask at every resolution (h/2, h, h) brings u back to the latent shape. With C = 4
+latent channels, 32×32 latents and the default widths (64, 128, 256) the module holds 1,863,144 parameters (the
+spec's "~1.86 M"): the natural reading of §4, with the 1000×128 time table counted as parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fast_core.configbase import check_choices
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class FARMConfig:
+    """Shape and layout of :class:`FARM`; the defaults are the paper's module for 4×32×32 latents."""
+
+    latent_channels: int = 4  # C: channels of the VAE latent
+    widths: tuple[int, int, int] = (64, 128, 256)  # (w0, w1, w2): encoder widths at h, h/2 and h/4
+    time_dim: int = 128  # width of the (trainable, sinusoid-initialised) timestep embedding table; even
+    latent_size: int = 32  # h = w of the latent; fixes the soft-mask MLP output, (h/4)·(w/4); multiple of 4
+    num_train_timesteps: int = 1000  # rows of the timestep table: t ∈ {0, …, T−1}
+    # How the mask reaches h/2 and h/4: "max" = max-pool (a coarse cell is anomalous when any finer cell is, so thin
+    # defects keep their bottleneck gate open), "bilinear" = bilinear resize with soft values (the gate sees coverage).
+    mask_pool: Literal["max", "bilinear"] = "max"
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        self.widths = tuple(self.widths)
+        if self.latent_channels < 1:
+            raise ValueError(f"FARMConfig.latent_channels must be >= 1, got {self.latent_channels}")
+        if len(self.widths) != 3 or any(w < 1 for w in self.widths):
+            raise ValueError(f"FARMConfig.widths must be three positive ints (w0, w1, w2), got {self.widths}")
+        if self.time_dim < 2 or self.time_dim % 2:
+            raise ValueError(f"FARMConfig.time_dim must be a positive even int, got {self.time_dim}")
+        if self.latent_size < 4 or self.latent_size % 4:
+            raise ValueError(f"FARMConfig.latent_size must be a positive multiple of 4, got {self.latent_size}")
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"FARMConfig.num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
+
+
+def sinusoidal_table(num_timesteps: int, dim: int) -> torch.Tensor:
+    """The sinusoidal timestep table used to initialise FARM's embedding.
+
+    Row t is [sin(t f_0), …, sin(t f_{d/2−1}), cos(t f_0), …, cos(t f_{d/2−1})] with f_i = 10000^(−i/(d/2)),
+    computed in float64 and returned as float32.
+
+    Args:
+        num_timesteps: number of rows T.
+        dim: embedding width d (even).
+
+    Returns:
+        A (T, d) float32 tensor.
+
+    >>> sinusoidal_table(1000, 4)[0].tolist()
+    [0.0, 0.0, 1.0, 1.0]
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal_table needs an even dim, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)  # (d/2,)
+    angles = torch.arange(num_timesteps, dtype=torch.float64)[:, None] * freqs[None, :]  # (T, d/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).to(torch.float32)
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    """3×3 conv (padding 1) + BatchNorm + ReLU, as a list of layers."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    """The encoder Block: two (3×3 conv + BN + ReLU)."""
+    return nn.Sequential(*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out))
+
+
+class FARM(nn.Module):
+    """Foreground-aware reconstruction: ẑ0_fg = FARM(z_t, m, t) (FAST_SPEC §4).
+
+    Notation: C latent channels, h×w latent size, (w0, w1, w2) the widths, m the anomaly mask (1 = anomaly),
+    m₂/m₄ the mask at h/2 and h/4 (``config.mask_pool``), e_t the timestep embedding.
+
+        h₁ = Block(z_t)                          # (B, w0, h, w)
+        h₂ = Block(maxpool(h₁))                  # (B, w1, h/2, w/2)
+        h₃ = Conv1×1(Block(maxpool(h₂)))          # (B, w2, h/4, w/4)
+        b_t = Linear(e_t);  g_t = σ(MLP(e_t))    # (B, w2, 1, 1), (B, 1, h/4, w/4)
+        u  = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
+        d₂ = ConvBNReLU([up(Conv1×1(u)), m₂])    # (B, w1, h/2, w/2)
+        d₁ = ConvBNReLU([up(d₂), m])             # (B, w0, h, w)
+        ẑ0_fg = Conv3×3([d₁, m])                 # (B, C, h, w)
+
+    >>> farm = FARM(FARMConfig(latent_size=16))
+    >>> farm(torch.zeros(2, 4, 16, 16), torch.zeros(2, 1, 16, 16), torch.tensor([999, 0])).shape
+    torch.Size([2, 4, 16, 16])
+    """
+
+    def __init__(self, config: FARMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else FARMConfig()
+        cfg = self.config
+        c, (w0, w1, w2) = cfg.latent_channels, cfg.widths
+        self.bottleneck_size = cfg.latent_size // 4
+        # encoder (no skip connections)
+        self.enc1 = _block(c, w0)
+        self.enc2 = _block(w0, w1)
+        self.enc3 = _block(w1, w2)
+        self.enc_proj = nn.Conv2d(w2, w2, 1)
+        # time: trainable table initialised with sinusoids; a per-channel bias and the soft-mask MLP
+        self.time_embed = nn.Embedding(cfg.num_train_timesteps, cfg.time_dim)
+        with torch.no_grad():
+            self.time_embed.weight.copy_(sinusoidal_table(cfg.num_train_timesteps, cfg.time_dim))
+        self.time_bias = nn.Linear(cfg.time_dim, w2)
+        self.time_mask = nn.Sequential(
+            nn.Linear(cfg.time_dim, w2), nn.ReLU(inplace=True), nn.Linear(w2, self.bottleneck_size**2)
+        )
+        # decoder with the mask concatenated at every resolution
+        self.dec_proj = nn.Conv2d(w2, w2, 1)
+        self.dec2 = nn.Sequential(*_conv_bn_relu(w2 + 1, w1))
+        self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1, w0))
+        self.dec_out = nn.Conv2d(w0 + 1, c, 3, padding=1)
+
+    def _check_inputs(self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Validate shapes and the timestep range; return t as a (B,) long tensor."""
+        cfg = self.config
+        if z_t.ndim != 4:
+            raise ValueError(f"FARM expects z_t of shape (B, C, h, w), got {tuple(z_t.shape)}")
+        b, c, h, w = z_t.shape
+        if h % 4 or w % 4:
+            raise ValueError(f"FARM needs latent height and width divisible by 4, got {h}×{w}")
+        if c != cfg.latent_channels or h != cfg.latent_size or w != cfg.latent_size:
+            raise ValueError(
+                f"FARM was built for latents ({cfg.latent_channels}, {cfg.latent_size}, {cfg.latent_size}) "
+                f"(FARMConfig.latent_channels / latent_size), got ({c}, {h}, {w})"
+            )
+        if tuple(m.shape) != (b, 1, h, w):
+            raise ValueError(f"FARM expects the mask m of shape {(b, 1, h, w)}, got {tuple(m.shape)}")
+        t = torch.as_tensor(t, device=z_t.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"FARM expects t of shape ({b},), got {tuple(t.shape)}")
+        if t.is_floating_point() or t.is_complex():
+            raise ValueError(f"FARM expects integer timesteps, got dtype {t.dtype}")
+        if int(t.min()) < 0 or int(t.max()) >= cfg.num_train_timesteps:
+            raise ValueError(
+                f"FARM timesteps must lie in [0, {cfg.num_train_timesteps - 1}], got [{int(t.min())}, {int(t.max())}]"
+            )
+        return t.long()
+
+    def _pool_mask(self, m: torch.Tensor, factor: int) -> torch.Tensor:
+        """The mask at 1/factor resolution: max-pool or bilinear resize (``config.mask_pool``)."""
+        if self.config.mask_pool == "max":
+            return F.max_pool2d(m, factor)
+        return F.interpolate(m, scale_factor=1.0 / factor, mode="bilinear", align_corners=False)
+
+    def soft_mask(self, t: torch.Tensor) -> torch.Tensor:
+        """The background-adaptive soft mask g_t = σ(MLP(e_t)) ∈ (0, 1).
+
+        Args:
+            t: (B,) long timesteps in [0, T−1].
+
+        Returns:
+            g_t of shape (B, 1, h/4, w/4).
+        """
+        return self._soft_mask(self.time_embed(t))
+
+    def _soft_mask(self, emb: torch.Tensor) -> torch.Tensor:
+        """g_t from the (B, time_dim) embedding, reshaped to (B, 1, h/4, w/4)."""
+        g = torch.sigmoid(self.time_mask(emb))  # (B, (h/4)·(w/4))
+        return g.view(-1, 1, self.bottleneck_size, self.bottleneck_size)
+
+    def forward(self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Reconstruct the clean foreground latent.
+
+        Args:
+            z_t: (B, C, h, w) noisy latent; h = w = ``config.latent_size``.
+            m: (B, 1, h, w) float anomaly mask in {0, 1} (1 = anomaly) at latent resolution.
+            t: (B,) long timesteps in [0, T−1] (a 0-d tensor is broadcast to the batch).
+
+        Returns:
+            ẑ0_fg of shape (B, C, h, w), trained against m ⊙ z_0.
+        """
+        t = self._check_inputs(z_t, m, t)
+        m = m.to(z_t.dtype)
+        m2, m4 = self._pool_mask(m, 2), self._pool_mask(m, 4)  # (B,1,h/2,w/2), (B,1,h/4,w/4)
+        # 1. encoder
+        h1 = self.enc1(z_t)  # (B, w0, h, w)
+        h2 = self.enc2(F.max_pool2d(h1, 2))  # (B, w1, h/2, w/2)
+        h3 = self.enc_proj(self.enc3(F.max_pool2d(h2, 2)))  # (B, w2, h/4, w/4)
+        # 2. time-gated bottleneck: u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
+        emb = self.time_embed(t)  # (B, time_dim)
+        bias_t = self.time_bias(emb)[:, :, None, None]  # (B, w2, 1, 1)
+        g_t = self._soft_mask(emb)  # (B, 1, h/4, w/4)
+        u = h3 * (m4 + (1.0 - m4) * g_t) + bias_t  # (B, w2, h/4, w/4)
+        # 3. decoder, re-reading the mask at every resolution
+        d = self.dec_proj(u)
+        d = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, w2, h/2, w/2)
+        d = self.dec2(torch.cat([d, m2], dim=1))  # (B, w1, h/2, w/2)
+        d = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, w1, h, w)
+        d = self.dec1(torch.cat([d, m], dim=1))  # (B, w0, h, w)
+        return self.dec_out(torch.cat([d, m], dim=1))  # (B, C, h, w)

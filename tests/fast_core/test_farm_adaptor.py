@@ -1,0 +1,208 @@
+"""Tests for FARM and the Adaptor: shapes, parameter counts, the gating equation, identity modes, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fast_core.configbase import from_dict, to_dict
+from fast_core.models.adaptor import Adaptor, AdaptorConfig
+from fast_core.models.farm import FARM, FARMConfig, sinusoidal_table
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _half_mask(b: int, size: int) -> torch.Tensor:
+    m = torch.zeros(b, 1, size, size)
+    m[:, :, : size // 2, : size // 3] = 1.0
+    return m
+
+
+# FARM
+
+
+def test_farm_parameter_count_matches_spec() -> None:
+    n = _n_params(FARM(FARMConfig()))
+    assert n == 1_863_144
+    assert abs(n - 1.86e6) / 1.86e6 < 0.05
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_farm_output_shape(size: int) -> None:
+    torch.manual_seed(0)
+    farm = FARM(FARMConfig(latent_size=size))
+    z = torch.randn(3, 4, size, size)
+    out = farm(z, _half_mask(3, size), torch.tensor([0, 500, 999]))
+    assert out.shape == (3, 4, size, size)
+    assert torch.isfinite(out).all()
+    assert farm.soft_mask(torch.tensor([0, 999])).shape == (2, 1, size // 4, size // 4)
+
+
+def test_farm_time_table_is_sinusoidal_and_trainable() -> None:
+    farm = FARM(FARMConfig())
+    table = sinusoidal_table(1000, 128)
+    assert torch.equal(farm.time_embed.weight.detach(), table)
+    assert farm.time_embed.weight.requires_grad
+    # row t = [sin(t f_i), cos(t f_i)], f_i = 10000^(-i/64)
+    assert table[7, 0].item() == pytest.approx(math.sin(7.0), abs=1e-6)
+    assert table[7, 64].item() == pytest.approx(math.cos(7.0), abs=1e-6)
+    assert table[999, 1].item() == pytest.approx(math.sin(999.0 * 10000 ** (-1 / 64)), abs=1e-5)
+
+
+def test_farm_soft_mask_in_open_unit_interval() -> None:
+    torch.manual_seed(0)
+    farm = FARM(FARMConfig())
+    with torch.no_grad():
+        farm.time_mask[-1].bias.fill_(3.0)  # push the logits away from 0; sigmoid must stay strictly inside (0, 1)
+        g = farm.soft_mask(torch.arange(0, 1000, 37))
+    assert g.shape == (28, 1, 8, 8)
+    assert (g > 0).all() and (g < 1).all()
+    assert g.min() > 0.5  # the bias moved it, so the values are the sigmoid of the MLP output
+    assert g.std() > 0  # it depends on the timestep and position
+
+
+def test_farm_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    farm = FARM(FARMConfig(latent_size=16, widths=(8, 16, 32), time_dim=16))
+    t = torch.tensor([3, 400, 999])
+    out = farm(torch.randn(3, 4, 16, 16), _half_mask(3, 16), t)
+    (out - torch.randn_like(out)).square().mean().backward()
+    for name, p in farm.named_parameters():
+        assert p.grad is not None, name
+        grad = p.grad[t] if name == "time_embed.weight" else p.grad
+        assert grad.abs().sum() > 0, name
+    unused = torch.ones(1000, dtype=torch.bool)
+    unused[t] = False
+    assert farm.time_embed.weight.grad[unused].abs().sum() == 0  # only the looked-up rows learn
+
+
+def test_farm_soft_mask_only_acts_outside_the_mask() -> None:
+    """u = h3 ⊙ (m4 + (1 − m4) g_t) + b_t: with m = 1 everywhere g_t drops out; with m = 0 it matters."""
+    torch.manual_seed(0)
+    farm = FARM(FARMConfig(latent_size=16, widths=(8, 16, 32), time_dim=16)).eval()
+    z, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
+    ones, zeros = torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    with torch.no_grad():
+        before_ones, before_zeros = farm(z, ones, t), farm(z, zeros, t)
+        farm.time_mask[-1].weight.mul_(-3.0)
+        farm.time_mask[-1].bias.add_(1.0)
+        after_ones, after_zeros = farm(z, ones, t), farm(z, zeros, t)
+    torch.testing.assert_close(after_ones, before_ones, rtol=0, atol=1e-6)
+    assert (after_zeros - before_zeros).abs().max() > 1e-3
+
+
+def test_farm_bottleneck_equation() -> None:
+    """The decoder receives exactly u = h3 ⊙ (m4 + (1 − m4) g_t) + b_t, m4 the max-pooled mask."""
+    torch.manual_seed(0)
+    farm = FARM(FARMConfig(latent_size=16, widths=(8, 16, 32), time_dim=16)).eval()
+    seen: dict[str, torch.Tensor] = {}
+    farm.enc_proj.register_forward_hook(lambda mod, inp, out: seen.update(h3=out))
+    farm.dec_proj.register_forward_hook(lambda mod, inp, out: seen.update(u=inp[0]))
+    z, m, t = torch.randn(2, 4, 16, 16), _half_mask(2, 16), torch.tensor([5, 700])
+    with torch.no_grad():
+        farm(z, m, t)
+        m4 = torch.nn.functional.max_pool2d(m, 4)
+        g = farm.soft_mask(t)
+        bias = farm.time_bias(farm.time_embed(t))[:, :, None, None]
+    assert 0 < m4.mean() < 1
+    torch.testing.assert_close(seen["u"], seen["h3"] * (m4 + (1 - m4) * g) + bias, rtol=1e-6, atol=1e-6)
+
+
+def test_farm_mask_pool_modes() -> None:
+    thin = torch.zeros(1, 1, 16, 16)
+    thin[..., 5, :] = 1.0  # a one-cell-thin line
+    m4_max = FARM(FARMConfig(latent_size=16, mask_pool="max"))._pool_mask(thin, 4)
+    m4_bil = FARM(FARMConfig(latent_size=16, mask_pool="bilinear"))._pool_mask(thin, 4)
+    assert m4_max.shape == m4_bil.shape == (1, 1, 4, 4)
+    assert torch.equal(m4_max[0, 0, 1], torch.ones(4)) and m4_max.sum() == 4
+    assert m4_bil.max() < 1.0  # bilinear keeps coverage, not presence
+
+
+def test_farm_rejects_wrong_inputs() -> None:
+    farm = FARM(FARMConfig(latent_size=32))
+    m, t = torch.zeros(2, 1, 32, 32), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="latent_size"):
+        farm(torch.zeros(2, 4, 16, 16), torch.zeros(2, 1, 16, 16), t)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        farm(torch.zeros(2, 4, 30, 30), torch.zeros(2, 1, 30, 30), t)
+    with pytest.raises(ValueError, match="latent_channels"):
+        farm(torch.zeros(2, 3, 32, 32), m, t)
+    with pytest.raises(ValueError, match="mask m"):
+        farm(torch.zeros(2, 4, 32, 32), torch.zeros(2, 32, 32), t)
+    with pytest.raises(ValueError, match=r"\[0, 999\]"):
+        farm(torch.zeros(2, 4, 32, 32), m, torch.tensor([1, 1000]))
+    with pytest.raises(ValueError, match="integer"):
+        farm(torch.zeros(2, 4, 32, 32), m, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        FARMConfig(latent_size=30)
+    with pytest.raises(ValueError, match="mask_pool"):
+        FARMConfig(mask_pool="nearest")
+
+
+def test_farm_config_round_trip() -> None:
+    cfg = from_dict(FARMConfig, {"widths": [8, 16, 32], "latent_size": 16, "mask_pool": "bilinear"})
+    assert cfg.widths == (8, 16, 32)
+    assert from_dict(FARMConfig, to_dict(cfg)) == cfg
+
+
+# Adaptor
+
+
+def test_adaptor_parameter_count_matches_spec() -> None:
+    n = _n_params(Adaptor(AdaptorConfig()))
+    assert n == 1_113_092
+    assert abs(n - 1.11e6) / 1.11e6 < 0.05
+    assert _n_params(Adaptor(AdaptorConfig(mode="residual_zero_init"))) == n
+    assert _n_params(Adaptor(AdaptorConfig(mode="none"))) == 0
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_adaptor_replace_shape_and_effect(size: int) -> None:
+    torch.manual_seed(0)
+    ad = Adaptor(AdaptorConfig(mode="replace"))
+    eps = torch.randn(2, 4, size, size)
+    out = ad(eps, _half_mask(2, size))
+    assert out.shape == eps.shape
+    assert (out - eps).abs().max() > 1e-2  # replaces eps; random init, so far from the identity
+
+
+def test_adaptor_none_is_identity() -> None:
+    ad = Adaptor(AdaptorConfig(mode="none"))
+    eps = torch.randn(2, 4, 8, 8)
+    assert ad(eps, torch.ones(2, 1, 8, 8)) is eps
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_adaptor_residual_zero_init_is_exact_identity(train: bool) -> None:
+    torch.manual_seed(0)
+    ad = Adaptor(AdaptorConfig(mode="residual_zero_init")).train(train)
+    eps = torch.randn(2, 4, 16, 16)
+    assert torch.equal(ad(eps, _half_mask(2, 16)), eps)
+
+
+def test_adaptor_residual_zero_init_learns() -> None:
+    torch.manual_seed(0)
+    ad = Adaptor(AdaptorConfig(mode="residual_zero_init", widths=(8, 8, 8, 8, 8)))
+    eps, m = torch.randn(2, 4, 8, 8), _half_mask(2, 8)
+    (ad(eps, m) - torch.zeros_like(eps)).square().mean().backward()
+    last = ad.net[-1]
+    assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in ad.parameters():
+            p -= 0.1 * p.grad if p.grad is not None else 0.0
+    ad.eval()
+    assert (ad(eps, m) - eps).abs().max() > 1e-4
+
+
+def test_adaptor_rejects_wrong_inputs() -> None:
+    ad = Adaptor(AdaptorConfig())
+    with pytest.raises(ValueError, match="latent_channels"):
+        ad(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="mask m"):
+        ad(torch.zeros(1, 4, 8, 8), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="'none', 'replace', 'residual_zero_init'"):
+        AdaptorConfig(mode="residual")
