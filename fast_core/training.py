@@ -1,0 +1,194 @@
+"""One training step per trainer: the FAST stage (FAST_SPEC §6), the VAE and the from-scratch base UNet.
+
+Each function computes a scalar loss for one batch and returns ``(loss, metrics)``; the caller owns the optimizer,
+``backward`` and the data loop (Ray Train in ``pipelines``). Every random draw (timesteps, noise, the VAE posterior
+sample) comes from the ``generator`` argument, so one seed gives the same bytes on CPU. Noise schedule (FAST_SPEC §1):
+T = 1000, β_t = linspace(√0.00085, √0.012, T)², ᾱ_t = ∏_{s≤t}(1 − β_s), taken from :class:`AIASScheduler`.
+
+Notation: x image in [−1, 1]; M pixel mask (1 = anomaly); m latent mask; z_0 latent; ε noise; t timestep;
+ᾱ_t ``alpha_bar``; ẑ0_fg FARM's clean-foreground estimate; ε̂ the noise prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from fast_core.schedulers.scheduling_aias import AIASScheduler
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
+    from fast_core.models.ldm import FastLDM
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t for t = 0 … T−1 (float64, CPU), the FAST training schedule."""
+    return AIASScheduler().alphas_cumprod.to(torch.float64).cpu()
+
+
+def _randn(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device (CPU when None), then moved to ``like``'s device and dtype."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def sample_timesteps(batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """t ~ U{0, …, T−1}: (B,) long on ``device`` (drawn on the generator's device)."""
+    T = _alphas_cumprod().numel()
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(0, T, (batch,), generator=generator, device=gen_device).to(device)
+
+
+def _alpha_bar(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t gathered for each sample: (B, 1, 1, 1) in ``like``'s dtype and device."""
+    return _alphas_cumprod()[t.cpu()].to(like.device, like.dtype).view(-1, 1, 1, 1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for a reduced precision ``dtype``; a no-op for None or float32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def fast_training_step(
+    model: FastLDM,
+    x: torch.Tensor,
+    M: torch.Tensor,
+    keys: list[str],
+    generator: torch.Generator | None,
+    lambda_eps: float = 2.0,
+    lambda_farm: float = 5.0,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The FAST-stage loss for one batch (FAST_SPEC §6) [release]:
+
+        z_0 = encode(x) (no grad);  m = down(M);  t ~ U{0..T−1};  ε ~ N(0, I)
+        z_t    = √ᾱ_t z_0 + √(1−ᾱ_t) ε
+        ẑ0_fg  = FARM(z_t, m, t)
+        z̃_t    = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
+        ε̂      = Adaptor(UNet(z̃_t, t, c(keys)), m)
+        loss   = λ_ε · mean((ε̂ − ε)²) + λ_F · mean((ẑ0_fg − m ⊙ z_0)²)      # both means over the whole latent
+
+    Gradients reach the conditioner's learned vectors, the Adaptor and FARM (also through z̃_t); the caller's optimizer
+    decides what is updated (``model.configure_stage("fast")``).
+
+    Args:
+        model: the FAST model.
+        x: (B, image_channels, H, W) anomaly images in [−1, 1].
+        M: (B, 1, H, W) pixel masks in {0, 1} (1 = anomaly).
+        keys: B defect keys.
+        generator: source of t and ε.
+        lambda_eps: weight λ_ε of the noise loss.
+        lambda_farm: weight λ_F of the FARM reconstruction loss.
+        autocast_dtype: run the networks under ``torch.autocast`` with this dtype (None: full precision).
+
+    Returns:
+        The scalar loss (float32, with grad) and ``{"loss": …, "loss_eps": …, "loss_farm": …}`` as floats.
+    """
+    if x.shape[0] != M.shape[0] or len(keys) != x.shape[0]:
+        raise ValueError(f"fast_training_step: batch sizes differ: x {x.shape[0]}, M {M.shape[0]}, keys {len(keys)}")
+    with torch.no_grad():
+        z0 = model.encode(x).float()  # (B, C, h, w)
+        m = model.latent_mask(M).to(z0.device)  # (B, 1, h, w)
+    t = sample_timesteps(z0.shape[0], generator, z0.device)  # (B,)
+    eps = _randn(z0.shape, generator, z0)  # (B, C, h, w)
+    ab = _alpha_bar(t, z0)  # (B, 1, 1, 1)
+    z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+    with _autocast(z0.device, autocast_dtype):
+        z0_fg = model.farm(z_t, m, t).float()  # (B, C, h, w)
+        z_mix = (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
+        eps_pred = model.predict_eps(z_mix, t, keys, m).float()
+    loss_eps = F.mse_loss(eps_pred, eps)
+    loss_farm = F.mse_loss(z0_fg, m * z0)
+    loss = lambda_eps * loss_eps + lambda_farm * loss_farm
+    return loss, {
+        "loss": float(loss.detach()),
+        "loss_eps": float(loss_eps.detach()),
+        "loss_farm": float(loss_farm.detach()),
+    }
+
+
+def unet_training_step(
+    model: FastLDM,
+    x: torch.Tensor,
+    keys: list[str],
+    generator: torch.Generator | None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Plain ε-prediction loss of the base UNet (from-scratch base training; no FARM, no Adaptor):
+
+        z_0 = encode(x) (no grad);  t ~ U{0..T−1};  ε ~ N(0, I);  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
+        loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)
+
+    Use with ``model.configure_stage("base")`` (UNet + prompt encoder trainable).
+
+    Args:
+        model: the model whose ``unet`` and ``conditioner`` are trained.
+        x: (B, image_channels, H, W) images in [−1, 1] (normal and anomalous).
+        keys: B keys ("good" for normal images).
+        generator: source of t and ε.
+        autocast_dtype: run the UNet under ``torch.autocast`` with this dtype (None: full precision).
+
+    Returns:
+        The scalar loss and ``{"loss": …}``.
+    """
+    if len(keys) != x.shape[0]:
+        raise ValueError(f"unet_training_step: {len(keys)} keys for a batch of {x.shape[0]} images")
+    with torch.no_grad():
+        z0 = model.encode(x).float()
+    t = sample_timesteps(z0.shape[0], generator, z0.device)
+    eps = _randn(z0.shape, generator, z0)
+    ab = _alpha_bar(t, z0)
+    z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+    with _autocast(z0.device, autocast_dtype):
+        eps_pred = model.unet_eps(z_t, t, keys).float()
+    loss = F.mse_loss(eps_pred, eps)
+    return loss, {"loss": float(loss.detach())}
+
+
+def vae_training_step(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+    kl_weight: float = 1e-6,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 reconstruction + KL loss of the first-stage autoencoder (the LDM's weighting, without perceptual/GAN terms).
+
+        q(z|x) = N(μ, σ²);  z = μ + σ ξ, ξ ~ N(0, I);  x̂ = D(z)
+        loss = (1/N) · [ Σ_pixels |x − x̂| + kl_weight · Σ_latent ½(μ² + σ² − 1 − log σ²) ],  averaged over the batch
+
+    with N = pixels × channels of one image: the CompVis ratio of reconstruction to KL (both summed per image,
+    ``kl_weight`` 1e-6), divided by N so the learning rate does not depend on the image size.
+
+    Args:
+        vae: the diffusers ``AutoencoderKL`` being trained (unscaled latents; ``scaling_factor`` plays no part).
+        x: (B, C, H, W) images in [−1, 1].
+        generator: source of ξ.
+        kl_weight: weight of the KL term.
+        autocast_dtype: run the VAE under ``torch.autocast`` with this dtype (None: full precision).
+
+    Returns:
+        The scalar loss and ``{"loss": …, "loss_rec": …, "loss_kl": …}`` (loss_rec the mean absolute error,
+        loss_kl the per-image KL sum).
+    """
+    with _autocast(x.device, autocast_dtype):
+        posterior = vae.encode(x).latent_dist
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()  # (B, C, h, w)
+        z = mean + torch.exp(0.5 * logvar) * _randn(mean.shape, generator, mean)
+        x_rec = vae.decode(z.to(x.dtype)).sample.float()
+    n = x[0].numel()
+    rec = (x_rec - x.float()).abs().mean()  # = Σ|x − x̂| / (B·N)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(dim=1).mean()  # per-image KL sum
+    loss = rec + kl_weight * kl / n
+    return loss, {"loss": float(loss.detach()), "loss_rec": float(rec.detach()), "loss_kl": float(kl.detach())}

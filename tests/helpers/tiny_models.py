@@ -1,0 +1,81 @@
+"""Builders of tiny randomly initialised FAST models for tests: 32×32 images, 4×8×8 latents, no downloaded weights.
+
+Two base variants, both built from the real diffusers/transformers classes and saved/loaded through the real code:
+
+* from scratch: AutoencoderKL + UNet2DConditionModel + LearnedPromptEncoder (:func:`tiny_base_model_dir`);
+* pretrained-text layout: the same plus a tiny ``LDMBertModel`` and a ``BertTokenizer`` over a small vocabulary file
+  written into the test's tmp dir (:func:`tiny_ldmbert_base_dir`), as in ``CompVis/ldm-text2im-large-256``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fast_core.models.base import BaseComponents, build_base_components, save_base_model
+from fast_core.models.ldm import FastLDM, FastModelConfig, tiny_config
+
+TINY_KEYS = ("good", "tiny/crack", "tiny/scratch")
+# A BERT vocabulary just large enough for "Anomaly *", the init word "defect" and a few test prompts.
+TINY_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anomaly", "*", "defect", "crack", "good", "scratch", "a")
+
+
+def tiny_fast_config(image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS) -> FastModelConfig:
+    """The ``tiny`` preset with the test keys."""
+    return tiny_config(keys=keys, image_channels=image_channels)
+
+
+def tiny_base_components(image_channels: int = 3, seed: int = 0) -> BaseComponents:
+    """A from-scratch tiny base (VAE, UNet, LearnedPromptEncoder) initialised from ``seed``."""
+    cfg = tiny_fast_config(image_channels)
+    return build_base_components(cfg.vae, cfg.unet, cfg.prompt_encoder, seed=seed)
+
+
+def tiny_base_model_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) -> Path:
+    """Save a from-scratch tiny base under ``tmp_path/base`` (diffusers layout) and return the directory."""
+    return save_base_model(tiny_base_components(image_channels, seed), Path(tmp_path) / "base")
+
+
+def tiny_fast_ldm(image_channels: int = 3, seed: int = 0) -> FastLDM:
+    """A tiny FastLDM (from-scratch base + FARM + Adaptor), all weights from ``seed``; builds in well under a second."""
+    return FastLDM.from_scratch(tiny_fast_config(image_channels), seed=seed)
+
+
+def write_tiny_vocab(folder: Path) -> Path:
+    """Write ``vocab.txt`` (one BERT word piece a line) into ``folder`` and return its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(TINY_VOCAB) + "\n")
+    return path
+
+
+def tiny_ldmbert_components(tmp_path: Path, image_channels: int = 3, seed: int = 0) -> BaseComponents:
+    """A tiny base in the pretrained-text layout: VAE, UNet, a 1-layer LDMBertModel (d_model 16) and a BertTokenizer."""
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+    from transformers import BertTokenizer
+
+    scratch = tiny_base_components(image_channels, seed)
+    vocab = write_tiny_vocab(Path(tmp_path) / "vocab")
+    tokenizer = BertTokenizer.from_pretrained(vocab.parent)  # reads vocab.txt; lower-cases like bert-base-uncased
+    bert_cfg = LDMBertConfig(
+        vocab_size=len(TINY_VOCAB),
+        max_position_embeddings=16,
+        encoder_layers=1,
+        encoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        head_dim=8,
+        d_model=scratch.unet.config.cross_attention_dim,
+        dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        bert = LDMBertModel(bert_cfg).eval()
+    return BaseComponents(vae=scratch.vae, unet=scratch.unet, text_encoder=bert, tokenizer=tokenizer)
+
+
+def tiny_ldmbert_base_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) -> Path:
+    """Save :func:`tiny_ldmbert_components` under ``tmp_path/ldmbert_base`` and return the directory."""
+    components = tiny_ldmbert_components(tmp_path, image_channels, seed)
+    return save_base_model(components, Path(tmp_path) / "ldmbert_base")
