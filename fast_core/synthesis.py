@@ -1,0 +1,361 @@
+"""The FAST synthesis loop: a normal image and an anomaly mask in, an anomaly image with a pixel-exact mask out.
+
+One sampling pass (FAST_SPEC §3) with AIAS, FARM mixing, background re-injection and the final pixel paste; the
+baselines (DDPM, DDIM, PLMS from diffusers) run through the same loop so ablations differ in one config value. Mask
+convention: 1 = anomaly (the region to synthesize), 0 = normal background.
+
+    z_bg = encode(x_n);  m = down(M);  z = N(0, I)   (or √ᾱ_999 z_bg + √(1−ᾱ_999) ε)
+    for each segment t_s → t_e:
+        ẑ0_fg = FARM(z, m, t_s)
+        z̃     = (1−m) z + m (√ᾱ_{t_s} ẑ0_fg + √(1−ᾱ_{t_s}) ζ)                     (z̃ = z without FARM)
+        ε̂     = Adaptor(UNet(z̃, t_s, c), m);   ẑ0 = (z̃ − √(1−ᾱ_{t_s}) ε̂) / √ᾱ_{t_s}
+        z     = Π z + Σ ẑ0 + √V ξ                                                  (Π multiplies the un-mixed z)
+        if lo < t_e < hi:  z = (1−m)(√ᾱ_{t_e} z_bg + √(1−ᾱ_{t_e}) ξ') + m z          (background re-injection)
+    t = 1, 0: plain steps (no FARM, no mixing, no re-injection)
+    x_out = M ⊙ decode(z) + (1 − M) ⊙ x_n;  label = M
+
+Baselines mix with FARM at every t (when ``use_farm``), step the mixed latent with diffusers' update, and re-inject
+the background with ᾱ of the timestep the step lands on. Every random tensor (start noise, ζ, ξ, ξ', DDPM noise) is
+drawn per sample from that sample's own generator, so a sample's bytes do not depend on its batch-mates' seeds: the
+same (seed, inputs) reproduce exactly on CPU across batches, retries and resumes.
+
+Notation (code → symbol): ``x_n`` x_n, ``mask_px`` M, ``m`` m, ``z`` z_t, ``z_mix`` z̃, ``z0_fg`` ẑ0_fg, ``eps`` ε̂,
+``zeta`` ζ, ``xi`` ξ, ``xi_bg`` ξ', ``ab_t`` ᾱ_t.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from fast_core.configbase import check_choices
+from fast_core.samplers import (
+    MAX_NFE,
+    MIN_NFE,
+    NUM_TRAIN_TIMESTEPS,
+    SamplerName,
+    Scheduler,
+    alpha_bar,
+    make_scheduler,
+    scheduler_step,
+    target_timestep,
+)
+
+if TYPE_CHECKING:
+    from fast_core.models.ldm import FastLDM
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SynthesisConfig", "SynthesisResult", "make_scheduler", "masks_to_uint8", "synthesize", "to_uint8"]
+
+PHASES = ("encode", "loop", "decode", "paste")  # keys of SynthesisResult.timings
+
+
+@dataclass(kw_only=True)
+class SynthesisConfig:
+    """How one sampling pass runs: the sampler and its NFE, FARM, the background window, the start, the mask."""
+
+    sampler: SamplerName = "aias"  # aias (FAST) or a diffusers baseline: ddpm, ddim (η = 0), plms
+    nfe: int = 10  # UNet evaluations per sample; for ddpm/ddim/plms the step count (e.g. 1000 / 50 / 50)
+    coefficients: Literal["exact", "release"] = "exact"  # AIAS segment coefficients: closed form or authors' release
+    spacing: Literal["uniform", "quadratic", "logsnr"] = "uniform"  # AIAS segment boundary placement
+    use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
+    bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
+    start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
+    mask_downsample: Literal["bilinear", "any"] = "bilinear"  # pixel → latent mask: resize then >= 0.5, or max-pool
+    batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
+
+    def __post_init__(self) -> None:
+        """Check the choices and the ranges; raise ``ValueError`` naming the field."""
+        check_choices(self)
+        if not isinstance(self.use_farm, bool):
+            raise ValueError(f"SynthesisConfig.use_farm must be true or false, got {self.use_farm!r}")
+        lo_nfe, hi_nfe = MIN_NFE[self.sampler], MAX_NFE[self.sampler]
+        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or not lo_nfe <= self.nfe <= hi_nfe:
+            raise ValueError(
+                f"SynthesisConfig.nfe must be an integer in [{lo_nfe}, {hi_nfe}] for sampler={self.sampler!r}, "
+                f"got {self.nfe!r}"
+            )
+        window = tuple(self.bg_window) if isinstance(self.bg_window, list | tuple) else None
+        if (
+            window is None
+            or len(window) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in window)
+            or not 0 <= window[0] <= window[1] <= NUM_TRAIN_TIMESTEPS
+        ):
+            raise ValueError(
+                f"SynthesisConfig.bg_window must be two integers 0 <= lo <= hi <= {NUM_TRAIN_TIMESTEPS} "
+                f"(re-inject when lo < t_e < hi; (0, 0) disables), got {self.bg_window!r}"
+            )
+        self.bg_window = window
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"SynthesisConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+
+@dataclass
+class SynthesisResult:
+    """Output of :func:`synthesize`.
+
+    Args:
+        images: (B, C, H, W) float32 in [−1, 1]: decode(z) inside M, the input image exactly outside it.
+        masks: (B, 1, H, W) float32: the input mask M, bit-exact (the label of the pair).
+        latent_mask_empty: (B,) bool: True where the latent mask m has no anomaly cell: the sampler saw no anomaly
+            region, so the pixels pasted into M are only a reconstruction of the background.
+        nfe: UNet evaluations per sample, counted in the loop.
+        timings: wall seconds per phase over the whole call: ``encode``, ``loop`` (FARM, UNet, Adaptor, steps),
+            ``decode``, ``paste``.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    latent_mask_empty: torch.Tensor
+    nfe: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def _amp_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for the networks: fp16/bf16 on CUDA, none for float32; other pairs are an error."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype in (torch.float16, torch.bfloat16) and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    raise ValueError(
+        f"dtype {dtype} on device {device.type!r} is not supported: use torch.float32, or torch.float16 / "
+        "torch.bfloat16 on a cuda device"
+    )
+
+
+def _randn(shape: torch.Size, generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """N(0, I) of (B, *shape), row i drawn from ``generators[i]`` on that generator's device, float32."""
+    rows = [torch.randn(tuple(shape), generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+class _PhaseTimer:
+    """Wall-clock seconds per phase, synchronising CUDA at the boundaries so GPU work is attributed correctly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[phase] += time.perf_counter() - start
+
+
+def _check_inputs(
+    model: FastLDM,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    keys: list[str],
+    generators: list[torch.Generator],
+) -> None:
+    """Shapes, ranges and lengths of the inputs of :func:`synthesize`; raise ``ValueError`` on the first problem."""
+    if images.ndim != 4 or images.shape[1] != model.image_channels:
+        raise ValueError(f"images must be (B, {model.image_channels}, H, W) for this model, got {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    if tuple(masks.shape) != (b, 1, h, w):
+        raise ValueError(f"masks must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(masks.shape)}")
+    if len(keys) != b or len(generators) != b:
+        raise ValueError(f"need one key and one generator per sample: B={b}, {len(keys)} keys, {len(generators)} gens")
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError("masks must be binary: 1 = anomaly (synthesize), 0 = background")
+    if not images.is_floating_point() or float(images.min()) < -1.0 or float(images.max()) > 1.0:
+        raise ValueError("images must be floating point in [-1, 1]")
+
+
+# ------------------------------------------------------------------------------------------------------------ loop
+def _denoise(
+    model: FastLDM,
+    scheduler: Scheduler,
+    cfg: SynthesisConfig,
+    z: torch.Tensor,
+    z_bg: torch.Tensor,
+    m: torch.Tensor,
+    keys: list[str],
+    generators: list[torch.Generator],
+    amp: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[torch.Tensor, int]:
+    """Run the sampler from the start latent ``z`` (B, C, h, w) to the clean latent; returns (z_0, UNet calls)."""
+    device = z.device
+    timesteps = [int(t) for t in scheduler.timesteps.tolist()]
+    lo, hi = cfg.bg_window
+    tail_start = len(timesteps) - 2 if cfg.sampler == "aias" else len(timesteps)  # AIAS refinement tail t = 1, 0
+    calls = 0
+    for i, t in enumerate(timesteps):
+        in_tail = i >= tail_start
+        t_vec = torch.full((z.shape[0],), t, dtype=torch.long, device=device)  # (B,)
+        ab_t = alpha_bar(scheduler, t)
+
+        # 1. foreground reconstruction and anomaly-aware noise: z̃ = (1−m) z + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ζ)
+        if cfg.use_farm and not in_tail:
+            with amp():
+                z0_fg = model.farm(z, m, t_vec).float()  # (B, C, h, w)
+            zeta = _randn(z.shape[1:], generators, device)
+            z_mix = (1.0 - m) * z + m * (math.sqrt(ab_t) * z0_fg + math.sqrt(1.0 - ab_t) * zeta)
+        else:
+            z_mix = z
+
+        # 2. noise prediction ε̂ = Adaptor(UNet(z̃, t, c), m)
+        with amp():
+            eps = model.predict_eps(z_mix, t_vec, keys, m).float()  # (B, C, h, w)
+        calls += 1
+
+        # 3. sampler step t → t_e (AIAS: Π z + Σ ẑ0 + √V ξ; baselines: diffusers' update of z̃)
+        t_e = target_timestep(cfg.sampler, scheduler, t)
+        xi = _randn(z.shape[1:], generators, device) if cfg.sampler == "aias" else None
+        z = scheduler_step(cfg.sampler, scheduler, eps, t, z, z_mix, generators=generators, variance_noise=xi)
+
+        # 4. background re-injection: z = (1−m)(√ᾱ_{t_e} z_bg + √(1−ᾱ_{t_e}) ξ') + m z
+        if not in_tail and lo < t_e < hi:
+            ab_e = alpha_bar(scheduler, t_e)
+            xi_bg = _randn(z.shape[1:], generators, device)
+            z = (1.0 - m) * (math.sqrt(ab_e) * z_bg + math.sqrt(1.0 - ab_e) * xi_bg) + m * z
+    return z, calls
+
+
+def _synthesize_chunk(
+    model: FastLDM,
+    x_n: torch.Tensor,
+    mask_px: torch.Tensor,
+    keys: list[str],
+    cfg: SynthesisConfig,
+    generators: list[torch.Generator],
+    amp: Callable[[], contextlib.AbstractContextManager],
+    timer: _PhaseTimer,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One forward batch: (images (B, C, H, W), latent_mask_empty (B,), UNet calls)."""
+    device = x_n.device
+    with timer("encode"):
+        with amp():
+            z_bg = model.encode(x_n).float()  # (B, C, h, w), scaled latent mean
+        m = model.latent_mask(mask_px, cfg.mask_downsample).to(torch.float32)  # (B, 1, h, w), {0, 1}
+    with timer("loop"):
+        scheduler = make_scheduler(cfg, device=device)
+        noise = _randn(z_bg.shape[1:], generators, device)
+        if cfg.start == "noise":
+            z = noise
+        else:
+            ab_0 = alpha_bar(scheduler, int(scheduler.timesteps[0]))
+            z = math.sqrt(ab_0) * z_bg + math.sqrt(1.0 - ab_0) * noise
+        z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, keys, generators, amp)
+    with timer("decode"), amp():
+        decoded = model.decode(z).float().clamp(-1.0, 1.0)  # (B, C, H, W)
+    with timer("paste"):
+        images = torch.where(mask_px > 0.5, decoded, x_n)  # M ⊙ decode(z) + (1 − M) ⊙ x_n, bit-exact outside M
+    return images, m.flatten(1).amax(dim=1) == 0, calls
+
+
+def synthesize(
+    model: FastLDM,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    keys: list[str],
+    cfg: SynthesisConfig,
+    generators: list[torch.Generator],
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> SynthesisResult:
+    """Synthesize anomalies inside ``masks`` on the normal ``images``; pixels outside the mask are kept exactly.
+
+    Follows FAST_SPEC §3 (see the module docstring). The model must already be on ``device``; it is put in eval mode
+    for the call (BatchNorm must not mix batch-mates) and restored afterwards. Latent math runs in float32; the
+    networks run under autocast when ``dtype`` is float16/bfloat16 on CUDA.
+
+    Args:
+        model: a :class:`~fast_core.models.ldm.FastLDM` (VAE, UNet, conditioner, FARM, Adaptor).
+        images: x_n, (B, C, H, W) in [−1, 1], C = ``model.image_channels``.
+        masks: M, (B, 1, H, W) binary, 1 = anomaly (synthesize), 0 = background.
+        keys: the defect key of each sample (conditioning), length B.
+        cfg: sampler, NFE, FARM, background window, start and mask options.
+        generators: one ``torch.Generator`` per sample; every random tensor of sample i comes from ``generators[i]``.
+        device: where the model lives and the work runs.
+        dtype: network precision: torch.float32, or torch.float16 / torch.bfloat16 on CUDA.
+
+    Returns:
+        :class:`SynthesisResult` (images on ``device``, masks equal to M, per-sample empty-latent-mask flags, the
+        NFE per sample, and phase timings).
+
+    >>> gens = [torch.Generator().manual_seed(s) for s in (11, 12)]  # doctest: +SKIP
+    >>> out = synthesize(model, x_n, mask, ["scratch"] * 2, SynthesisConfig(), gens, "cpu")  # doctest: +SKIP
+    >>> bg = mask.expand_as(x_n) == 0  # doctest: +SKIP
+    >>> bool((out.images[bg] == x_n[bg]).all()), out.nfe  # doctest: +SKIP
+    (True, 10)
+    """
+    device = torch.device(device)
+    _amp_context(device, dtype)  # validate the pair before any work
+    amp = functools.partial(_amp_context, device, dtype)  # a fresh autocast context per network call
+    keys, generators = list(keys), list(generators)
+    _check_inputs(model, images, masks, keys, generators)
+    x_all = images.to(device=device, dtype=torch.float32)
+    m_all = masks.to(device=device, dtype=torch.float32)
+    timer = _PhaseTimer(device)
+    outputs, empties, nfe = [], [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for lo in range(0, x_all.shape[0], cfg.batch_size):
+                hi = lo + cfg.batch_size
+                out, empty, nfe = _synthesize_chunk(
+                    model, x_all[lo:hi], m_all[lo:hi], keys[lo:hi], cfg, generators[lo:hi], amp, timer
+                )
+                outputs.append(out)
+                empties.append(empty)
+    finally:
+        model.train(was_training)
+    latent_mask_empty = torch.cat(empties)
+    if bool(latent_mask_empty.any()):
+        logger.info(
+            "%d of %d masks vanish at latent resolution (mask_downsample=%r): no anomaly is synthesized for them",
+            int(latent_mask_empty.sum()),
+            latent_mask_empty.numel(),
+            cfg.mask_downsample,
+        )
+    return SynthesisResult(
+        images=torch.cat(outputs),
+        masks=m_all.clone(),
+        latent_mask_empty=latent_mask_empty,
+        nfe=nfe,
+        timings=dict(timer.seconds),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- conversions
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [−1, 1], (B, C, H, W) → uint8 (B, H, W, C): round((x + 1) · 127.5), clamped to [0, 255].
+
+    >>> to_uint8(torch.tensor([[[[-1.0, 0.0, 1.0]]]])).reshape(-1).tolist()
+    [0, 128, 255]
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    x = ((images.detach().to("cpu", torch.float32) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def masks_to_uint8(masks: torch.Tensor) -> np.ndarray:
+    """Binary masks (B, 1, H, W) → uint8 (B, H, W) with 255 = anomaly, 0 = background (the MVTec mask format).
+
+    >>> masks_to_uint8(torch.tensor([[[[0.0, 1.0]]]])).tolist()
+    [[[0, 255]]]
+    """
+    if masks.ndim != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must be (B, 1, H, W), got {tuple(masks.shape)}")
+    return ((masks[:, 0].detach().to("cpu") > 0.5).to(torch.uint8) * 255).numpy()

@@ -1,0 +1,374 @@
+"""Tests of the FAST synthesis loop on a tiny random model: determinism, the exact paste, NFE counts, ablation paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fast_core import synthesis
+from fast_core.configbase import from_dict, to_dict
+from fast_core.samplers import make_scheduler, target_timestep
+from fast_core.schedulers.scheduling_aias import AIASScheduler
+from fast_core.synthesis import SynthesisConfig, masks_to_uint8, synthesize, to_uint8
+from tests.helpers.tiny_models import tiny_fast_ldm
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_fast_ldm(image_channels=3, seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def model_gray():
+    return tiny_fast_ldm(image_channels=1, seed=0).eval()
+
+
+def _inputs(b: int = 2, c: int = 3, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images in [-1, 1] (B, C, 32, 32) and a different rectangle mask per sample (B, 1, 32, 32)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, c, 32, 32, generator=g) * 2 - 1
+    masks = torch.zeros(b, 1, 32, 32)
+    for i in range(b):
+        masks[i, :, 8 + i : 24, 6 : 22 + i] = 1.0
+    return images, masks
+
+
+def _gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def _run(model, cfg: SynthesisConfig, seeds=(1, 2), images=None, masks=None):
+    if images is None:
+        images, masks = _inputs(len(seeds), model.image_channels)
+    keys = [model.conditioner.keys[0]] * len(seeds)
+    return synthesize(model, images, masks, keys, cfg, _gens(*seeds), "cpu")
+
+
+def _count_calls(monkeypatch, module: torch.nn.Module) -> list[int]:
+    """Count calls of ``module.forward`` for the duration of a test."""
+    counter = [0]
+    original = module.forward
+
+    def spy(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", spy)
+    return counter
+
+
+# ------------------------------------------------------------------------------------------- determinism and paste
+def test_same_seed_gives_same_bytes_and_different_seed_differs(model):
+    cfg = SynthesisConfig(nfe=10)
+    a = _run(model, cfg, seeds=(1, 2))
+    b = _run(model, cfg, seeds=(1, 2))
+    c = _run(model, cfg, seeds=(3, 4))
+    assert a.images.shape == (2, 3, 32, 32)
+    assert torch.equal(a.images, b.images)
+    assert np.array_equal(to_uint8(a.images), to_uint8(b.images))
+    inside = a.masks.expand_as(a.images) > 0
+    assert (a.images[inside] - c.images[inside]).abs().max() > 1e-3
+
+
+def test_outside_mask_is_input_exactly_and_mask_is_returned_bit_exact(model):
+    images, masks = _inputs(2)
+    out = _run(model, SynthesisConfig(nfe=5), images=images, masks=masks)
+    outside = masks.expand_as(images) == 0
+    assert torch.equal(out.images[outside], images[outside])
+    outside_hwc = outside.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(to_uint8(out.images)[outside_hwc], to_uint8(images)[outside_hwc])
+    inside = ~outside
+    assert (out.images[inside] - images[inside]).abs().mean() > 1e-2  # something was synthesized there
+    assert out.images.min() >= -1 and out.images.max() <= 1
+    assert torch.equal(out.masks, masks)
+    assert np.array_equal(masks_to_uint8(out.masks), (masks[:, 0].numpy() * 255).astype(np.uint8))
+    assert out.latent_mask_empty.tolist() == [False, False]
+
+
+def test_sample_output_does_not_depend_on_batch_mates(model):
+    images, masks = _inputs(2)
+    pair = _run(model, SynthesisConfig(nfe=5), seeds=(7, 8), images=images, masks=masks)
+    alone = _run(model, SynthesisConfig(nfe=5), seeds=(7,), images=images[:1], masks=masks[:1])
+    other = _run(model, SynthesisConfig(nfe=5), seeds=(7, 99), images=images, masks=masks)
+    chunked = _run(model, SynthesisConfig(nfe=5, batch_size=1), seeds=(7, 8), images=images, masks=masks)
+    torch.testing.assert_close(pair.images[:1], alone.images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pair.images[:1], other.images[:1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pair.images, chunked.images, atol=1e-5, rtol=0)
+
+
+def test_ddpm_noise_is_per_sample(model):
+    images, masks = _inputs(2)
+    pair = _run(model, SynthesisConfig(sampler="ddpm", nfe=4), seeds=(7, 8), images=images, masks=masks)
+    alone = _run(model, SynthesisConfig(sampler="ddpm", nfe=4), seeds=(7,), images=images[:1], masks=masks[:1])
+    torch.testing.assert_close(pair.images[:1], alone.images, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ reference loops (§3)
+def _reference(model, x, mask, seed: int, sampler: str, nfe: int, window=(250, 750)) -> torch.Tensor:
+    """FAST_SPEC §3 written out for one sample with explicit formulas: AIAS via (Π, Σ, V), DDIM (η = 0) by hand."""
+    g = torch.Generator().manual_seed(seed)
+    key = [model.conditioner.keys[0]]
+    sched = AIASScheduler()  # the ᾱ table (float64) and, for AIAS, the grid and segment coefficients
+    if sampler == "aias":
+        sched.set_timesteps(nfe)
+        grid = sched.timesteps.tolist()
+        ends = [*grid[1:], -1]
+    else:  # DDIM, trailing spacing, T // n strides, ᾱ = 1 after the last step
+        stride = 1000 // nfe
+        grid = [999 - i * stride for i in range(nfe)]
+        ends = [max(t - stride, -1) for t in grid]
+    with torch.no_grad():
+        z_bg = model.encode(x)
+        m = model.latent_mask(mask, "bilinear")
+        z = torch.randn(z_bg.shape[1:], generator=g)[None]
+        for i, (t, t_e) in enumerate(zip(grid, ends, strict=True)):
+            tail = sampler == "aias" and i >= len(grid) - 2
+            ab, ab_e = sched.alpha_bar(t), sched.alpha_bar(t_e)
+            tv = torch.tensor([t])
+            if not tail:
+                z0_fg = model.farm(z, m, tv)
+                zeta = torch.randn(z.shape[1:], generator=g)[None]
+                z_mix = (1 - m) * z + m * (math.sqrt(ab) * z0_fg + math.sqrt(1 - ab) * zeta)
+            else:
+                z_mix = z
+            eps = model.predict_eps(z_mix, tv, key, m)
+            x0 = (z_mix - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+            if sampler == "aias":
+                pi, sigma, var = sched.segment_coefficients(t, t_e)
+                xi = torch.randn(z.shape[1:], generator=g)[None]
+                z = pi * z + sigma * x0 + math.sqrt(var) * xi  # Π multiplies the un-mixed z
+            else:
+                z = math.sqrt(ab_e) * x0 + math.sqrt(1 - ab_e) * eps
+            if not tail and window[0] < t_e < window[1]:
+                xi_bg = torch.randn(z.shape[1:], generator=g)[None]
+                z = (1 - m) * (math.sqrt(ab_e) * z_bg + math.sqrt(1 - ab_e) * xi_bg) + m * z
+        decoded = model.decode(z)
+    return mask * decoded + (1 - mask) * x
+
+
+@pytest.mark.parametrize(("sampler", "nfe"), [("aias", 10), ("ddim", 5)])
+def test_loop_matches_reference(model, sampler, nfe):
+    images, masks = _inputs(1)
+    out = _run(model, SynthesisConfig(sampler=sampler, nfe=nfe), seeds=(4,), images=images, masks=masks)
+    expected = _reference(model, images, masks, 4, sampler, nfe)
+    torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------- NFE and paths
+@pytest.mark.parametrize(("sampler", "nfe"), [("aias", 3), ("aias", 10), ("ddim", 5), ("plms", 5), ("ddpm", 10)])
+def test_unet_calls_equal_nfe(model, monkeypatch, sampler, nfe):
+    unet_calls = _count_calls(monkeypatch, model.unet)
+    farm_calls = _count_calls(monkeypatch, model.farm)
+    out = _run(model, SynthesisConfig(sampler=sampler, nfe=nfe), seeds=(1, 2))
+    assert unet_calls[0] == nfe
+    assert out.nfe == nfe
+    # AIAS skips FARM on the refinement tail t = 1, 0; the baselines mix at every t
+    assert farm_calls[0] == (nfe - 2 if sampler == "aias" else nfe)
+    assert torch.isfinite(out.images).all()
+
+
+def test_without_farm_never_calls_farm_and_differs(model, monkeypatch):
+    with_farm = _run(model, SynthesisConfig(nfe=5))
+    farm_calls = _count_calls(monkeypatch, model.farm)
+    without = _run(model, SynthesisConfig(nfe=5, use_farm=False))
+    assert farm_calls[0] == 0
+    assert (with_farm.images - without.images).abs().max() > 1e-4
+
+
+def test_bg_window_zero_disables_reinjection(model, monkeypatch):
+    draws = [0]
+    original = synthesis._randn
+
+    def spy(*args, **kwargs):
+        draws[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synthesis, "_randn", spy)
+    # grid [999, 874, 749, 624, 500, 375, 250, 125, 1, 0]: t_e in (250, 750) for 749, 624, 500, 375
+    on = _run(model, SynthesisConfig(nfe=10))
+    draws_on, draws[0] = draws[0], 0
+    off = _run(model, SynthesisConfig(nfe=10, bg_window=(0, 0)))
+    start, zeta, xi = 1, 8, 10
+    assert draws[0] == start + zeta + xi
+    assert draws_on == start + zeta + xi + 4
+    assert (on.images - off.images).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("start", ["noise", "noised_background"])
+def test_start_latent(model, monkeypatch, start):
+    images, masks = _inputs(2)
+    seen = []
+    original = model.farm.forward
+
+    def spy(z, m, t):
+        seen.append((z.clone(), int(t[0])))
+        return original(z, m, t)
+
+    monkeypatch.setattr(model.farm, "forward", spy)
+    out = _run(model, SynthesisConfig(nfe=5, start=start), seeds=(1, 2), images=images, masks=masks)
+    z_first, t_first = seen[0]
+    assert t_first == 999
+    noise = torch.stack([torch.randn(z_first.shape[1:], generator=g) for g in _gens(1, 2)])
+    if start == "noise":
+        expected = noise
+    else:
+        with torch.no_grad():
+            z_bg = model.encode(images)
+        ab = AIASScheduler().alpha_bar(999)
+        expected = math.sqrt(ab) * z_bg + math.sqrt(1 - ab) * noise
+        assert (expected - noise).abs().max() > 1e-3
+    torch.testing.assert_close(z_first, expected, atol=1e-6, rtol=0)
+    outside = masks.expand_as(images) == 0
+    assert torch.equal(out.images[outside], images[outside])
+    assert torch.isfinite(out.images).all()
+
+
+def test_release_coefficients_run_and_differ_from_exact(model):
+    exact = _run(model, SynthesisConfig(nfe=10, coefficients="exact"))
+    release = _run(model, SynthesisConfig(nfe=10, coefficients="release"))
+    assert torch.isfinite(release.images).all()
+    assert (exact.images - release.images).abs().max() > 1e-4
+
+
+def test_single_channel_model(model_gray):
+    images, masks = _inputs(2, c=1)
+    out = _run(model_gray, SynthesisConfig(nfe=4), images=images, masks=masks)
+    assert out.images.shape == (2, 1, 32, 32)
+    assert to_uint8(out.images).shape == (2, 32, 32, 1)
+    outside = masks == 0
+    assert torch.equal(out.images[outside], images[outside])
+
+
+def test_latent_mask_empty_for_one_pixel_mask(model):
+    images, _ = _inputs(1)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 13, 17] = 1.0
+    bilinear = _run(model, SynthesisConfig(nfe=3, mask_downsample="bilinear"), seeds=(1,), images=images, masks=mask)
+    anyway = _run(model, SynthesisConfig(nfe=3, mask_downsample="any"), seeds=(1,), images=images, masks=mask)
+    assert bilinear.latent_mask_empty.tolist() == [True]
+    assert anyway.latent_mask_empty.tolist() == [False]
+    assert torch.equal(bilinear.masks, mask)
+    outside = mask.expand_as(images) == 0
+    assert torch.equal(anyway.images[outside], images[outside])
+
+
+def test_model_mode_is_restored(model):
+    model.train()
+    try:
+        _run(model, SynthesisConfig(nfe=3), seeds=(1,), images=_inputs(1)[0], masks=_inputs(1)[1])
+        assert model.training
+    finally:
+        model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- config and inputs
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"sampler": "euler"}, "sampler"),
+        ({"nfe": 2}, "nfe"),
+        ({"sampler": "plms", "nfe": 2}, "nfe"),
+        ({"sampler": "ddpm", "nfe": 1001}, "nfe"),
+        ({"nfe": 10.0}, "nfe"),
+        ({"coefficients": "approx"}, "coefficients"),
+        ({"spacing": "cosine"}, "spacing"),
+        ({"bg_window": (750, 250)}, "bg_window"),
+        ({"bg_window": (0, 2000)}, "bg_window"),
+        ({"bg_window": (1, 2, 3)}, "bg_window"),
+        ({"start": "image"}, "start"),
+        ({"mask_downsample": "nearest"}, "mask_downsample"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"use_farm": "yes"}, "use_farm"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SynthesisConfig(**kwargs)
+
+
+def test_config_round_trip():
+    cfg = SynthesisConfig(sampler="ddim", nfe=50, bg_window=(0, 0), use_farm=False)
+    assert from_dict(SynthesisConfig, to_dict(cfg)) == cfg
+    assert from_dict(SynthesisConfig, {"bg_window": [100, 900]}).bg_window == (100, 900)
+    with pytest.raises(ValueError, match="nfee"):
+        from_dict(SynthesisConfig, {"nfee": 3})
+
+
+def test_bad_inputs_raise(model):
+    images, masks = _inputs(2)
+    key = model.conditioner.keys[0]
+    cfg = SynthesisConfig(nfe=3)
+    with pytest.raises(ValueError, match="binary"):
+        synthesize(model, images, masks * 0.5, [key] * 2, cfg, _gens(1, 2), "cpu")
+    with pytest.raises(ValueError, match="generator"):
+        synthesize(model, images, masks, [key] * 2, cfg, _gens(1), "cpu")
+    with pytest.raises(ValueError, match="images must be"):
+        synthesize(model, images[:, :1], masks, [key] * 2, cfg, _gens(1, 2), "cpu")
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        synthesize(model, images * 3, masks, [key] * 2, cfg, _gens(1, 2), "cpu")
+    with pytest.raises(ValueError, match="float16"):
+        synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", dtype=torch.float16)
+
+
+# ------------------------------------------------------------------------------------------ samplers and helpers
+def test_make_scheduler_grids():
+    assert make_scheduler(SynthesisConfig(nfe=10)).timesteps.tolist() == [999, 874, 749, 624, 500, 375, 250, 125, 1, 0]
+    assert make_scheduler(SynthesisConfig(sampler="ddim", nfe=5)).timesteps.tolist() == [999, 799, 599, 399, 199]
+    assert make_scheduler(SynthesisConfig(sampler="plms", nfe=5)).timesteps.tolist() == [999, 749, 749, 499, 249]
+    ddpm = make_scheduler(SynthesisConfig(sampler="ddpm", nfe=1000))
+    assert ddpm.timesteps[0] == 999 and ddpm.timesteps[-1] == 0 and len(ddpm.timesteps) == 1000
+    # all samplers share the FAST schedule: ᾱ_999 of scaled_linear(0.00085, 0.012)
+    ab = AIASScheduler().alpha_bar(999)
+    assert float(ddpm.alphas_cumprod[999]) == pytest.approx(ab, rel=1e-5)
+    assert ab == pytest.approx(0.0046601, rel=1e-4)
+
+
+def test_plms_target_timesteps_follow_diffusers(monkeypatch):
+    sched = make_scheduler(SynthesisConfig(sampler="plms", nfe=5))
+    landed = []
+    original = sched._get_prev_sample
+
+    def spy(sample, timestep, prev_timestep, model_output):
+        landed.append(int(prev_timestep))
+        return original(sample, timestep, prev_timestep, model_output)
+
+    monkeypatch.setattr(sched, "_get_prev_sample", spy)
+    predicted = []
+    z = torch.zeros(1, 4, 2, 2)
+    for t in sched.timesteps.tolist():
+        predicted.append(target_timestep("plms", sched, t))
+        z = sched.step(torch.ones_like(z), t, z).prev_sample
+    assert predicted == landed == [749, 749, 499, 249, -1]
+
+
+def test_aias_step_takes_caller_noise():
+    sched = AIASScheduler()
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    z, z_mix, eps, xi = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    out = sched.step(eps, 999, z, model_input=z_mix, variance_noise=xi)
+    pi, sigma, var = sched.segment_coefficients(999, 874)
+    ab = sched.alpha_bar(999)
+    x0 = (z_mix - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    torch.testing.assert_close(out.prev_sample, pi * z + sigma * x0 + math.sqrt(var) * xi, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.pred_original_sample, x0, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError):
+        sched.step(eps, 999, z, variance_noise=xi[:1])
+
+
+def test_uint8_conversions():
+    x = torch.tensor([-1.0, -0.999, 0.0, 0.5, 1.0, 1.5]).reshape(1, 1, 2, 3)
+    assert to_uint8(x).reshape(-1).tolist() == [0, 0, 128, 191, 255, 255]
+    rgb = torch.zeros(2, 3, 4, 5)
+    rgb[:, 1] = 1.0
+    u8 = to_uint8(rgb)
+    assert u8.shape == (2, 4, 5, 3) and u8.dtype == np.uint8
+    assert u8[..., 1].min() == 255 and u8[..., 0].max() == 128
+    m = torch.zeros(1, 1, 2, 2)
+    m[0, 0, 1, 0] = 1
+    assert masks_to_uint8(m).tolist() == [[[0, 0], [255, 0]]]
+    with pytest.raises(ValueError):
+        masks_to_uint8(torch.zeros(1, 2, 2, 2))
