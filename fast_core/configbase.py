@@ -28,6 +28,19 @@ def _literal_choices(tp: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def check_choice(where: str, value: Any, choices: Any) -> None:
+    """Raise ``ValueError`` when ``value`` is not one of ``choices`` (a ``Literal[...]`` alias or a tuple of values).
+
+    >>> check_choice("AIASScheduler.spacing", "cubic", Literal["uniform", "quadratic"])
+    Traceback (most recent call last):
+    ...
+    ValueError: AIASScheduler.spacing = 'cubic' is not one of: 'uniform', 'quadratic'
+    """
+    valid = get_args(choices) if get_origin(choices) is Literal else tuple(choices)
+    if value not in valid:
+        raise ValueError(f"{where} = {value!r} is not one of: {', '.join(repr(c) for c in valid)}")
+
+
 def check_choices(cfg: Any) -> None:
     """Raise ``ValueError`` when a ``Literal``-typed field of the dataclass ``cfg`` holds a value outside its choices.
 
@@ -43,10 +56,8 @@ def check_choices(cfg: Any) -> None:
     hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         choices = _literal_choices(hints[f.name])
-        value = getattr(cfg, f.name)
-        if choices is not None and value not in choices:
-            valid = ", ".join(repr(c) for c in choices)
-            raise ValueError(f"{type(cfg).__name__}.{f.name} = {value!r} is not one of: {valid}")
+        if choices is not None:
+            check_choice(f"{type(cfg).__name__}.{f.name}", getattr(cfg, f.name), choices)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -58,25 +58,18 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
 
-from fast_core.configbase import check_choices
+from fast_core.configbase import check_choice, check_choices
 
 logger = logging.getLogger(__name__)
 
 BetaSchedule = Literal["scaled_linear", "linear"]
 Coefficients = Literal["exact", "release"]
 Spacing = Literal["uniform", "quadratic", "logsnr"]
-
-
-def _check_choice(name: str, value: object, choices: object) -> None:
-    """Raise ``ValueError`` when ``value`` is not one of the ``Literal`` alias ``choices``."""
-    valid = get_args(choices)
-    if value not in valid:
-        raise ValueError(f"AIASScheduler {name}={value!r} is not one of: {', '.join(repr(c) for c in valid)}")
 
 
 @dataclass(kw_only=True)
@@ -134,9 +127,9 @@ class AIASScheduler:
         spacing: Spacing = "uniform",
     ) -> None:
         """Build the float64 schedule tables; call :meth:`set_timesteps` before :meth:`step`."""
-        _check_choice("beta_schedule", beta_schedule, BetaSchedule)
-        _check_choice("coefficients", coefficients, Coefficients)
-        _check_choice("spacing", spacing, Spacing)
+        check_choice("AIASScheduler.beta_schedule", beta_schedule, BetaSchedule)
+        check_choice("AIASScheduler.coefficients", coefficients, Coefficients)
+        check_choice("AIASScheduler.spacing", spacing, Spacing)
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 3:
             raise ValueError(f"AIASScheduler num_train_timesteps must be an integer >= 3, got {num_train_timesteps!r}")
         if not 0.0 < beta_start < beta_end < 1.0:
