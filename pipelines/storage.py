@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import fsspec
@@ -408,3 +409,39 @@ def write_bytes_atomic(uri: str, data: bytes | bytearray | memoryview, storage: 
 def write_text_atomic(uri: str, text: str, storage: StorageConfig | None = None, encoding: str = "utf-8") -> None:
     """:func:`write_bytes_atomic` of ``text`` encoded with ``encoding``."""
     write_bytes_atomic(uri, text.encode(encoding), storage)
+
+
+def put_dir(local_dir: str | os.PathLike[str], uri: str, storage: StorageConfig | None = None) -> list[str]:
+    """Copy every file under the local directory ``local_dir`` to ``uri`` (same relative paths), each atomically.
+
+    Files are written in sorted order of their relative paths, so a caller that must write a completion marker last
+    writes it after this call. Returns the destination URIs.
+    """
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"put_dir: {root} is not a directory")
+    written = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        dest = join(uri, *path.relative_to(root).parts)
+        write_bytes_atomic(dest, path.read_bytes(), storage)
+        written.append(dest)
+    return written
+
+
+def get_dir(uri: str, local_dir: str | os.PathLike[str], storage: StorageConfig | None = None) -> Path:
+    """Copy every file under ``uri`` (a directory or prefix) into ``local_dir`` with the same relative paths.
+
+    Each file is written locally with :func:`write_bytes_atomic`, so an interrupted copy never leaves a truncated
+    file. Raises :class:`StorageNotFoundError` when nothing exists under ``uri``.
+    """
+    fs, base = filesystem(uri, storage)
+    files = _call("list", uri, storage, lambda: fs.find(base))
+    if not files:
+        raise StorageNotFoundError(f"{uri}: nothing to copy (no such directory or prefix)")
+    out = Path(local_dir)
+    for path in sorted(files):
+        rel = path[len(base) :].lstrip("/")
+        if not rel:
+            continue
+        write_bytes_atomic(str(out.joinpath(*rel.split("/"))), read_bytes(_to_uri(uri, path), storage))
+    return out

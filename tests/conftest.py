@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-# Fixtures shared across test packages: the embedded S3 server (session) and a fresh bucket per test.
-pytest_plugins = ["tests.fixtures_s3"]
+# Fixtures shared across test packages: the embedded S3 server (session), a fresh bucket per test, local Ray.
+pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_ray"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

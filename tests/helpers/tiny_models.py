@@ -15,6 +15,8 @@ import torch
 
 from fast_core.models.base import BaseComponents, build_base_components, save_base_model
 from fast_core.models.ldm import FastLDM, FastModelConfig, tiny_config
+from pipelines.model_store import ModelInfo, publish_model
+from pipelines.storage import StorageConfig
 
 TINY_KEYS = ("good", "tiny/crack", "tiny/scratch")
 # A BERT vocabulary just large enough for "Anomaly *", the init word "defect" and a few test prompts.
@@ -79,3 +81,16 @@ def tiny_ldmbert_base_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0
     """Save :func:`tiny_ldmbert_components` under ``tmp_path/ldmbert_base`` and return the directory."""
     components = tiny_ldmbert_components(tmp_path, image_channels, seed)
     return save_base_model(components, Path(tmp_path) / "ldmbert_base")
+
+
+def publish_tiny_model(
+    uri: str,
+    storage: StorageConfig | None = None,
+    image_channels: int = 3,
+    keys: tuple[str, ...] = TINY_KEYS,
+    seed: int = 0,
+) -> str:
+    """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code."""
+    model = FastLDM.from_scratch(tiny_fast_config(image_channels, keys), seed=seed)
+    info = ModelInfo(image_size=32, image_channels=image_channels, keys=list(keys), preset="tiny", run_id="tiny-test")
+    return publish_model(model, uri, info, storage)
