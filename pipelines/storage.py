@@ -311,6 +311,26 @@ def glob(pattern: str, storage: StorageConfig | None = None) -> list[str]:
     return sorted(_to_uri(pattern, p) for p in matches)
 
 
+def info(uri: str, storage: StorageConfig | None = None) -> dict:
+    """fsspec's ``info`` of the file, object or directory at ``uri`` (size, type, modification time)."""
+    fs, path = filesystem(uri, storage)
+    return _call("stat", uri, storage, lambda: fs.info(path))
+
+
+def remove(uri: str, storage: StorageConfig | None = None, recursive: bool = False) -> None:
+    """Delete the file or object at ``uri`` (with ``recursive``: everything under the directory or prefix).
+
+    A missing ``uri`` is not an error (deleting is idempotent, so an interrupted cleanup can simply be rerun).
+    """
+    fs, path = filesystem(uri, storage)
+
+    def rm() -> None:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    _call("delete", uri, storage, rm)
+
+
 def read_bytes(uri: str, storage: StorageConfig | None = None) -> bytes:
     """The whole content of the file or object at ``uri``."""
     fs, path = filesystem(uri, storage)
