@@ -1,0 +1,234 @@
+"""Synthesis pipeline throughput: the Ray Data pipeline against a bare single-process loop, and 1 vs 2 actors.
+
+All runs in one process, over the same published model (randomly initialised: speed depends on the architecture
+only), the same manifest and the same config:
+
+* ``bare``: one Python loop doing exactly the pipeline's work without Ray: for each batch, ``load_inputs`` →
+  ``FastSynthesizer`` → ``encode_and_qc``, then each complete shard is committed with ``ShardStore`` (PNGs, Parquet,
+  markers). The model is loaded once (inside the timing, as the actor does).
+* ``ray-1``, ``ray-2``: :func:`pipelines.synthesize.run_synthesis` with one and two ``FastSynthesizer`` actors, each
+  with ``--threads`` CPUs / torch threads (the bare loop uses the same thread count). Ray is started before timing;
+  actor start-up and model loading are inside it. Each runs twice: ``cold`` (Ray's worker processes start and
+  import torch/diffusers, a one-off cost of a long job) and ``warm`` (the same run again into a new output, with
+  worker processes Ray keeps).
+
+Pairs/s = manifest rows / wall seconds. The script also checks that the bare loop and every pipeline run wrote
+byte-identical ``data/`` shards (the pipeline adds scheduling, not different results).
+
+Runbook (repository root, project venv active):
+
+    python -m benchmarks.pipeline_throughput                           # cpu_small preset (128²), 32 rows, NFE 10
+    python -m benchmarks.pipeline_throughput --preset tiny --rows 96   # 32² model: overhead-dominated
+    python -m benchmarks.pipeline_throughput --threads 2 --num-cpus 8 --out /tmp/pipe.json
+
+Output: a table on stdout and JSON at ``--out`` (default ``benchmarks/results/pipeline_throughput.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from fast_core.models.ldm import FastLDM, model_preset
+from fast_core.synthesis import SynthesisConfig
+from pipelines.manifest import MANIFEST_FILE, MANIFEST_SCHEMA, SUMMARY_FILE, row_seed, sample_id_for, table_to_parquet
+from pipelines.model_store import ModelInfo, publish_model
+from pipelines.ray_utils import ensure_ray
+from pipelines.shards import ShardStore, num_shards
+from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
+from pipelines.synthesize.run import job_identity, shard_tables
+from pipelines.synthesize.schema import DATA_SCHEMA, REJECTED_SCHEMA
+from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+
+PRESETS = {"tiny": "tiny", "small": "cpu_small"}
+KEYS = ["good", "bench/crack", "bench/scratch"]
+
+
+def make_inputs(root: Path, n_images: int, size: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """``n_images`` random RGB images of ``size``² and as many 0/255 rectangle masks under ``root``."""
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        img = root / f"img_{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(img)
+        mask = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        mask[y : y + size // 3, x : x + size // 3] = 255
+        Image.fromarray(mask).save(root / f"img_{i:03d}_mask.png")
+        images.append(img)
+        masks.append(root / f"img_{i:03d}_mask.png")
+    return images, masks
+
+
+def write_manifest(uri: Path, images: list[Path], masks: list[Path], rows: int, model_uri: str) -> str:
+    """A manifest of ``rows`` rows over two defect keys, images and masks round-robin; returns its URI."""
+    records = []
+    for i in range(rows):
+        defect = ("crack", "scratch")[i % 2]
+        sid = sample_id_for("bench", defect, i // 2)
+        records.append(
+            {
+                "sample_id": sid,
+                "category": "bench",
+                "defect_type": defect,
+                "image_uri": str(images[i % len(images)]),
+                "mask_uri": str(masks[(i * 7) % len(masks)]),
+                "mask_png": None,
+                "mask_source": f"real:{masks[(i * 7) % len(masks)].stem}",
+                "prompt": f"bench/{defect}",
+                "seed": row_seed(0, sid),
+                "model_uri": model_uri,
+            }
+        )
+    uri.mkdir(parents=True, exist_ok=True)
+    (uri / MANIFEST_FILE).write_bytes(table_to_parquet(pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)))
+    (uri / SUMMARY_FILE).write_text(json.dumps({"rows": rows, "created_by": {"command": "benchmark"}}) + "\n")
+    return str(uri)
+
+
+def bare_loop(cfg: SynthesizeConfig, model_uri: str) -> float:
+    """The pipeline's work in one process, no Ray, committing each shard as soon as its rows are done; seconds."""
+    start = time.perf_counter()
+    torch.set_num_threads(max(1, int(cfg.compute.num_cpus)))
+    synth = FastSynthesizer(model_uri=model_uri, sampler=cfg.sampler, num_cpus=cfg.compute.num_cpus)
+    info = synth.info
+    manifest = pq.read_table(Path(cfg.manifest) / MANIFEST_FILE)
+    n = manifest.num_rows
+    _, run_id = job_identity(cfg, model_uri, info, n)
+    rows_idx = list(range(n))
+    pending = pa.table(
+        {
+            "sample_id": manifest.column("sample_id"),
+            "row": pa.array(rows_idx, pa.int64()),
+            "shard": pa.array([i // cfg.shard_size for i in rows_idx], pa.int64()),
+        }
+    )
+    store = ShardStore(cfg.out, data_schema=DATA_SCHEMA, rejected_schema=REJECTED_SCHEMA)
+    store.claim({"run_id": run_id})
+    done: list[pa.Table] = []
+    b, next_shard = cfg.compute.batch_size, 0
+    for lo in range(0, n, b):
+        batch = load_inputs(
+            manifest.slice(lo, b),
+            pending=pending,
+            image_size=info.image_size,
+            image_channels=info.image_channels,
+            keys=info.keys,
+        )
+        out = encode_and_qc(synth(batch), qc_cfg=cfg.qc)
+        done.append(pa.table({k: pa.array(list(v)) if v.dtype == object else pa.array(v) for k, v in out.items()}))
+        while next_shard < num_shards(n, cfg.shard_size) and min(lo + b, n) >= min(
+            (next_shard + 1) * cfg.shard_size, n
+        ):
+            rows = pa.concat_tables(done)
+            part = rows.filter(pc.equal(rows.column("shard"), next_shard))
+            data, rejected, files, counts = shard_tables(part, info, cfg, model_uri, run_id)
+            store.commit(next_shard, data, rejected, files, run_id=run_id, counts=counts)
+            next_shard += 1
+    return time.perf_counter() - start
+
+
+def data_bytes(out: str) -> dict[str, bytes]:
+    """The ``data/`` parts of an output, by name."""
+    return {p.name: p.read_bytes() for p in sorted((Path(out) / "data").glob("*.parquet"))}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--rows", type=int, default=32, help="manifest rows (pairs) per run")
+    p.add_argument("--nfe", type=int, default=10)
+    p.add_argument("--batch", type=int, default=4, help="rows per actor call")
+    p.add_argument("--shard-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per actor and in the bare loop")
+    p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    p.add_argument("--out", default="benchmarks/results/pipeline_throughput.json")
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="fastgen-pipebench-"))
+    model_cfg = model_preset(PRESETS[args.preset], keys=KEYS)
+    size = model_cfg.vae.sample_size
+    model = FastLDM.from_scratch(model_cfg, seed=0)
+    model_uri = publish_model(
+        model, str(work / "model"), ModelInfo(image_size=size, image_channels=3, keys=KEYS, preset=args.preset)
+    )
+    images, masks = make_inputs(work / "inputs", 8, size + 16)
+    manifest = write_manifest(work / "manifest", images, masks, args.rows, model_uri)
+
+    def config(out: str, actors: int) -> SynthesizeConfig:
+        return SynthesizeConfig(
+            manifest=manifest,
+            out=out,
+            shard_size=args.shard_size,
+            sampler=SynthesisConfig(nfe=args.nfe, batch_size=args.batch),
+            compute=ComputeConfig(concurrency=actors, num_cpus=args.threads, batch_size=args.batch),
+            preview_pairs=0,
+        )
+
+    results: dict[str, Any] = {}
+    bare_s = bare_loop(config(str(work / "bare"), 1), model_uri)
+    results["bare"] = {"seconds": bare_s, "pairs_per_s": args.rows / bare_s}
+    print(f"bare loop: {args.rows} pairs in {bare_s:.1f} s = {args.rows / bare_s:.3f} pairs/s", flush=True)
+    cluster = ensure_ray(args.num_cpus)
+    identical = True
+    for actors in (1, 2):
+        for phase in ("cold", "warm"):  # cold: first run, worker processes start; warm: the same run again
+            out = str(work / f"ray{actors}-{phase}")
+            start = time.perf_counter()
+            run_synthesis(config(out, actors))
+            seconds = time.perf_counter() - start
+            same = data_bytes(out) == data_bytes(str(work / "bare"))
+            identical &= same
+            name = f"ray-{actors}-{phase}"
+            results[name] = {"seconds": seconds, "pairs_per_s": args.rows / seconds, "identical_to_bare": same}
+            print(f"{name}: {seconds:.1f} s = {args.rows / seconds:.3f} pairs/s (same bytes: {same})", flush=True)
+    rate = {name: r["pairs_per_s"] for name, r in results.items()}
+    report = {
+        "preset": args.preset,
+        "image_size": size,
+        "rows": args.rows,
+        "nfe": args.nfe,
+        "batch": args.batch,
+        "shard_size": args.shard_size,
+        "threads_per_actor": args.threads,
+        "ray": cluster,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": results,
+        "ratio_ray1_warm_over_bare": rate["ray-1-warm"] / rate["bare"],
+        "ratio_ray1_cold_over_bare": rate["ray-1-cold"] / rate["bare"],
+        "speedup_ray2_over_ray1_warm": rate["ray-2-warm"] / rate["ray-1-warm"],
+        "outputs_identical": identical,
+    }
+    print("| run | s | pairs/s |\n|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.1f} | {r['pairs_per_s']:.3f} |")
+    print(
+        f"ray-1 / bare: {report['ratio_ray1_warm_over_bare']:.2f} warm, {report['ratio_ray1_cold_over_bare']:.2f} "
+        f"cold; ray-2 / ray-1 (warm): {report['speedup_ray2_over_ray1_warm']:.2f}; outputs identical: {identical}"
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Quality control of synthesized pairs: why a row is rejected, decided from its inputs and its outputs alone.
+
+Every check returns a reason (one of :data:`REASONS`) and a one-line detail, or None when the row passes; nothing here
+raises on a bad row, so a pipeline records the reason and goes on. Masks follow the MVTec convention: > 0 = anomaly.
+
+Input checks (:func:`check_inputs`), on the decoded image and mask at their stored resolution:
+
+* ``mask_empty``          the mask has no anomaly pixel;
+* ``mask_size_mismatch``  mask (H, W) differs from the image's (H, W).
+
+Output checks (:func:`check_output`), on the pasted output x_out = M ⊙ decode(z) + (1 − M) ⊙ x_n and the label M at the
+model's size S × S:
+
+* ``output_nonfinite``     x_out had a NaN/inf before quantisation (reported by the synthesizer: uint8 cannot hold it);
+* ``latent_mask_empty``    the latent mask m = down(M) had no anomaly cell, so the sampler never saw an anomaly
+                           region (rejected only when :attr:`QCConfig.reject_latent_mask_empty`);
+* ``output_blank``         x_out is one constant value (max = min over all pixels and channels);
+* ``mask_area_too_small``  area(M) = Σ [M > 0] < :attr:`QCConfig.min_mask_area_px` after resizing to S × S.
+
+The loaders report ``input_unreadable``, ``mask_unreadable``, ``prompt_unknown`` and ``invalid_row`` with the same
+record shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+INPUT_UNREADABLE = "input_unreadable"
+MASK_UNREADABLE = "mask_unreadable"
+MASK_EMPTY = "mask_empty"
+MASK_SIZE_MISMATCH = "mask_size_mismatch"
+PROMPT_UNKNOWN = "prompt_unknown"
+INVALID_ROW = "invalid_row"
+LATENT_MASK_EMPTY = "latent_mask_empty"
+OUTPUT_NONFINITE = "output_nonfinite"
+OUTPUT_BLANK = "output_blank"
+MASK_AREA_TOO_SMALL = "mask_area_too_small"
+
+REASONS = (
+    INPUT_UNREADABLE,
+    MASK_UNREADABLE,
+    MASK_EMPTY,
+    MASK_SIZE_MISMATCH,
+    PROMPT_UNKNOWN,
+    INVALID_ROW,
+    LATENT_MASK_EMPTY,
+    OUTPUT_NONFINITE,
+    OUTPUT_BLANK,
+    MASK_AREA_TOO_SMALL,
+)
+
+
+@dataclass(kw_only=True)
+class QCConfig:
+    """Bounds of the output checks."""
+
+    min_mask_area_px: int = 1  # reject when fewer anomaly pixels than this remain in the S × S label
+    reject_latent_mask_empty: bool = True  # reject pairs whose mask vanished at latent resolution (nothing synthesized)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_mask_area_px, bool) or not isinstance(self.min_mask_area_px, int):
+            raise ValueError(f"QCConfig.min_mask_area_px must be an integer, got {self.min_mask_area_px!r}")
+        if self.min_mask_area_px < 0:
+            raise ValueError(f"QCConfig.min_mask_area_px = {self.min_mask_area_px} must be >= 0")
+        if not isinstance(self.reject_latent_mask_empty, bool):
+            raise ValueError(
+                f"QCConfig.reject_latent_mask_empty must be true or false, got {self.reject_latent_mask_empty!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a row was dropped: ``reason`` is one of :data:`REASONS`; ``detail`` a short human-readable line."""
+
+    reason: str
+    detail: str
+
+
+def mask_area(mask: np.ndarray) -> int:
+    """Number of anomaly pixels, Σ [M > 0].
+
+    >>> mask_area(np.array([[0, 255], [255, 0]], np.uint8))
+    2
+    """
+    return int(np.count_nonzero(mask))
+
+
+def check_inputs(image: np.ndarray, mask: np.ndarray) -> Rejection | None:
+    """``mask_empty`` or ``mask_size_mismatch`` for a decoded (H, W[, C]) image and (H', W') mask, else None.
+
+    >>> check_inputs(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)).reason
+    'mask_empty'
+    >>> check_inputs(np.zeros((4, 4), np.uint8), np.full((4, 5), 255, np.uint8)).reason
+    'mask_size_mismatch'
+    >>> check_inputs(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 255, np.uint8)) is None
+    True
+    """
+    if mask.ndim != 2:
+        return Rejection(MASK_UNREADABLE, f"mask must be one channel (H, W), got shape {mask.shape}")
+    if mask_area(mask) == 0:
+        return Rejection(MASK_EMPTY, f"mask of size {mask.shape[1]}x{mask.shape[0]} has no anomaly pixel")
+    if tuple(mask.shape[:2]) != tuple(image.shape[:2]):
+        return Rejection(
+            MASK_SIZE_MISMATCH,
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}",
+        )
+    return None
+
+
+def check_output(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    finite: bool,
+    latent_mask_empty: bool,
+    cfg: QCConfig,
+) -> Rejection | None:
+    """The first failed output check (order: nonfinite, latent mask, blank, area) for one pair, else None.
+
+    Args:
+        image: the pasted output x_out as uint8 (S, S[, C]).
+        mask: the label M as uint8 (S, S), > 0 = anomaly.
+        finite: whether x_out was finite before quantisation.
+        latent_mask_empty: whether the latent mask had no anomaly cell.
+        cfg: bounds.
+
+    >>> ok = np.arange(16, dtype=np.uint8).reshape(4, 4); m = np.full((4, 4), 255, np.uint8)
+    >>> check_output(ok, m, finite=True, latent_mask_empty=False, cfg=QCConfig()) is None
+    True
+    >>> check_output(np.zeros((4, 4), np.uint8), m, finite=True, latent_mask_empty=False, cfg=QCConfig()).reason
+    'output_blank'
+    >>> check_output(ok, m, finite=True, latent_mask_empty=False, cfg=QCConfig(min_mask_area_px=17)).reason
+    'mask_area_too_small'
+    """
+    if not finite:
+        return Rejection(OUTPUT_NONFINITE, "the synthesized image had NaN or infinite values")
+    if latent_mask_empty and cfg.reject_latent_mask_empty:
+        return Rejection(
+            LATENT_MASK_EMPTY, "the mask has no anomaly cell at latent resolution; nothing was synthesized"
+        )
+    if image.size == 0 or int(image.max()) == int(image.min()):
+        value = int(image.flat[0]) if image.size else 0
+        return Rejection(OUTPUT_BLANK, f"the output image is constant (every pixel = {value})")
+    area = mask_area(mask)
+    if area < cfg.min_mask_area_px:
+        return Rejection(
+            MASK_AREA_TOO_SMALL,
+            f"mask area {area} px at {mask.shape[1]}x{mask.shape[0]} is below qc.min_mask_area_px = "
+            f"{cfg.min_mask_area_px}",
+        )
+    return None

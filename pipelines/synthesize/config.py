@@ -1,0 +1,115 @@
+"""``SynthesizeConfig``: what ``fastgen synthesize`` reads, where it writes, how it runs, and its test-only faults.
+
+Only :meth:`SynthesizeConfig.content` (manifest, sampler, QC, shard size) decides the bytes of the output; compute,
+storage, preview and fault settings do not, so changing them between a run and its resume is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fast_core.configbase import check_choices, to_dict
+from fast_core.qc import QCConfig
+from fast_core.synthesis import SynthesisConfig
+from pipelines.storage import StorageConfig
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be an integer >= 1{' or null' if allow_none else ''}, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class ComputeConfig:
+    """How the Ray Data pipeline is sized: the synthesizer actor pool and the CPU stages around it."""
+
+    concurrency: int = 1  # FastSynthesizer actors (one per GPU on a GPU cluster)
+    num_gpus: float = 0.0  # GPUs per actor; > 0 runs the model on cuda
+    num_cpus: float = 1.0  # CPUs reserved per actor (on CPU: also its torch threads, rounded up)
+    batch_size: int = 8  # rows per actor call (a Ray Data batch)
+    dtype: DType = "float32"  # network precision; float16/bfloat16 need num_gpus > 0
+    task_cpus: float = 1.0  # CPUs per load / encode task (single-threaded decode, resize, PNG encode)
+    cpu_tasks: int | None = None  # max concurrent load / encode tasks each (null: Ray Data decides)
+    io_threads: int = 8  # parallel PNG writes per shard commit
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _positive_int("compute.concurrency", self.concurrency)
+        _positive_int("compute.batch_size", self.batch_size)
+        _positive_int("compute.io_threads", self.io_threads)
+        _positive_int("compute.cpu_tasks", self.cpu_tasks, allow_none=True)
+        if self.num_gpus < 0 or self.num_cpus <= 0 or self.task_cpus <= 0:
+            raise ValueError(
+                f"compute.num_gpus must be >= 0, compute.num_cpus and compute.task_cpus > 0; got {self.num_gpus}, "
+                f"{self.num_cpus}, {self.task_cpus}"
+            )
+        if self.dtype != "float32" and self.num_gpus == 0:
+            raise ValueError(f"compute.dtype = {self.dtype!r} needs a GPU (compute.num_gpus > 0); use float32 on CPU")
+
+
+@dataclass(kw_only=True)
+class FaultConfig:
+    """Fault injection for tests; both null in real runs."""
+
+    kill_actor_after_batches: int | None = None  # an actor os._exit()s once, on its k-th batch (marker file: once)
+    fail_writes_after_shards: int | None = None  # the k+1-th shard commit of this run fails before its marker
+
+    def __post_init__(self) -> None:
+        _positive_int("fault.kill_actor_after_batches", self.kill_actor_after_batches, allow_none=True)
+        if self.fail_writes_after_shards is not None and (
+            isinstance(self.fail_writes_after_shards, bool) or self.fail_writes_after_shards < 0
+        ):
+            raise ValueError(
+                f"fault.fail_writes_after_shards must be >= 0 or null, got {self.fail_writes_after_shards}"
+            )
+
+
+@dataclass(kw_only=True)
+class SynthesizeConfig:
+    """Settings of ``fastgen synthesize``."""
+
+    manifest: str  # manifest URI: a folder (or s3:// prefix) holding manifest.parquet and manifest.json
+    out: str  # output dataset URI (a new folder or s3:// prefix per dataset version)
+    model_uri: str | None = None  # null: the manifest's model_uri (one model per manifest)
+    shard_size: int = 256  # manifest rows per output shard: shard k = rows [k·S, (k+1)·S)
+    sampler: SynthesisConfig = field(default_factory=SynthesisConfig)  # sampler, NFE, FARM, background window
+    qc: QCConfig = field(default_factory=QCConfig)  # output checks
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)  # for s3:// manifest, model and output
+    model_cache_dir: str | None = None  # where s3:// models are cached locally (null: ~/.cache/fastgen/models)
+    preview_pairs: int = 16  # pairs on the preview.png contact sheet
+    fault: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("manifest", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"SynthesizeConfig.{name} is empty; give a URI")
+        _positive_int("shard_size", self.shard_size)
+        if isinstance(self.preview_pairs, bool) or self.preview_pairs < 0:
+            raise ValueError(f"preview_pairs must be >= 0, got {self.preview_pairs!r}")
+
+    def content(self, model_uri: str) -> dict[str, Any]:
+        """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
+        sampler = to_dict(self.sampler)
+        sampler.pop("batch_size")
+        manifest = self.manifest.rstrip("/")
+        return {
+            "manifest": manifest if "://" in manifest else os.path.abspath(manifest),
+            "model_uri": model_uri,
+            "shard_size": self.shard_size,
+            "sampler": sampler,
+            "qc": to_dict(self.qc),
+        }
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    """Hex SHA-256 of the canonical JSON of ``content``."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

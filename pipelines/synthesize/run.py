@@ -1,0 +1,464 @@
+"""``run_synthesis``: manifest → Ray Data pipeline → committed shards → a finished dataset version.
+
+Pipeline (see :mod:`pipelines.synthesize.stages`)::
+
+    ray.data.read_parquet(manifest.parquet)
+      → repartition(target_num_rows_per_block=batch_size)   streaming re-blocking: one actor batch per block
+      → map_batches(load_inputs)           CPU tasks: drop rows of committed shards, fetch + decode + resize inputs
+      → map_batches(FastSynthesizer)       actor pool: model loaded once per actor; num_gpus/concurrency/batch_size
+      → map_batches(encode_and_qc)         CPU tasks: QC, PNG encoding
+      → iter_batches on the driver         the shard writer: buffer rows per shard, commit each complete shard
+
+Why the driver writes. Shard k is fixed as manifest rows [k·S, (k+1)·S) before the pipeline starts (the driver reads
+the manifest's ``sample_id`` column, computes each pending row's index and shard, and the load stage tags rows with
+them). Rows then arrive in any order Ray chooses; the driver buffers them per shard and, as soon as all rows of a
+shard have arrived (every row arrives exactly once, as a pair or as a rejection), sorts them by manifest index and
+commits the shard through :class:`pipelines.shards.ShardStore`. One committer makes exactly-once simple: no two
+processes ever write the same shard, markers are written in one place, duplicate deliveries (a retried task) are
+dropped by id, and a shard commits while later shards are still being synthesized (streaming; no all-to-all
+``groupby`` barrier). The heavy work (decode, synthesis, PNG encoding) stays in Ray tasks and actors; the driver
+only moves bytes to storage, with ``compute.io_threads`` parallel writes per shard.
+
+Stages and resources. The actor pool asks for ``compute.num_gpus``/``num_cpus`` per actor, the CPU stages for
+``compute.task_cpus`` per task. Ray Data fuses ``load_inputs`` into the actor stage when both ask for the same
+resources (CPU-only runs with ``task_cpus == num_cpus``): decoding then runs in the actor's process, which saves a
+worker per CPU on a CPU-only machine; with GPU actors (or different CPU requests) it is a separate pool of CPU tasks.
+
+Resume. Before the pipeline starts, the committed shards are read from ``_commits/`` and their rows are dropped in
+the load stage, so a rerun synthesizes only the rest; a finished output (``_SUCCESS``) is left as it is. All bytes
+depend only on the manifest, the model and :meth:`SynthesizeConfig.content` (per-row seeds, deterministic PNG and
+Parquet writing, a ``run_id`` derived from the content hash), so an interrupted-and-resumed run produces the same
+files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import storage
+from pipelines.config import dump_config
+from pipelines.manifest import MANIFEST_FILE, read_manifest
+from pipelines.model_store import ModelInfo, read_model_info
+from pipelines.ray_utils import ensure_ray
+from pipelines.shards import ShardStore, num_shards, shard_name
+from pipelines.synthesize.config import SynthesizeConfig, content_hash
+from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
+from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
+from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+
+logger = logging.getLogger(__name__)
+
+FAULT_MARKER = "_faults/actor-killed"
+
+
+@dataclass
+class SynthesisSummary:
+    """What a synthesis run did; ``format()`` is the CLI's final summary."""
+
+    out: str
+    run_id: str
+    rows: int
+    shards: int
+    shards_skipped: int  # already committed before this run
+    shards_written: int  # committed by this run
+    written: int  # pairs in the whole dataset
+    rejected: int  # rejected rows in the whole dataset
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_this_run: int = 0
+    elapsed_s: float = 0.0
+    pairs_per_s: float = 0.0  # rows (pairs + rejections) synthesized by this run per wall second
+    already_complete: bool = False
+
+    def format(self) -> str:
+        """A few human-readable lines."""
+        if self.already_complete:
+            return f"{self.out}: already complete (run {self.run_id}): {self.written} pairs, {self.rejected} rejected"
+        reasons = ", ".join(f"{k}: {v}" for k, v in self.rejected_by_reason.items()) or "none"
+        return (
+            f"{self.out}: {self.written} pairs written, {self.rejected} rejected ({reasons})\n"
+            f"shards: {self.shards} ({self.shards_written} this run, {self.shards_skipped} already committed)\n"
+            f"this run: {self.rows_this_run} rows in {self.elapsed_s:.1f} s = {self.pairs_per_s:.2f} pairs/s "
+            f"(run {self.run_id})"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def read_manifest_index(uri: str, storage_cfg: storage.StorageConfig | None) -> pa.Table:
+    """``sample_id`` and ``model_uri`` of every manifest row, in manifest order, after :func:`read_manifest` checked
+    the whole manifest (schema, nulls, one mask per row, unique ids)."""
+    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri"])
+
+
+def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:
+    """The model to load: ``cfg.model_uri`` or the single ``model_uri`` of the manifest."""
+    if cfg.model_uri:
+        return cfg.model_uri
+    uris = pc.unique(index.column("model_uri")).to_pylist()
+    if len(uris) != 1 or not uris[0]:
+        raise ValueError(f"{cfg.manifest}: the manifest names {len(uris)} model URIs {uris[:3]}; set model_uri")
+    return str(uris[0])
+
+
+def _arrow_fs(uri: str, storage_cfg: storage.StorageConfig | None) -> tuple[Any, str]:
+    """(pyarrow filesystem or None, path) for Ray Data's readers."""
+    fs, path = storage.filesystem(uri, storage_cfg)
+    if not uri.startswith("s3://"):
+        return None, path
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+# ------------------------------------------------------------------------------------------------ shard building
+def shard_tables(
+    rows: pa.Table, info: ModelInfo, cfg: SynthesizeConfig, model_uri: str, run_id: str
+) -> tuple[pa.Table, pa.Table, list[tuple[str, bytes]], dict[str, dict[str, int]]]:
+    """(data rows, rejected rows, PNG side files, counters) of one complete shard, rows in manifest order."""
+    rows = rows.sort_by("row")
+    good = pc.equal(rows.column("status"), "")
+    ok, bad = rows.filter(good), rows.filter(pc.invert(good))
+    meta = {name: ok.column(name).to_pylist() for name in ("sample_id", "category", "defect_type")}
+    names = list(zip(meta["category"], meta["defect_type"], meta["sample_id"], strict=True))
+    img_paths = [image_path(c, d, s) for c, d, s in names]
+    msk_paths = [mask_path(c, d, s) for c, d, s in names]
+    image_png, mask_png = ok.column("image_png").combine_chunks(), ok.column("mask_png").combine_chunks()
+    n = ok.num_rows
+    data = pa.table(
+        {
+            "sample_id": ok.column("sample_id"),
+            "category": ok.column("category"),
+            "defect_type": ok.column("defect_type"),
+            "image": pa.StructArray.from_arrays(
+                [image_png.cast(pa.binary()), pa.array(img_paths, pa.string())], fields=list(IMAGE_STRUCT)
+            ),
+            "mask": pa.StructArray.from_arrays(
+                [mask_png.cast(pa.binary()), pa.array(msk_paths, pa.string())], fields=list(IMAGE_STRUCT)
+            ),
+            "width": pa.array(np.full(n, info.image_size, np.int32)),
+            "height": pa.array(np.full(n, info.image_size, np.int32)),
+            "mask_area": ok.column("mask_area").cast(pa.int64()),
+            "seed": ok.column("seed").cast(pa.int64()),
+            "source_image": ok.column("source_image"),
+            "mask_source": ok.column("mask_source"),
+            "sampler": pa.array([cfg.sampler.sampler] * n, pa.string()),
+            "nfe": ok.column("nfe").cast(pa.int32()),
+            "model_uri": pa.array([model_uri] * n, pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+        },
+        schema=DATA_SCHEMA,
+    )
+    rejected = pa.table(
+        {name: bad.column("status" if name == "reason" else name) for name in REJECTED_SCHEMA.names},
+        schema=REJECTED_SCHEMA,
+    )
+    files = list(zip(img_paths, image_png.to_pylist(), strict=True)) + list(
+        zip(msk_paths, mask_png.to_pylist(), strict=True)
+    )
+    keys = [f"{c}/{d}" for c, d in zip(meta["category"], meta["defect_type"], strict=True)]
+    counts = {
+        "rejected_by_reason": dict(Counter(bad.column("status").to_pylist())),
+        "written_by_key": dict(Counter(keys)),
+    }
+    return data, rejected, files, counts
+
+
+class _ShardBuffer:
+    """Rows arriving from the pipeline, grouped by shard until each shard is complete (duplicates dropped by id)."""
+
+    def __init__(self, expected: dict[int, int]) -> None:
+        self.expected = expected  # shard → number of manifest rows
+        self.parts: dict[int, list[pa.Table]] = {}
+        self.seen: dict[int, set[str]] = {}
+        self.duplicates = 0
+
+    def add(self, batch: pa.Table) -> list[int]:
+        """Add rows; returns the shards that became complete."""
+        complete = []
+        shards = batch.column("shard").to_numpy()
+        for k in np.unique(shards):
+            k = int(k)
+            if k not in self.expected:
+                raise RuntimeError(f"the pipeline returned a row of {shard_name(k)}, which is not pending")
+            part = batch.filter(pa.array(shards == k))
+            seen = self.seen.setdefault(k, set())
+            ids = part.column("sample_id").to_pylist()
+            fresh = [sid not in seen for sid in ids]
+            if not all(fresh):
+                self.duplicates += len(fresh) - sum(fresh)
+                part = part.filter(pa.array(fresh))
+                ids = [sid for sid, f in zip(ids, fresh, strict=True) if f]
+            seen.update(ids)
+            self.parts.setdefault(k, []).append(part)
+            if len(seen) == self.expected[k]:
+                complete.append(k)
+        return complete
+
+    def pop(self, shard: int) -> pa.Table:
+        """The complete rows of ``shard`` (the buffer forgets them)."""
+        self.seen.pop(shard)
+        return pa.concat_tables(self.parts.pop(shard))
+
+    def incomplete(self) -> dict[int, int]:
+        """shard → rows still missing, for shards that never completed."""
+        return {k: n - len(self.seen.get(k, ())) for k, n in self.expected.items() if k in self.parts or k in self.seen}
+
+
+# ------------------------------------------------------------------------------------------------ run
+def _build_dataset(cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, pending: pa.Table) -> Any:
+    """The lazy Ray Data pipeline over the manifest (see the module docstring)."""
+    import ray.data
+
+    c = cfg.compute
+    fs, path = _arrow_fs(storage.join(cfg.manifest, MANIFEST_FILE), cfg.storage)
+    # A manifest is one Parquet row group, which the reader returns as one block; re-block it (streaming) into
+    # actor-batch-sized blocks so that work spreads over the actors and results stream to the writer batch by batch.
+    ds = ray.data.read_parquet(path, filesystem=fs).repartition(target_num_rows_per_block=c.batch_size)
+    cpu_compute = ray.data.TaskPoolStrategy(size=c.cpu_tasks) if c.cpu_tasks else None
+    ds = ds.map_batches(
+        load_inputs,
+        batch_format="pyarrow",
+        batch_size=c.batch_size,
+        compute=cpu_compute,
+        num_cpus=c.task_cpus,
+        fn_kwargs={
+            "pending": pending,
+            "image_size": info.image_size,
+            "image_channels": info.image_channels,
+            "keys": list(info.keys),
+            "storage_cfg": cfg.storage,
+        },
+    )
+    ds = ds.map_batches(
+        FastSynthesizer,
+        batch_format="numpy",
+        batch_size=c.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=c.concurrency),
+        num_gpus=c.num_gpus or None,
+        num_cpus=c.num_cpus,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "sampler": cfg.sampler,
+            "num_gpus": c.num_gpus,
+            "num_cpus": c.num_cpus,
+            "dtype": c.dtype,
+            "storage_cfg": cfg.storage,
+            "cache_dir": cfg.model_cache_dir,
+            "kill_after_batches": cfg.fault.kill_actor_after_batches,
+            "fault_marker": storage.join(cfg.out, FAULT_MARKER),
+        },
+    )
+    return ds.map_batches(
+        encode_and_qc,
+        batch_format="numpy",
+        batch_size=c.batch_size,
+        compute=cpu_compute,
+        num_cpus=c.task_cpus,
+        fn_kwargs={"qc_cfg": cfg.qc},
+    )
+
+
+def job_identity(cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, n_rows: int) -> tuple[dict[str, Any], str]:
+    """(content, run_id): what the output bytes depend on, and ``synth-<first 16 hex of its SHA-256>``."""
+    content = {**cfg.content(model_uri), "rows": n_rows, "image_size": info.image_size}
+    return content, f"synth-{content_hash(content)[:16]}"
+
+
+def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
+    """Synthesize every manifest row not yet committed under ``cfg.out``, then finish the dataset version.
+
+    Connects to Ray with :func:`pipelines.ray_utils.ensure_ray` when not connected yet. One driver per output URI at
+    a time. Returns the summary; raises ``ValueError`` for a bad manifest or config, and the storage error when
+    storage fails after its retries (a rerun resumes from the committed shards).
+    """
+    start = time.perf_counter()
+    index = read_manifest_index(cfg.manifest, cfg.storage)
+    model_uri = _model_uri(cfg, index)
+    info = read_model_info(model_uri, cfg.storage)
+    n_rows = index.num_rows
+    n_shards = num_shards(n_rows, cfg.shard_size)
+    content, run_id = job_identity(cfg, model_uri, info, n_rows)
+    store = ShardStore(
+        cfg.out,
+        cfg.storage,
+        data_schema=DATA_SCHEMA,
+        rejected_schema=REJECTED_SCHEMA,
+        io_threads=cfg.compute.io_threads,
+        fail_after_commits=cfg.fault.fail_writes_after_shards,
+    )
+    if storage.exists(store.uri(SUCCESS), cfg.storage):
+        store.claim({"run_id": run_id, "content": content})
+        commits = store.verify(n_shards, index.column("sample_id").to_pylist())
+        summary = _summary(cfg, run_id, n_rows, n_shards, commits, skipped=n_shards, written=0, rows_run=0, start=start)
+        summary.already_complete = True
+        logger.info("%s is already complete (%s exists); nothing to do", cfg.out, SUCCESS)
+        return summary
+    store.claim({"run_id": run_id, "content": content})
+    committed = store.committed()
+    pending_shards = [k for k in range(n_shards) if k not in committed]
+    logger.info(
+        "synthesis %s: %d rows in %d shards of %d; %d already committed, %d to do",
+        run_id,
+        n_rows,
+        n_shards,
+        cfg.shard_size,
+        len(committed),
+        len(pending_shards),
+    )
+    progress = _Progress(start)
+    if pending_shards:
+        _run_pipeline(cfg, store, model_uri, info, index, pending_shards, n_shards, run_id, progress)
+    commits = store.verify(n_shards, index.column("sample_id").to_pylist())
+    rows_run = progress.rows
+    summary = _summary(
+        cfg,
+        run_id,
+        n_rows,
+        n_shards,
+        commits,
+        skipped=len(committed),
+        written=len(pending_shards),
+        rows_run=rows_run,
+        start=start,
+    )
+    write_outputs(
+        store,
+        commits,
+        run={
+            "run_id": run_id,
+            "manifest": cfg.manifest,
+            "model_uri": model_uri,
+            "sampler": cfg.sampler.sampler,
+            "nfe": cfg.sampler.nfe,
+            "image_size": info.image_size,
+            "last_run": {
+                "rows": rows_run,
+                "shards_written": len(pending_shards),
+                "shards_skipped": len(committed),
+                "elapsed_s": round(summary.elapsed_s, 3),
+                "pairs_per_s": round(summary.pairs_per_s, 3),
+                "actors": cfg.compute.concurrency,
+                "batch_size": cfg.compute.batch_size,
+            },
+        },
+        resolved_config=dump_config(cfg),
+        preview_count=cfg.preview_pairs,
+        storage_cfg=cfg.storage,
+    )
+    return summary
+
+
+class _Progress:
+    """Rows committed by this run and the rate since it started (for the per-shard log line and ETA)."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.rows = 0
+        self.last = start
+
+    def committed(self, rows: int) -> None:
+        self.rows += rows
+        self.last = time.perf_counter()
+
+    def rate(self) -> float:
+        elapsed = self.last - self.start
+        return self.rows / elapsed if elapsed > 0 else 0.0
+
+
+def _run_pipeline(
+    cfg: SynthesizeConfig,
+    store: ShardStore,
+    model_uri: str,
+    info: ModelInfo,
+    index: pa.Table,
+    pending_shards: list[int],
+    n_shards: int,
+    run_id: str,
+    progress: _Progress,
+) -> None:
+    """Run the Ray Data pipeline over the pending shards and commit each as it completes."""
+    ensure_ray()  # no-op when connected; never lets Ray Data auto-start a bare ray.init()
+    n_rows = index.num_rows
+    rows = np.concatenate(
+        [np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n_rows)) for k in pending_shards]
+    )
+    pending = pa.table(
+        {
+            "sample_id": index.column("sample_id").take(pa.array(rows)),
+            "row": pa.array(rows, pa.int64()),
+            "shard": pa.array(rows // cfg.shard_size, pa.int64()),
+        }
+    )
+    expected = {k: min((k + 1) * cfg.shard_size, n_rows) - k * cfg.shard_size for k in pending_shards}
+    buffer = _ShardBuffer(expected)
+    ds = _build_dataset(cfg, model_uri, info, pending)
+    total_todo, done_shards = len(rows), n_shards - len(pending_shards)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        for k in buffer.add(batch):
+            shard_rows = buffer.pop(k)
+            data, rejected, files, counts = shard_tables(shard_rows, info, cfg, model_uri, run_id)
+            store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
+            progress.committed(shard_rows.num_rows)
+            done_shards += 1
+            rate = progress.rate()
+            eta = (total_todo - progress.rows) / rate if rate > 0 else float("inf")
+            logger.info(
+                "committed %s (%d pairs, %d rejected): %d/%d shards, %.2f pairs/s, ETA %.0f s",
+                shard_name(k),
+                data.num_rows,
+                rejected.num_rows,
+                done_shards,
+                n_shards,
+                rate,
+                eta,
+            )
+    missing = buffer.incomplete()
+    if missing or progress.rows != total_todo:
+        raise RuntimeError(
+            f"the pipeline ended with incomplete shards: "
+            f"{ {shard_name(k): n for k, n in sorted(missing.items())} } rows missing"
+        )
+    if buffer.duplicates:
+        logger.info("dropped %d duplicate deliveries (retried tasks)", buffer.duplicates)
+
+
+def _summary(
+    cfg: SynthesizeConfig,
+    run_id: str,
+    n_rows: int,
+    n_shards: int,
+    commits: dict[int, Any],
+    *,
+    skipped: int,
+    written: int,
+    rows_run: int,
+    start: float,
+) -> SynthesisSummary:
+    elapsed = time.perf_counter() - start
+    reasons: Counter[str] = Counter()
+    for c in commits.values():
+        reasons.update(c.counts.get("rejected_by_reason", {}))
+    return SynthesisSummary(
+        out=cfg.out,
+        run_id=run_id,
+        rows=n_rows,
+        shards=n_shards,
+        shards_skipped=skipped,
+        shards_written=written,
+        written=sum(len(c.sample_ids) for c in commits.values()),
+        rejected=sum(len(c.rejected_ids) for c in commits.values()),
+        rejected_by_reason=dict(sorted(reasons.items())),
+        rows_this_run=rows_run,
+        elapsed_s=elapsed,
+        pairs_per_s=rows_run / elapsed if elapsed > 0 and rows_run else 0.0,
+    )
+
+
+__all__ = ["STATS", "SUCCESS", "SynthesisSummary", "read_manifest_index", "run_synthesis"]

@@ -1,0 +1,149 @@
+"""End to end on a local Ray: outputs and their consumers, resume after a failed write, a killed actor, reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fast_core.data.transforms import decode_png
+from fast_core.synthesis import SynthesisConfig
+from pipelines.shards import InjectedWriteFault
+from pipelines.synthesize import ComputeConfig, FaultConfig, SynthesizeConfig, run_synthesis
+from tests.helpers.dummy_data import make_dummy_mvtec
+from tests.helpers.manifests import pair_rows, write_manifest_rows
+from tests.helpers.tiny_models import publish_tiny_model
+
+pytestmark = pytest.mark.ray
+
+SHARD_SIZE = 6
+N_ROWS = 16  # 3 shards: 6 + 6 + 4
+BAD = {"tiny__crack__000001": "input_unreadable", "tiny__scratch__000002": "mask_empty"}
+# Files that must be byte-identical between an uninterrupted run and an interrupted-and-resumed one.
+CONTENT_DIRS = ("data", "rejected", "images", "masks", "_commits")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict:
+    """A dataset, a tiny model, a manifest with two bad rows, and the output of an uninterrupted run."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("synth")
+    root = make_dummy_mvtec(tmp / "data", categories=("tiny",), defects={"crack": 3, "scratch": 3}, mode="RGB")
+    model = publish_tiny_model(str(tmp / "model"))
+    rows = pair_rows(root, model, {("tiny", "crack"): 8, ("tiny", "scratch"): 8})
+    empty = tmp / "empty_mask.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(empty)
+    for row in rows:
+        if row["sample_id"] == "tiny__crack__000001":
+            row["image_uri"] = str(tmp / "gone.png")
+        if row["sample_id"] == "tiny__scratch__000002":
+            row["mask_uri"] = str(empty)
+    manifest = write_manifest_rows(str(tmp / "manifest"), rows)
+    ref = _cfg(manifest, tmp / "reference")
+    summary = run_synthesis(ref)
+    return {"tmp": tmp, "manifest": manifest, "rows": rows, "ref": Path(ref.out), "summary": summary}
+
+
+def _cfg(manifest: str, out: Path, **kwargs) -> SynthesizeConfig:
+    return SynthesizeConfig(
+        manifest=manifest,
+        out=str(out),
+        shard_size=SHARD_SIZE,
+        sampler=SynthesisConfig(nfe=3),
+        compute=ComputeConfig(batch_size=4),
+        preview_pairs=4,
+        **kwargs,
+    )
+
+
+def _content(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for d in CONTENT_DIRS
+        for p in sorted((out / d).rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def test_outputs_and_consumers(job: dict, ray_local: None) -> None:
+    out, summary = job["ref"], job["summary"]
+    assert (summary.written, summary.rejected, summary.shards_written) == (N_ROWS - 2, 2, 3)
+    assert summary.rejected_by_reason == {"input_unreadable": 1, "mask_empty": 1}
+    # pyarrow: every sample once, in manifest order, images are PNGs at the model size that match the tree
+    table = pq.read_table(out / "data")
+    ids = table.column("sample_id").to_pylist()
+    assert sorted(ids) == sorted(r["sample_id"] for r in job["rows"] if r["sample_id"] not in BAD)
+    assert len(set(ids)) == len(ids)
+    row = table.slice(0, 1).to_pylist()[0]
+    image = decode_png(row["image"]["bytes"])
+    assert image.shape == (32, 32, 3) and (row["width"], row["height"]) == (32, 32)
+    assert row["image"]["path"] == "images/tiny/crack/tiny__crack__000000.png"
+    assert (out / row["image"]["path"]).read_bytes() == row["image"]["bytes"]
+    assert (out / "masks/tiny/crack/tiny__crack__000000_mask.png").read_bytes() == row["mask"]["bytes"]
+    assert row["mask_area"] == int((decode_png(row["mask"]["bytes"]) > 0).sum()) > 0
+    assert (row["sampler"], row["nfe"], row["run_id"]) == ("aias", 3, summary.run_id)
+    features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["image"] == {"_type": "Image"} and features["mask"] == {"_type": "Image"}
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    assert {r["sample_id"]: r["reason"] for r in rejected} == BAD and {r["stage"] for r in rejected} == {"load"}
+    # Ray Data reads the same rows
+    import ray.data
+
+    ds = ray.data.read_parquet(str(out / "data"))
+    assert sorted(ds.to_pandas()["sample_id"].tolist()) == sorted(ids)
+    # dataset-level files
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["written"], stats["rejected"], stats["shards"]) == (N_ROWS - 2, 2, 3)
+    assert stats["written_by_key"] == {"tiny/crack": 7, "tiny/scratch": 7}
+    assert json.loads((out / "_SUCCESS").read_text())["written"] == N_ROWS - 2
+    assert decode_png((out / "preview.png").read_bytes()).shape[2] == 3
+    assert "shard_size: 6" in (out / "config.resolved.yaml").read_text()
+
+
+def test_huggingface_datasets_reads_images(job: dict) -> None:
+    datasets = pytest.importorskip("datasets", reason="the optional consumer check needs the datasets package")
+    ds = datasets.load_dataset("parquet", data_files=str(job["ref"] / "data" / "*.parquet"), split="train")
+    assert ds.features["image"].__class__.__name__ == "Image"
+    assert ds[0]["image"].size == (32, 32)
+
+
+def test_rerun_of_finished_job_writes_nothing(job: dict) -> None:
+    out = job["ref"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    summary = run_synthesis(_cfg(job["manifest"], out))
+    assert summary.already_complete and summary.written == N_ROWS - 2
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_failed_write_then_resume_is_byte_identical(job: dict) -> None:
+    out = job["tmp"] / "resumed"
+    with pytest.raises(InjectedWriteFault, match="after 1 committed shard"):
+        run_synthesis(_cfg(job["manifest"], out, fault=FaultConfig(fail_writes_after_shards=1)))
+    assert sorted(p.name for p in (out / "_commits").glob("part-*")) == ["part-00000.json"]
+    assert not (out / "_SUCCESS").exists()
+    summary = run_synthesis(_cfg(job["manifest"], out))
+    assert (summary.shards_skipped, summary.shards_written, summary.rows_this_run) == (1, 2, N_ROWS - SHARD_SIZE)
+    assert _content(out) == _content(job["ref"])
+
+
+def test_killed_actor_loses_and_duplicates_nothing(job: dict) -> None:
+    out = job["tmp"] / "actor_killed"
+    summary = run_synthesis(_cfg(job["manifest"], out, fault=FaultConfig(kill_actor_after_batches=2)))
+    assert (out / "_faults" / "actor-killed").exists()  # the actor really died once
+    assert (summary.written, summary.rejected) == (N_ROWS - 2, 2)
+    ids = pq.read_table(out / "data").column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == N_ROWS - 2
+    assert _content(out) == _content(job["ref"])
+
+
+def test_different_job_into_same_output_is_refused(job: dict) -> None:
+    cfg = _cfg(job["manifest"], job["ref"])
+    cfg.sampler = SynthesisConfig(nfe=4)
+    with pytest.raises(ValueError, match="already holds shards of a different job"):
+        run_synthesis(cfg)

@@ -1,0 +1,193 @@
+"""The synthesis stages without Ray: input loading and its rejections, the actor's determinism, QC, PNG encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from fast_core import qc
+from fast_core.data.transforms import decode_png, to_model_image
+from fast_core.synthesis import SynthesisConfig
+from pipelines.config import load_config
+from pipelines.manifest import MANIFEST_SCHEMA
+from pipelines.synthesize.config import SynthesizeConfig
+from pipelines.synthesize.outputs import contact_sheet, overlay
+from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
+from tests.helpers.manifests import pair_rows
+from tests.helpers.tiny_models import publish_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("stages")
+    root = make_dummy_mvtec(tmp / "data", categories=("tiny",), defects={"crack": 3}, mode="RGB", size=(40, 48))
+    model = publish_tiny_model(str(tmp / "model"))
+    rows = pair_rows(root, model, {("tiny", "crack"): 4})
+    return {"root": root, "model": model, "rows": rows, "tmp": tmp}
+
+
+def _pending(rows: list[dict], shard_size: int = 100) -> pa.Table:
+    ids = [r["sample_id"] for r in rows]
+    return pa.table(
+        {"sample_id": ids, "row": list(range(len(ids))), "shard": [i // shard_size for i in range(len(ids))]}
+    )
+
+
+def _load(rows: list[dict], pending: pa.Table | None = None, keys=("good", "tiny/crack")) -> dict:
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return load_inputs(
+        table,
+        pending=pending if pending is not None else _pending(rows),
+        image_size=32,
+        image_channels=3,
+        keys=list(keys),
+    )
+
+
+def test_load_resizes_inputs_and_keeps_only_pending_rows(setup: dict) -> None:
+    rows = setup["rows"]
+    out = _load(rows, _pending(rows, shard_size=2).slice(2))  # rows 0-1 (shard 0) are committed already
+    assert out["sample_id"].tolist() == ["tiny__crack__000002", "tiny__crack__000003"]
+    assert out["row"].tolist() == [2, 3] and out["shard"].tolist() == [1, 1]
+    assert (out["status"] == "").all()
+    assert out["image"].shape == (2, 32, 32, 3) and out["image"].dtype == np.uint8
+    assert set(np.unique(out["mask"])) <= {0, 255} and out["mask"].shape == (2, 32, 32)
+    # the uint8 carried between stages reproduces to_model_image exactly
+    original = decode_png(Path(rows[2]["image_uri"]).read_bytes(), "RGB")
+    assert torch.equal(to_model_image(out["image"][0], 32, 3), to_model_image(original, 32, 3))
+
+
+def test_load_rejects_bad_rows_with_reasons(setup: dict) -> None:
+    tmp, good = setup["tmp"], setup["rows"][0]
+    broken = tmp / "broken.png"
+    broken.write_bytes(Path(good["image_uri"]).read_bytes())
+    truncate_file(broken)
+    empty_mask = tmp / "empty_mask.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(empty_mask)
+    small_mask = tmp / "small_mask.png"
+    Image.fromarray(np.full((20, 20), 255, np.uint8)).save(small_mask)
+    cases = {
+        "input_unreadable": {"image_uri": str(tmp / "missing.png")},
+        "mask_unreadable": {"mask_uri": str(broken)},
+        "mask_empty": {"mask_uri": str(empty_mask)},
+        "mask_size_mismatch": {"mask_uri": str(small_mask)},
+        "prompt_unknown": {"prompt": "tiny/dent"},
+        "invalid_row": {"category": "../evil"},
+    }
+    rows = [{**good, **change, "sample_id": f"bad{i}"} for i, change in enumerate(cases.values())]
+    rows.append({**good, "image_uri": str(broken), "sample_id": "bad_trunc"})
+    out = _load(rows)
+    assert out["status"].tolist() == [*cases, "input_unreadable"]
+    assert set(out["stage"]) == {"load"}
+    assert "missing.png" in out["detail"][0] and "20x20" in out["detail"][3]
+
+
+def test_synthesizer_is_batch_independent_and_passes_rejections(setup: dict) -> None:
+    rows = setup["rows"]
+    bad = {**rows[0], "sample_id": "bad", "prompt": "tiny/dent"}
+    batch = _load([rows[0], bad, rows[1], rows[2]])
+    synth = FastSynthesizer(model_uri=setup["model"], sampler=SynthesisConfig(nfe=3, batch_size=2))
+    out = synth(batch)
+    assert out["status"].tolist() == ["", "prompt_unknown", "", ""]
+    assert out["nfe"].tolist() == [3, 0, 3, 3] and out["finite"].all()
+    assert not out["image"][1].any()  # the rejected row stays zeros
+    alone = synth({k: v[2:3] for k, v in batch.items()})
+    np.testing.assert_array_equal(alone["image"][0], out["image"][2])
+    # pixels outside the mask are the input's, exactly
+    outside = batch["mask"][0] == 0
+    np.testing.assert_array_equal(out["image"][0][outside], batch["image"][0][outside])
+    assert not np.array_equal(out["image"][0], batch["image"][0])
+
+
+def test_encode_and_qc(setup: dict) -> None:
+    rows = setup["rows"]
+    batch = _load(rows[:4])
+    n = 4
+    batch["image"][1] = 7  # blank output
+    batch.update(
+        finite=np.array([True, True, False, True]),
+        latent_mask_empty=np.array([False, False, False, True]),
+        nfe=np.full(n, 3, np.int32),
+    )
+    out = encode_and_qc(batch, qc_cfg=qc.QCConfig())
+    assert out["status"].tolist() == ["", "output_blank", "output_nonfinite", "latent_mask_empty"]
+    assert set(out["stage"][1:]) == {"qc"}
+    np.testing.assert_array_equal(decode_png(out["image_png"][0]), batch["image"][0])
+    np.testing.assert_array_equal(decode_png(out["mask_png"][0]), batch["mask"][0])
+    assert out["mask_area"][0] == int((batch["mask"][0] > 0).sum()) and "image" not in out
+    kept = encode_and_qc(batch, qc_cfg=qc.QCConfig(reject_latent_mask_empty=False))
+    assert kept["status"][3] == ""
+    strict = encode_and_qc(batch, qc_cfg=qc.QCConfig(min_mask_area_px=32 * 32 + 1))
+    assert strict["status"][0] == "mask_area_too_small" and "below qc.min_mask_area_px" in strict["detail"][0]
+
+
+def test_grayscale_rows_encode_as_l_png() -> None:
+    batch = {
+        "sample_id": np.array(["a"], dtype=object),
+        "category": np.array(["c"], dtype=object),
+        "defect_type": np.array(["d"], dtype=object),
+        "prompt": np.array(["c/d"], dtype=object),
+        "seed": np.array([1]),
+        "source_image": np.array(["x"], dtype=object),
+        "mask_source": np.array(["m"], dtype=object),
+        "row": np.array([0]),
+        "shard": np.array([0]),
+        "status": np.array([""], dtype=object),
+        "stage": np.array([""], dtype=object),
+        "detail": np.array([""], dtype=object),
+        "image": np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1),
+        "mask": np.full((1, 4, 4), 255, np.uint8),
+        "finite": np.array([True]),
+        "latent_mask_empty": np.array([False]),
+        "nfe": np.array([3]),
+    }
+    out = encode_and_qc(batch, qc_cfg=qc.QCConfig())
+    assert decode_png(out["image_png"][0]).shape == (4, 4)
+
+
+def test_contact_sheet_overlays_mask_in_red() -> None:
+    image = np.full((4, 4, 3), 100, np.uint8)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = 255
+    assert overlay(image, mask)[0, 0].tolist() == [178, 50, 50] and overlay(image, mask)[1, 1].tolist() == [100] * 3
+    sheet = contact_sheet([(image, mask)] * 5, columns=4)
+    assert sheet.shape == (2 * (4 + 2) + 2, 4 * (2 * 4 + 2 + 2) + 2, 3)  # rows, columns of [image | overlay]
+    with pytest.raises(ValueError):
+        contact_sheet([])
+
+
+@pytest.mark.parametrize("name", ["synthesize-cpu.yaml", "synthesize-gpu.yaml"])
+def test_example_configs_load(name: str) -> None:
+    cfg = load_config(SynthesizeConfig, REPO / "jobs" / "configs" / name)
+    assert cfg.shard_size >= 1 and cfg.sampler.nfe == 10
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("manifest: m\nout: o\ncompute:\n  actors: 2\n")
+    with pytest.raises(ValueError, match=r"s.yaml.compute: unknown key\(s\) 'actors'; valid keys: concurrency"):
+        load_config(SynthesizeConfig, path)
+    with pytest.raises(ValueError, match="compute.dtype = 'float16' needs a GPU"):
+        load_config(SynthesizeConfig, None, ["manifest=m", "out=o", "compute.dtype=float16"])
+    with pytest.raises(ValueError, match="shard_size must be an integer >= 1"):
+        load_config(SynthesizeConfig, None, ["manifest=m", "out=o", "shard_size=0"])
+    with pytest.raises(ValueError, match="QCConfig.min_mask_area_px = -1 must be >= 0"):
+        load_config(SynthesizeConfig, None, ["manifest=m", "out=o", "qc.min_mask_area_px=-1"])
+    cfg = load_config(SynthesizeConfig, None, ["manifest=m", "out=o", "compute.batch_size=4"])
+    changed = load_config(
+        SynthesizeConfig, None, ["manifest=m", "out=o", "compute.concurrency=3", "sampler.batch_size=2"]
+    )
+    assert cfg.content("model") == changed.content("model")  # compute settings do not change the bytes
+    assert cfg.content("model") != load_config(
+        SynthesizeConfig, None, ["manifest=m", "out=o", "sampler.nfe=12"]
+    ).content("model")
