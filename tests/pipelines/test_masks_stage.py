@@ -1,0 +1,321 @@
+"""The mask stage: real-mask checks, deterministic plans and masks, filter rejections with reasons, the diffusion
+sampler's plumbing, and end-to-end Ray runs to a local folder and to S3 that ``fastgen manifest`` can read."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fast_core.masks import MaskFilterConfig
+from fast_core.masks.diffusion import MaskDiffusionConfig, MaskDiffusionModel
+from pipelines import storage
+from pipelines.config import load_config
+from pipelines.manifest import read_manifest, write_manifest
+from pipelines.manifest_config import ManifestConfig
+from pipelines.masks import MasksConfig, run_masks
+from pipelines.masks.plan import build_plan, collect_inputs, real_rejected_table
+from pipelines.masks.run import shard_tables
+from pipelines.masks.stages import (
+    EMPTY,
+    NON_BINARY,
+    SIZE_MISMATCH,
+    UNREADABLE,
+    Batch,
+    MaskSampler,
+    decode_mask,
+    filter_shard,
+    generate_masks,
+    load_real_masks,
+    mask_png,
+)
+from tests.fixtures_s3 import S3Bucket
+from tests.helpers.dummy_data import (
+    make_dummy_mvtec,
+    resize_mask,
+    truncate_file,
+    write_empty_mask,
+    write_non_binary_mask,
+)
+
+KEYS = ("widget/dent", "widget/scratch")
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """Two defect types with 9 anomaly images each: 3 training masks per key (the first third by file name)."""
+    return make_dummy_mvtec(tmp_path / "ds", defects={"scratch": 9, "dent": 9}, size=(40, 48))
+
+
+def _cfg(root: Path, out: str | Path, *overrides: str) -> MasksConfig:
+    base = [f"dataset.root={root}", f"out={out}", "counts.default=6", "shard_size=4", "compute.batch_size=3"]
+    return load_config(MasksConfig, None, [*base, *overrides])
+
+
+def _local_loader(records: list[dict[str, str]]) -> list[Batch]:
+    """``load_real_masks`` without Ray: one batch of every record."""
+    if not records:
+        return []
+    return [load_real_masks({k: np.array([r[k] for r in records], dtype=object) for k in records[0]})]
+
+
+def _generate(plan: pa.Table, cfg: MasksConfig) -> Batch:
+    batch = {name: plan.column(name).to_numpy(zero_copy_only=False) for name in plan.column_names}
+    return generate_masks(batch, cfg.augment)
+
+
+# ------------------------------------------------------------------------------------------------ real masks
+def test_bad_real_masks_are_recorded_not_fatal(dataset: Path, tmp_path: Path) -> None:
+    gt = dataset / "widget" / "ground_truth"
+    write_non_binary_mask(gt / "scratch" / "000_mask.png")
+    write_empty_mask(gt / "scratch" / "001_mask.png")
+    resize_mask(gt / "dent" / "000_mask.png", (20, 24))
+    truncate_file(gt / "dent" / "001_mask.png")
+    cfg = _cfg(dataset, tmp_path / "out")
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    by_key = {k.key: k for k in inputs}
+    assert [r.stem for r in by_key["widget/scratch"].reals] == ["002"]
+    assert [r.stem for r in by_key["widget/dent"].reals] == ["002"]
+    table = real_rejected_table(inputs)
+    got = dict(zip(table.column("sample_id").to_pylist(), table.column("reason").to_pylist(), strict=True))
+    assert got == {
+        "real:widget/dent/000": SIZE_MISMATCH,
+        "real:widget/dent/001": UNREADABLE,
+        "real:widget/scratch/000": NON_BINARY,
+        "real:widget/scratch/001": EMPTY,
+    }
+    assert set(table.column("source").to_pylist()) == {"real"}
+    # the plan only derives from usable masks
+    plan = build_plan(inputs, cfg)
+    assert set(plan.column("source_mask").to_pylist()) == {"002"}
+
+
+def test_key_without_usable_masks_and_unknown_counts_key_fail_before_work(dataset: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        write_empty_mask(dataset / "widget" / "ground_truth" / "dent" / f"{i:03d}_mask.png")
+    with pytest.raises(ValueError, match=r"widget/dent: no usable real training mask .*'empty': 3"):
+        collect_inputs(_cfg(dataset, tmp_path / "o"), _local_loader)
+    with pytest.raises(ValueError, match="unknown defect key.*'widget/nope'.*widget/scratch"):
+        collect_inputs(_cfg(dataset, tmp_path / "o", "counts.per_key={widget/nope: 3}"), _local_loader)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="mask_model_uri is required"):
+        load_config(MasksConfig, None, ["dataset.root=x", "out=y", "sources.diffusion=1.0"])
+    with pytest.raises(ValueError, match="every weight is 0"):
+        load_config(MasksConfig, None, ["dataset.root=x", "out=y", "sources.augment=0"])
+    with pytest.raises(ValueError, match="unknown key.*'sizes'"):
+        load_config(MasksConfig, None, ["dataset.root=x", "out=y", "sizes=[3, 3]"])
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+def test_same_seed_same_masks_other_seed_other_masks(dataset: Path, tmp_path: Path) -> None:
+    cfg = _cfg(dataset, tmp_path / "o", "sources={augment: 0.7, diffusion: 0.0, real: 0.3}")
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    plan = build_plan(inputs, cfg)
+    assert plan.column("sample_id").to_pylist()[:2] == ["widget__dent__m000000", "widget__dent__m000001"]
+    assert plan.num_rows == 12 and plan.column("shard").to_pylist() == [0] * 4 + [1] * 4 + [2] * 4
+    a, b = _generate(plan, cfg), _generate(build_plan(inputs, cfg), cfg)
+    assert list(a["mask_png"]) == list(b["mask_png"]) and all(a["mask_png"])
+    # a row's mask does not depend on its batch
+    single = _generate(plan.slice(5, 1), cfg)
+    assert single["mask_png"][0] == a["mask_png"][5]
+    other = _generate(build_plan(inputs, _cfg(dataset, tmp_path / "o", "job_seed=1")), cfg)
+    assert list(other["mask_png"]) != list(a["mask_png"])
+    # a "real" row is its reference at the output size
+    real_rows = [i for i, s in enumerate(plan.column("source").to_pylist()) if s == "real"]
+    assert real_rows
+    i = real_rows[0]
+    ref = decode_mask(plan.column("ref_png")[i].as_py())
+    assert np.array_equal(decode_mask(a["mask_png"][i]), ref)
+
+
+# ------------------------------------------------------------------------------------------------ filters
+def _shard(masks: list[np.ndarray | None]) -> pa.Table:
+    n = len(masks)
+    return pa.table(
+        {
+            "sample_id": [f"widget__dent__m{i:06d}" for i in range(n)],
+            "category": ["widget"] * n,
+            "defect_type": ["dent"] * n,
+            "source": ["augment"] * n,
+            "source_mask": ["000"] * n,
+            "seed": pa.array(range(n), pa.int64()),
+            "height": [32] * n,
+            "width": [32] * n,
+            "row": pa.array(range(n), pa.int64()),
+            "shard": pa.array([0] * n, pa.int64()),
+            "mask_png": pa.array([None if m is None else mask_png(m) for m in masks], pa.binary()),
+            "status": [""] * n,
+            "stage": [""] * n,
+            "detail": [""] * n,
+        }
+    )
+
+
+def test_each_filter_rejection_reaches_rejected_with_its_reason() -> None:
+    def box(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        m = np.zeros((32, 32), bool)
+        m[r0:r1, c0:c1] = True
+        return m
+
+    real = box(4, 12, 4, 12)
+    many = np.zeros((32, 32), bool)
+    many[1:30:4, 1:30:4] = True  # 64 single-pixel components
+    line = box(10, 12, 2, 30)  # compactness ≈ 0.13
+    masks = [
+        box(20, 28, 18, 30),  # accepted
+        np.zeros((32, 32), bool),  # empty
+        box(0, 32, 0, 32),  # area_too_large
+        many,  # too_many_components
+        box(4, 12, 4, 12),  # near_duplicate of the real mask
+        box(20, 28, 18, 30),  # near_duplicate of row 0
+        line,  # not_compact (with min_compactness 0.3)
+        None,  # no mask produced
+    ]
+    cfg = MaskFilterConfig(max_area_fraction=0.5, min_compactness=0.3, min_component_px=1)
+    rows = filter_shard(_shard(masks), cfg, {"widget/dent": [real]})
+    data, rejected, files, counts = shard_tables(rows, "run-x")
+    assert data.column("sample_id").to_pylist() == ["widget__dent__m000000"]
+    assert [p for p, _ in files] == ["masks/widget/dent/widget__dent__m000000_mask.png"]
+    assert rejected.column("reason").to_pylist() == [
+        "empty",
+        "area_too_large",
+        "too_many_components",
+        "near_duplicate",
+        "near_duplicate",
+        "not_compact",
+        "generate_failed",
+    ]
+    assert rejected.column("stage").to_pylist() == ["filter"] * 6 + ["generate"]
+    assert rejected.column("mask_png")[1].as_py() is not None  # rejected masks are kept for inspection
+    assert counts["rejected_by_reason"]["near_duplicate"] == 2 and counts["written_by_key"] == {"widget/dent": 1}
+    assert data.column("mask_area").to_pylist() == [8 * 12]
+
+
+def test_outside_foreground_is_rejected() -> None:
+    fg = np.zeros((32, 32), bool)
+    fg[:, :16] = True
+    inside, outside = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
+    inside[4:10, 2:8] = True
+    outside[4:10, 20:28] = True
+    rows = filter_shard(_shard([inside, outside]), MaskFilterConfig(), {}, {"widget/dent": fg})
+    assert rows.column("status").to_pylist() == ["", "outside_foreground"]
+
+
+# ------------------------------------------------------------------------------------------------ diffusion
+def _tiny_mask_model(path: Path) -> Path:
+    cfg = MaskDiffusionConfig(keys=KEYS, image_size=16, block_out_channels=(8, 8), norm_num_groups=4)
+    return MaskDiffusionModel(cfg, seed=0).save(path)
+
+
+def test_mask_sampler_fills_diffusion_rows_deterministically(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model = _tiny_mask_model(tmp_path / "mm")
+    cfg = _cfg(dataset, tmp_path / "o", "sources={augment: 0.5, diffusion: 0.5, real: 0.0}", f"mask_model_uri={model}")
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    batch = _generate(build_plan(inputs, cfg), cfg)
+    diff = [i for i, s in enumerate(batch["source"]) if s == "diffusion"]
+    assert diff and all(batch["mask_png"][i] is None for i in diff)
+    sampler = MaskSampler(str(model), nfe=3, threshold=0.0)
+    out, again = sampler(batch), sampler(batch)
+    for i in diff:
+        assert out["mask_png"][i] is not None and decode_mask(out["mask_png"][i]).shape == (40, 48)
+        assert out["mask_png"][i] == again["mask_png"][i]
+    assert all(out["mask_png"][i] == batch["mask_png"][i] for i in range(len(diff)) if i not in diff)
+
+
+# ------------------------------------------------------------------------------------------------ end to end (Ray)
+def _read_dir(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for d in ("data", "rejected", "masks", "_commits")
+        for p in sorted((out / d).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.ray
+def test_ray_run_local_with_all_sources_resume_and_manifest(ray_local: None, dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    write_non_binary_mask(dataset / "widget" / "ground_truth" / "scratch" / "000_mask.png")
+    model = _tiny_mask_model(tmp_path / "mm")
+    mix = ("sources={augment: 0.5, diffusion: 0.25, real: 0.25}", f"mask_model_uri={model}", "diffusion.nfe=3")
+    out = tmp_path / "out"
+    summary = run_masks(_cfg(dataset, out, *mix))
+    assert summary.rows == 12 and summary.shards == 3 and summary.written + summary.rejected == 12
+    assert summary.real_rejected == 1 and summary.written > 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["real_masks"]["rejected_by_reason"] == {"non_binary": 1}
+    assert stats["written"] + stats["rejected"] == 12
+    by_source = {
+        s: stats["written_by_source"].get(s, 0) + stats["rejected_by_source"].get(s, 0)
+        for s in ("augment", "diffusion")
+    }
+    assert by_source["augment"] > 0 and by_source["diffusion"] > 0  # untrained samples: written or recorded rejected
+    assert set(stats["fidelity"]) == set(KEYS)
+    fid = next(v for v in stats["fidelity"].values() if v["n_generated"])
+    assert fid["stats"]["area_fraction"]["wasserstein"] is not None
+    assert stats["histograms"]["num_components"]["n"] == stats["written"]
+    assert (out / "contact_sheet.png").is_file() and (out / "_SUCCESS").is_file()
+    real = pq.read_table(out / "rejected" / "real-masks.parquet")
+    assert real.column("reason").to_pylist() == ["non_binary"]
+    first = _read_dir(out)
+
+    # an interrupted run (one marker lost) resumes to the same bytes; a finished output is left alone
+    (out / "_SUCCESS").unlink()
+    (out / "_commits" / "part-00001.json").unlink()
+    again = run_masks(_cfg(dataset, out, *mix))
+    assert again.shards_written == 1 and again.shards_skipped == 2
+    assert _read_dir(out) == first
+    assert run_masks(_cfg(dataset, out, *mix)).already_complete
+    with pytest.raises(ValueError, match="different job"):
+        run_masks(_cfg(dataset, out, *mix, "job_seed=5"))
+
+    # fastgen manifest reads the output as its "shards" mask source
+    manifest_uri = tmp_path / "manifest"
+    result = write_manifest(
+        load_config(
+            ManifestConfig,
+            None,
+            [
+                f"dataset.root={dataset}",
+                "masks.source=shards",
+                f"masks.shards_uri={out}",
+                "counts.default=5",
+                "model_uri=m",
+                f"out={manifest_uri}",
+            ],
+        )
+    )
+    assert result.status == "written"
+    rows = read_manifest(str(manifest_uri))
+    assert rows.num_rows == 10 and all(s.startswith("shard:widget__") for s in rows.column("mask_source").to_pylist())
+    assert {k: v["masks_used"] for k, v in result.summary["keys"].items()} == stats["written_by_key"]
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_ray_run_to_s3(ray_local: None, dataset: Path, s3_bucket: S3Bucket) -> None:
+    out = f"{s3_bucket.uri}/masks/v1"
+    cfg = load_config(
+        MasksConfig,
+        None,
+        [f"dataset.root={dataset}", f"out={out}", "counts.default=4", "shard_size=4", "compute.batch_size=4"],
+    )
+    cfg.storage = s3_bucket.storage
+    summary = run_masks(cfg)
+    assert summary.written + summary.rejected == 8
+    st = s3_bucket.storage
+    assert storage.exists(f"{out}/_SUCCESS", st) and storage.exists(f"{out}/contact_sheet.png", st)
+    parts = storage.glob(f"{out}/data/*.parquet", st)
+    table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(p, st))) for p in parts])
+    assert table.num_rows == summary.written
+    side = table.column("mask").to_pylist()[0]
+    assert storage.read_bytes(f"{out}/{side['path']}", st) == side["bytes"]
