@@ -2,7 +2,8 @@
 # A local two-node Ray cluster on loopback: a head node and one worker node with a custom resource, for trying
 # multi-node placement (and the multi-node test) on one machine.
 #
-#   eval "$(infra/local/ray-cluster.sh start)"   # exports RAY_ADDRESS, RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH
+#   eval "$(infra/local/ray-cluster.sh start)"   # exports RAY_ADDRESS, RAY_API_SERVER_ADDRESS (the dashboard and job
+#                                                 # server, for `ray job submit`), RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH
 #   infra/local/ray-cluster.sh status
 #   infra/local/ray-cluster.sh stop
 #
@@ -68,6 +69,7 @@ case "${1:-}" in
     (umask 077 && "$py" -c "import secrets; print(secrets.token_hex(32))" >"$RAY_AUTH_TOKEN_PATH")
     mapfile -t p < <(free_ports 14)
     gcs=${p[0]}
+    dash=${p[1]}
     node_ports() {  # node_ports OFFSET: the per-node ports (two nodes on one host must not share any)
       echo --node-manager-port="${p[$1]}" --object-manager-port="${p[$(($1 + 1))]}" \
         --dashboard-agent-listen-port="${p[$(($1 + 2))]}" --dashboard-agent-grpc-port="${p[$(($1 + 3))]}" \
@@ -75,7 +77,7 @@ case "${1:-}" in
     }
     # shellcheck disable=SC2046
     "$ray" start --head --node-ip-address=127.0.0.1 --port="$gcs" --num-cpus="${HEAD_CPUS:-2}" --num-gpus=0 \
-      --include-dashboard=false --temp-dir="$raytmp" $(node_ports 2) \
+      --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$dash" --temp-dir="$raytmp" $(node_ports 2) \
       --disable-usage-stats >"$state/head.log" 2>&1 \
       || { cat "$state/head.log" >&2; stop_cluster; rm -rf "$state"; exit 1; }
     # shellcheck disable=SC2046
@@ -84,7 +86,8 @@ case "${1:-}" in
       --disable-usage-stats >"$state/worker.log" 2>&1 \
       || { cat "$state/worker.log" >&2; stop_cluster; rm -rf "$state"; exit 1; }
     echo "127.0.0.1:$gcs" >"$state/address"
-    echo "export RAY_ADDRESS=127.0.0.1:$gcs RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+    echo "http://127.0.0.1:$dash" >"$state/dashboard"
+    echo "export RAY_ADDRESS=127.0.0.1:$gcs RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dash RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
     ;;
   status)
     [ -f "$state/address" ] || { echo "ray-cluster.sh: no cluster recorded in $state" >&2; exit 1; }

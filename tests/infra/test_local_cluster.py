@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "infra" / "local" / "ray-cluster.sh"
+from tests.infra.local_cluster import SCRIPT, local_cluster
 
 PROBE = """
 import os, ray
@@ -28,31 +24,15 @@ print(len(alive), node != heads[0], ray.cluster_resources().get("node_b"))
 """
 
 
-def _ours(ray_temp_dir: str) -> list[str]:
-    """Live processes whose command line names a session folder of the cluster's Ray temp folder."""
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if f"{ray_temp_dir}/session_" in line and not line.startswith("Z")]
-
-
 @pytest.mark.slow
 def test_start_probe_stop(tmp_path):
-    state = tmp_path / "cluster"
-    env = {**os.environ, "RAY_CLUSTER_DIR": str(state), "HEAD_CPUS": "1", "WORKER_CPUS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    start = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=180)
-    ray_temp_dir = (state / "ray_temp_dir").read_text().strip() if (state / "ray_temp_dir").exists() else "-"
-    try:
-        assert start.returncode == 0, start.stderr[-2000:]
-        exports = dict(kv.split("=", 1) for kv in shlex.split(start.stdout.strip())[1:])
-        assert exports["RAY_ADDRESS"].startswith("127.0.0.1:") and exports["RAY_AUTH_MODE"] == "token"
-        again = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=60)
+    with local_cluster(tmp_path / "cluster") as cluster:
+        assert cluster.exports["RAY_ADDRESS"].startswith("127.0.0.1:") and cluster.exports["RAY_AUTH_MODE"] == "token"
+        assert cluster.exports["RAY_API_SERVER_ADDRESS"].startswith("http://127.0.0.1:")
+        again = subprocess.run([str(SCRIPT), "start"], env=cluster.env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "already recorded" in again.stderr
         probe = subprocess.run(
-            [sys.executable, "-c", PROBE], env={**env, **exports}, capture_output=True, text=True, timeout=180
+            [sys.executable, "-c", PROBE], env=cluster.env, capture_output=True, text=True, timeout=180
         )
         assert probe.returncode == 0, probe.stderr[-2000:]
         assert probe.stdout.split() == ["2", "True", "1.0"]  # two nodes; node_b work ran off the head
-    finally:
-        stop = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
-    assert stop.returncode == 0, stop.stderr
-    assert not state.exists() and not Path(ray_temp_dir).exists() and _ours(ray_temp_dir) == []
