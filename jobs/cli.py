@@ -12,7 +12,18 @@ import logging
 import sys
 
 # Subcommand modules, in the order `fastgen --help` lists them.
-SUBCOMMANDS = ("demo", "inspect", "s3_server")
+SUBCOMMANDS = (
+    "dataset",
+    "demo",
+    "evaluate",
+    "inspect",
+    "manifest",
+    "masks",
+    "refresh",
+    "s3_server",
+    "synthesize",
+    "train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,281 @@
+"""``TrainConfig``: what ``fastgen train`` trains (dataset, model preset or base, stages), how, and where it writes.
+
+YAML keys equal the field names; :func:`pipelines.config.load_config` rejects unknown keys by name. Every check that
+needs no file system runs in ``__post_init__``; :func:`check_dataset` (called by ``run_training`` before any work)
+checks the dataset folder and its categories.
+
+The run lives at ``<storage_path>/<run_name>``; the published model at ``publish_uri`` or, when that is unset,
+``<storage_path>/<run_name>/model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fast_core.configbase import check_choices
+from fast_core.data.layout import Layout, find_categories
+from fast_core.masks.diffusion import MaskDiffusionConfig
+from pipelines import storage as st
+from pipelines.storage import StorageConfig
+
+StageName = Literal["vae", "base", "fast", "mask"]
+Precision = Literal["none", "bf16", "fp16"]
+Preset = Literal["tiny", "cpu_small", "full"]
+
+#: The order stages run in (a config lists a subset; it is always run in this order).
+STAGE_ORDER: tuple[str, ...] = ("vae", "base", "fast", "mask")
+_RUN_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def _positive_int(where: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class DatasetConfig:
+    """The training images: a local dataset folder in the MVTec (or BTAD) layout, resized to ``image_size``."""
+
+    root: str = ""  # local folder: one category folder (train/ + test/) or a folder of them
+    layout: Layout = "mvtec"  # "mvtec" or "btad"
+    categories: tuple[str, ...] | None = None  # only these categories (None: every category found)
+    image_size: int = 256  # S: images and masks are resized to S × S (a multiple of the VAE's factor)
+    image_channels: int = 3  # 1 (grayscale: images converted to L) or 3 (RGB)
+    hflip: bool = True  # augmentation: flip each training image left-right with probability 1/2 (mask with it)
+    vflip: bool = False  # augmentation: flip each training image upside down with probability 1/2 (mask with it)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not self.root:
+            raise ValueError("TrainConfig.dataset.root is empty; give a local dataset folder")
+        if "://" in self.root and not self.root.startswith("file://"):
+            raise ValueError(
+                f"TrainConfig.dataset.root = {self.root!r}: dataset roots are local folders; copy the dataset first"
+            )
+        if self.categories is not None and not self.categories:
+            raise ValueError("TrainConfig.dataset.categories is an empty list; use null for every category")
+        _positive_int("TrainConfig.dataset.image_size", self.image_size)
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"TrainConfig.dataset.image_channels must be 1 or 3, got {self.image_channels!r}")
+
+    @property
+    def local_root(self) -> Path:
+        """``root`` without a ``file://`` prefix."""
+        return Path(self.root.removeprefix("file://"))
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The model: a preset trained from scratch, or FAST on a given diffusers/CompVis base (``base_model_uri``)."""
+
+    preset: Preset = "tiny"  # shapes of a from-scratch model (fast_core.models.ldm.model_preset)
+    base_model_uri: str | None = None  # a base LDM dir (local or s3://): vae/base stages are skipped, FAST fine-tunes
+    adaptor_mode: Literal["replace", "residual_zero_init", "none"] | None = None  # override the preset's Adaptor mode
+    mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.base_model_uri is not None and not self.base_model_uri:
+            raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
+
+
+@dataclass(kw_only=True)
+class MaskModelSettings:
+    """The mask diffusion model of stage "mask" (fast_core.masks.diffusion.MaskDiffusionConfig without the keys)."""
+
+    image_size: int = 64  # S of the generated masks (training masks are nearest-resized to S × S)
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # channels per resolution level, highest resolution first
+    layers_per_block: int = 1  # ResNet blocks per level
+    norm_num_groups: int = 8  # GroupNorm groups
+    attention_head_dim: int = 8  # channels per attention head (lowest level only)
+    rotate90: bool = True  # augmentation: rotate each training mask by a random multiple of 90° (plus the flips)
+
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """One stage's optimisation and bookkeeping intervals (all in optimizer steps)."""
+
+    steps: int = 100  # optimizer steps of this stage
+    batch_size: int = 8  # images per worker per step (the global batch is batch_size × num_workers)
+    lr: float = 1e-4  # AdamW learning rate (constant after a linear warm-up)
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
+    checkpoint_every: int = 100  # save a checkpoint every N steps (and always at the last step)
+    log_every: int = 10  # log a progress line and a metrics.jsonl record every N steps (and at the last step)
+    sample_every: int | None = None  # write a sample grid every N steps (None: at every checkpoint); 0: never
+    keep_checkpoints: int = 2  # checkpoints kept per stage (older ones are deleted; the stage's final one stays)
+
+    def check(self, where: str) -> None:
+        """Raise ``ValueError`` naming ``where`` and the field for any value out of range."""
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+            _positive_int(f"{where}.{name}", getattr(self, name))
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"{where}.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{where}.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"{where}.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"{where}.max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+        if self.sample_every is not None and (
+            isinstance(self.sample_every, bool) or not isinstance(self.sample_every, int) or self.sample_every < 0
+        ):
+            raise ValueError(f"{where}.sample_every must be an integer >= 0 or null, got {self.sample_every!r}")
+
+    @property
+    def grid_every(self) -> int:
+        """Steps between sample grids (0: none)."""
+        return self.checkpoint_every if self.sample_every is None else self.sample_every
+
+
+@dataclass(kw_only=True)
+class StagesConfig:
+    """Per-stage settings; only the stages named in ``TrainConfig.stages`` run."""
+
+    vae: StageConfig = field(default_factory=lambda: StageConfig(lr=4.5e-4))
+    base: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
+    fast: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-4))
+    mask: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
+
+    def __post_init__(self) -> None:
+        for name in STAGE_ORDER:
+            getattr(self, name).check(f"TrainConfig.stage.{name}")
+
+
+@dataclass(kw_only=True)
+class ScalingSettings:
+    """Ray Train workers: ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_worker})``."""
+
+    num_workers: int = 1  # data-parallel workers (DDP when > 1)
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: int = 1  # logical CPUs Ray reserves per worker
+    torch_threads: int | None = None  # torch intra-op threads per worker (None: cpus_per_worker)
+    mixed_precision: Precision = "none"  # autocast dtype of the networks on GPU: none, bf16, fp16 (+ grad scaling)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _positive_int("TrainConfig.scaling.num_workers", self.num_workers)
+        _positive_int("TrainConfig.scaling.cpus_per_worker", self.cpus_per_worker)
+        if self.torch_threads is not None:
+            _positive_int("TrainConfig.scaling.torch_threads", self.torch_threads)
+        if self.mixed_precision != "none" and not self.use_gpu:
+            raise ValueError(
+                f"TrainConfig.scaling.mixed_precision = {self.mixed_precision!r} needs use_gpu: true "
+                "(on CPU train in float32: mixed_precision: none)"
+            )
+
+    @property
+    def threads(self) -> int:
+        """Torch threads per worker."""
+        return self.torch_threads or self.cpus_per_worker
+
+
+@dataclass(kw_only=True)
+class FaultConfig:
+    """Test-only fault injection (both null in real runs)."""
+
+    stage: StageName | None = None  # the stage the faults apply to (None: every stage)
+    stop_after_steps: int | None = None  # raise an interruption right after this step (and its checkpoint, if any)
+    inject_nan_at_step: int | None = None  # make the loss NaN at this step
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("stop_after_steps", "inject_nan_at_step"):
+            if getattr(self, name) is not None:
+                _positive_int(f"TrainConfig.fault.{name}", getattr(self, name))
+
+    def applies(self, stage: str) -> bool:
+        """Whether the faults apply to ``stage``."""
+        return self.stage is None or self.stage == stage
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything ``fastgen train`` needs; see the module docstring for where outputs go."""
+
+    run_name: str = ""  # the run's folder name under storage_path; a rerun with the same name resumes
+    storage_path: str = ""  # local folder or s3://bucket/prefix holding runs (checkpoints, metrics, sample grids)
+    publish_uri: str | None = None  # where the final model is published (None: <storage_path>/<run_name>/model)
+    storage: StorageConfig = field(default_factory=StorageConfig)  # S3 endpoint/credentials for s3:// URIs
+    dataset: DatasetConfig  # the training images
+    model: ModelConfig = field(default_factory=ModelConfig)  # preset or base model
+    stages: tuple[StageName, ...] = ("vae", "base", "fast")  # stages to run (always in the order vae, base, fast, mask)
+    stage: StagesConfig = field(default_factory=StagesConfig)  # per-stage steps, batch size, lr, intervals
+    mask_model: MaskModelSettings = field(default_factory=MaskModelSettings)  # shape of the stage "mask" model
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)  # Ray Train workers and precision
+    seed: int = 0  # model initialisation, data order, augmentation, noise: same seed → same run on CPU
+    grid_samples: int = 4  # samples per key / images per row in the sample grids
+    grid_nfe: int = 10  # sampler steps for the base/FAST sample grids
+    fault: FaultConfig = field(default_factory=FaultConfig)  # test-only fault injection
+
+    def __post_init__(self) -> None:
+        if not self.run_name or set(self.run_name) - _RUN_NAME_CHARS:
+            raise ValueError(
+                f"TrainConfig.run_name = {self.run_name!r} must be a non-empty name of letters, digits, '-', '_', '.'"
+            )
+        if not self.storage_path:
+            raise ValueError("TrainConfig.storage_path is empty; give a local folder or s3://bucket/prefix")
+        st.join(self.storage_path, self.run_name)  # validates the URI form
+        if self.publish_uri is not None:
+            st.join(self.publish_uri, "model.json")
+        if not self.stages:
+            raise ValueError(f"TrainConfig.stages is empty; name at least one of {', '.join(STAGE_ORDER)}")
+        stages = tuple(self.stages)
+        dupes = sorted({s for s in stages if stages.count(s) > 1})
+        if dupes:
+            raise ValueError(f"TrainConfig.stages lists {dupes} more than once")
+        self.stages = tuple(s for s in STAGE_ORDER if s in stages)
+        if self.model.base_model_uri is not None and set(self.stages) & {"vae", "base"}:
+            raise ValueError(
+                "TrainConfig: model.base_model_uri is set, so the base is given: remove 'vae' and 'base' from stages "
+                f"(got {list(self.stages)})"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
+        _positive_int("TrainConfig.grid_samples", self.grid_samples)
+        if not 2 <= self.grid_nfe <= 1000:
+            raise ValueError(f"TrainConfig.grid_nfe must be in 2..1000, got {self.grid_nfe!r}")
+        if "mask" in self.stages:
+            mask_model_config(self, ["category/defect"])  # validates the mask model's shape up front
+        if self.fault.stage is not None and self.fault.stage not in self.stages:
+            raise ValueError(f"TrainConfig.fault.stage = {self.fault.stage!r} is not one of the stages {self.stages}")
+
+    @property
+    def run_uri(self) -> str:
+        """``<storage_path>/<run_name>``: checkpoints, metrics.jsonl, samples/, stages/."""
+        return st.join(self.storage_path, self.run_name)
+
+    @property
+    def mask_model_uri(self) -> str:
+        """Where the trained mask diffusion model is written (stage "mask")."""
+        return st.join(self.run_uri, "mask_model")
+
+    @property
+    def model_uri(self) -> str:
+        """Where the final model is published."""
+        return self.publish_uri or st.join(self.run_uri, "model")
+
+    def stage_config(self, stage: str) -> StageConfig:
+        """The :class:`StageConfig` of ``stage``."""
+        return getattr(self.stage, stage)
+
+
+def mask_model_config(cfg: TrainConfig, defect_keys: list[str]) -> MaskDiffusionConfig:
+    """The :class:`MaskDiffusionConfig` of stage "mask" for ``defect_keys``."""
+    m = cfg.mask_model
+    return MaskDiffusionConfig(
+        keys=tuple(defect_keys),
+        image_size=m.image_size,
+        block_out_channels=m.block_out_channels,
+        layers_per_block=m.layers_per_block,
+        norm_num_groups=m.norm_num_groups,
+        attention_head_dim=m.attention_head_dim,
+    )
+
+
+def check_dataset(cfg: DatasetConfig) -> list[str]:
+    """Check that the dataset folder exists and holds the configured categories; returns the category names."""
+    return [p.name for p in find_categories(cfg.local_root, cfg.categories)]

@@ -1,0 +1,343 @@
+"""The ``train_loop_per_worker`` functions Ray Train runs: one per trainable (VAE, base UNet, FAST, mask model).
+
+Each worker builds the stage's starting model (:func:`pipelines.train.models.build_model`), resumes from the stage's
+latest checkpoint when there is one (weights, optimizer state, step, epoch, metrics so far), wraps the stage's
+objective in DDP with ``ray.train.torch.prepare_model`` and iterates its Ray Data shard
+(``ray.train.get_dataset_shard("train").iter_torch_batches``) epoch after epoch until ``steps`` optimizer steps are
+done. One step::
+
+    g      = Generator(seed = H(seed, stage, rank, step))       # every random draw of the step, resume-exact
+    batch  = prepare_batch(batch, g)                            # augmented (pipelines.train.steps)
+    loss   = StageObjective(batch, g)                           # fast_core.training.*_training_step
+    loss   ← mean over workers (all_reduce); non-finite → stop, naming stage and step (nothing is written)
+    loss.backward(); clip ‖∇‖ ≤ max_grad_norm; AdamW step (lr warm-up)
+
+Rank 0 alone writes: a progress line and a ``metrics.jsonl`` record every ``log_every`` steps, a checkpoint every
+``checkpoint_every`` steps and at the end, a sample grid at each checkpoint. Every worker calls
+``ray.train.report`` at the same steps (it is a barrier). On GPU the networks run under bf16/fp16 autocast
+(``scaling.mixed_precision``; fp16 with a gradient scaler). The VAE stage ends by measuring the latent scaling factor
+s = 1 / std(E(x)) over a batch of training images (as the LDM does) and records it in its final checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from fast_core.masks.diffusion import MaskDiffusionModel, sample_masks
+from fast_core.models.ldm import FastLDM
+from pipelines import storage as st
+from pipelines.train import grid
+from pipelines.train.checkpoint import Checkpoint, RunStore
+from pipelines.train.config import StageConfig, TrainConfig
+from pipelines.train.data import KEY_ID
+from pipelines.train.models import set_scaling_factor, stage_state
+from pipelines.train.steps import (
+    FaultInjected,
+    NonFiniteLossError,
+    StageObjective,
+    load_weights,
+    measure_scaling_factor,
+    prepare_batch,
+    stage_model,
+    step_seed,
+)
+
+logger = logging.getLogger("pipelines.train.loops")
+
+_AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _setup_worker_logging() -> None:
+    """Progress lines of rank 0 go to stderr, which Ray forwards to the driver."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _lr_at(step: int, scfg: StageConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant."""
+    if scfg.warmup_steps and step <= scfg.warmup_steps:
+        return scfg.lr * step / scfg.warmup_steps
+    return scfg.lr
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _mean_over_workers(values: list[float], device: torch.device, world: int) -> list[float]:
+    """The element-wise mean of ``values`` over the workers (all_reduce; identity for one worker)."""
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _barrier(world: int) -> None:
+    """Wait for every worker (no-op for one worker)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _Progress:
+    """Rank 0's bookkeeping: metrics records, progress lines, steps/s and ETA."""
+
+    def __init__(self, stage: str, steps: int, start_step: int, history: list[dict[str, Any]], wall0: float) -> None:
+        self.stage, self.steps = stage, steps
+        self.history = list(history)
+        self.t0 = time.perf_counter()
+        self.wall0 = wall0  # wall seconds spent on this stage by earlier attempts
+        self.start_step = start_step
+        self.window: list[dict[str, float]] = []
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.window.append(metrics)
+
+    def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start_step
+        sps = done / elapsed if elapsed > 0 else float("nan")
+        eta = (self.steps - step) / sps if sps > 0 else float("nan")
+        avg = {f"{k}_avg": float(np.mean([w[k] for w in self.window])) for k in self.window[-1]} if self.window else {}
+        rec: dict[str, Any] = {
+            "stage": self.stage,
+            "step": step,
+            **(self.window[-1] if self.window else {}),
+            **avg,
+            "lr": lr,
+            "epoch": epoch,
+            "steps_per_s": round(sps, 4),
+            "eta_s": round(eta, 1) if math.isfinite(eta) else None,
+            "stage_wall_s": round(self.wall0 + elapsed, 2),
+            "time": round(time.time(), 3),
+        }
+        self.history.append(rec)
+        self.window = []
+        logger.info(
+            "[%s] step %d/%d  loss %.5f (avg %.5f)  lr %.2e  %.2f steps/s  ETA %s",
+            self.stage,
+            step,
+            self.steps,
+            rec.get("loss", float("nan")),
+            rec.get("loss_avg", float("nan")),
+            lr,
+            sps,
+            _fmt_eta(eta),
+        )
+        return rec
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall0 + time.perf_counter() - self.t0
+
+
+def _batches(
+    shard: Any, batch_size: int, buffer: int, seed: int, stage: str, rank: int, epoch: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(epoch, batch) forever: each epoch one pass over the shard, locally shuffled with a per-epoch seed."""
+    while True:
+        n = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=step_seed(seed, f"{stage}/epoch", rank, epoch) % (2**31),
+        ):
+            n += 1
+            yield epoch, batch
+        if n == 0:
+            raise ValueError(f"stage {stage!r}: worker {rank} got no full batch of {batch_size} from its data shard")
+        epoch += 1
+
+
+def _write_metrics(store: RunStore, stage: str, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl = records of the other stages (as stored) + this stage's history."""
+    others = [r for r in store.read_metrics() if r.get("stage") != stage]
+    store.write_metrics(others + history)
+
+
+def _write_grid(
+    store: RunStore,
+    cfg: TrainConfig,
+    stage: str,
+    step: int,
+    model: FastLDM | MaskDiffusionModel,
+    ctx: dict[str, Any],
+    device: torch.device,
+) -> str:
+    """Render and store the stage's sample grid for ``step``; returns its URI."""
+    was_training = model.training
+    model.eval()
+    try:
+        preview = ctx["preview"]
+        if stage == "mask":
+            n = cfg.grid_samples
+            rows = []
+            for i, key in enumerate(model.keys):
+                gens = [torch.Generator().manual_seed(cfg.seed + 1000 * i + j) for j in range(n)]
+                rows.append(sample_masks(model, [key] * n, gens, nfe=max(cfg.grid_nfe, 3), device=device))
+            png = grid.mask_grid(rows)
+        elif stage == "vae":
+            png = grid.vae_grid(model, preview["images"][: cfg.grid_samples * 2], device)
+        elif stage == "base":
+            png = grid.base_grid(model, ctx["keys"], cfg.grid_samples, cfg.grid_nfe, cfg.seed, device)
+        else:
+            keys = [ctx["keys"][int(i)] for i in preview["mask_key_ids"]]
+            png = grid.fast_grid(model, preview["normal"], preview["masks"], keys, cfg.grid_nfe, cfg.seed, device)
+    finally:
+        model.train(was_training)
+    uri = store.grid_uri(stage, step)
+    st.write_bytes_atomic(uri, png, cfg.storage)
+    logger.info("[%s] sample grid %s", stage, uri)
+    return uri
+
+
+def run_stage_loop(config: dict[str, Any]) -> None:
+    """The shared body of every stage's loop; ``config`` comes from ``run.py``.
+
+    Keys of ``config``: ``cfg`` (TrainConfig), ``stage``, ``keys``, ``preview`` (grid inputs), ``rows`` (dataset
+    size), ``scale_images`` (vae: images for the scaling factor).
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrainConfig = config["cfg"]
+    stage: str = config["stage"]
+    keys: list[str] = config["keys"]
+    scfg = cfg.stage_config(stage)
+    torch.set_num_threads(cfg.scaling.threads)
+    _setup_worker_logging()
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    device = ray.train.torch.get_device()
+    store = RunStore(cfg.run_uri, cfg.storage)
+
+    model, params = stage_model(cfg, keys, store, stage)
+    ckpt: Checkpoint | None = store.load_latest(stage)
+    if ckpt is not None:
+        load_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")
+    model.train()
+    autocast = _AUTOCAST[cfg.scaling.mixed_precision] if device.type == "cuda" else None
+    objective = ray.train.torch.prepare_model(StageObjective(model, stage, keys, autocast))
+    optimizer = torch.optim.AdamW(params, lr=scfg.lr, weight_decay=scfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+    step, epoch, history, wall0 = 0, 0, [], 0.0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt.optimizer)
+        step, epoch = ckpt.step, int(ckpt.state["epoch"]) + 1
+        history = [r for r in ckpt.state.get("metrics", []) if r["step"] <= step]
+        wall0 = float(ckpt.state.get("wall_s", 0.0))
+        if ckpt.state.get("scaler"):
+            scaler.load_state_dict(ckpt.state["scaler"])
+        if rank == 0:
+            logger.info("[%s] resuming from %s (step %d of %d)", stage, ckpt.uri, step, scfg.steps)
+    progress = _Progress(stage, scfg.steps, step, history, wall0)
+    if rank == 0 and ckpt is not None:
+        _write_metrics(store, stage, progress.history)  # drop records logged after the checkpoint by a killed run
+
+    fault = cfg.fault if cfg.fault.applies(stage) else None
+    shard = ray.train.get_dataset_shard("train")
+    buffer = max(scfg.batch_size, min(2048, config["rows"] // world))
+    stream = _batches(shard, scfg.batch_size, buffer, cfg.seed, stage, rank, epoch)
+    while step < scfg.steps:
+        epoch, batch = next(stream)
+        step += 1
+        g = torch.Generator().manual_seed(step_seed(cfg.seed, stage, rank, step))
+        x, mask = prepare_batch(batch, g, cfg, stage, device)
+        lr = _lr_at(step, scfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, metrics = objective(x, mask, batch[KEY_ID], g)
+        if fault is not None and fault.inject_nan_at_step == step:
+            loss = loss * float("nan")
+            metrics = {**metrics, "loss": float("nan")}
+        names = sorted(metrics)
+        means = dict(zip(names, _mean_over_workers([metrics[k] for k in names], device, world), strict=True))
+        if not math.isfinite(means["loss"]):
+            latest = store.latest(stage)
+            raise NonFiniteLossError(
+                f"stage {stage!r}: the loss is {means['loss']} at step {step}; training stopped and nothing from this "
+                f"step was saved; the last good checkpoint is {latest or 'none (no checkpoint yet)'}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if scfg.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            means["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, scfg.max_grad_norm))
+        scaler.step(optimizer)
+        scaler.update()
+        if rank == 0:
+            progress.add(means)
+
+        last = step == scfg.steps
+        if step % scfg.log_every == 0 or last:
+            record = progress.record(step, epoch, lr) if rank == 0 else {"stage": stage, "step": step}
+            if rank == 0:
+                _write_metrics(store, stage, progress.history)
+            ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float | str)})
+        if rank == 0 and (step % scfg.checkpoint_every == 0 or last):
+            state: dict[str, Any] = {
+                "epoch": epoch,
+                "metrics": progress.history,
+                "wall_s": round(progress.wall_s, 2),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "seed": cfg.seed,
+            }
+            if last and stage == "vae":
+                s = measure_scaling_factor(model, config["scale_images"], device, scfg.batch_size)
+                set_scaling_factor(model, s)
+                state["scaling_factor"] = s
+                logger.info("[vae] latent scaling factor s = 1/std = %.5f", s)
+            weights = model.state_dict() if stage == "mask" else stage_state(model, stage)
+            uri = store.save(stage, step, weights, optimizer.state_dict(), state, scfg.keep_checkpoints)
+            logger.info("[%s] checkpoint %s", stage, uri)
+            every = scfg.grid_every
+            if every and (step % every == 0 or last):
+                _write_grid(store, cfg, stage, step, model, config, device)
+        if fault is not None and fault.stop_after_steps == step:
+            _barrier(world)  # rank 0 finishes this step's checkpoint before any worker fails
+            raise FaultInjected(f"stage {stage!r}: stopped after step {step} by fault.stop_after_steps")
+    stream.close()
+
+
+def vae_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the VAE stage (``fast_core.training.vae_training_step`` on ``model.vae``)."""
+    run_stage_loop({**config, "stage": "vae"})
+
+
+def base_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the base stage (UNet + prompt encoder, ``unet_training_step``)."""
+    run_stage_loop({**config, "stage": "base"})
+
+
+def fast_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the FAST stage (prompt vectors + FARM + Adaptor, ``fast_training_step``)."""
+    run_stage_loop({**config, "stage": "fast"})
+
+
+def mask_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the mask stage (``fast_core.masks.diffusion.mask_training_step``)."""
+    run_stage_loop({**config, "stage": "mask"})
+
+
+LOOPS = {"vae": vae_loop, "base": base_loop, "fast": fast_loop, "mask": mask_loop}

@@ -1,0 +1,119 @@
+"""Building the model a stage starts from: the preset (or the given base) plus the weights of every finished stage.
+
+    from scratch:  model = FastLDM.from_scratch(model_preset(preset, keys, C), seed)
+    given base:    model = FastLDM.from_base(<local copy of base_model_uri>, model_preset(...), seed)
+    then, for each earlier stage of the run (vae → base → fast):  model ← that stage's final weights
+                   (vae also sets the latent scaling factor s it measured, vae.config.scaling_factor = s,
+                   recorded in stages/vae.json)
+
+The weights a stage owns (what its checkpoints hold) are named as in ``FastLDM.state_dict()``:
+vae ``vae.*``; base ``unet.*`` + ``conditioner.*``; fast :meth:`FastLDM.fast_state_dict` (prompt vectors, FARM,
+Adaptor incl. BatchNorm buffers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from fast_core.models.base import check_state
+from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset
+from pipelines import storage as st
+from pipelines.storage import StorageConfig
+from pipelines.train.checkpoint import RunStore
+from pipelines.train.config import STAGE_ORDER, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+BASE_CACHE = Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen")) / "bases"
+
+
+def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
+    """The preset with the run's keys and image channels, and the config's overrides applied."""
+    mc = model_preset(cfg.model.preset, keys, cfg.dataset.image_channels)
+    if cfg.model.adaptor_mode is not None:
+        mc.adaptor = dataclasses.replace(mc.adaptor, mode=cfg.model.adaptor_mode)
+    if cfg.model.mask_downsample is not None:
+        mc.mask_downsample = cfg.model.mask_downsample
+    return mc
+
+
+def local_base_dir(uri: str, storage: StorageConfig | None = None) -> Path:
+    """A local directory holding the base model at ``uri`` (an ``s3://`` base is copied once into a cache)."""
+    if not uri.startswith("s3://"):
+        _, path = st.filesystem(uri, storage)
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model.base_model_uri: {uri} is not a directory")
+        return Path(path)
+    target = BASE_CACHE / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if not (target / "model_index.json").is_file():
+        st.get_dir(uri, target, storage)
+    return target
+
+
+def stage_state_names(model: FastLDM, stage: str) -> list[str]:
+    """Names (in ``model.state_dict()``) of the tensors ``stage`` trains and checkpoints."""
+    names = list(model.state_dict())
+    if stage == "vae":
+        return [n for n in names if n.startswith("vae.")]
+    if stage == "base":
+        return [n for n in names if n.startswith(("unet.", "conditioner."))]
+    if stage == "fast":
+        return list(model.fast_state_dict())
+    raise ValueError(f"stage {stage!r} has no FastLDM weights")
+
+
+def stage_state(model: FastLDM, stage: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``stage`` (see :func:`stage_state_names`)."""
+    state = model.state_dict()
+    return {n: state[n] for n in stage_state_names(model, stage)}
+
+
+def set_scaling_factor(model: FastLDM, s: float) -> None:
+    """z = s · E(x): set the latent scaling factor on the model and in the VAE's config (saved with the base)."""
+    if not s > 0 or s != s:
+        raise ValueError(f"latent scaling factor must be a positive number, got {s}")
+    model.vae.register_to_config(scaling_factor=float(s))
+    model.scaling_factor = float(s)
+    model.config.vae.scaling_factor = float(s)
+
+
+def load_stage_weights(model: FastLDM, stage: str, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``stage``'s tensors into ``model``; missing, unexpected or mis-shaped tensors are a ValueError."""
+    expected = stage_state(model, stage)
+    check_state(expected, weights, where)
+    model.load_state_dict(weights, strict=False)
+
+
+def required_stages(cfg: TrainConfig, upto: str | None) -> list[str]:
+    """The finished stages whose weights the model at the start of ``upto`` holds (None: the final model).
+
+    From scratch: vae before base, vae + base before fast. On a given base only fast itself counts.
+    """
+    before = STAGE_ORDER if upto is None else STAGE_ORDER[: STAGE_ORDER.index(upto)]
+    owned = ("fast",) if cfg.model.base_model_uri is not None else ("vae", "base", "fast")
+    return [s for s in before if s in owned]
+
+
+def build_model(cfg: TrainConfig, keys: list[str], store: RunStore, upto: str | None) -> FastLDM:
+    """The model at the start of stage ``upto``: preset or base + every finished earlier stage (None: all stages).
+
+    Raises:
+        CheckpointError / ValueError: an earlier stage's final checkpoint is missing, corrupt or does not match.
+    """
+    mc = model_config(cfg, keys)
+    if cfg.model.base_model_uri is not None:
+        model = FastLDM.from_base(local_base_dir(cfg.model.base_model_uri, cfg.storage), mc, seed=cfg.seed)
+    else:
+        model = FastLDM.from_scratch(mc, seed=cfg.seed)
+    for stage in required_stages(cfg, upto):
+        ckpt = store.stage_weights(stage)
+        load_stage_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")
+        if stage == "vae":
+            set_scaling_factor(model, float(store.done("vae")["scaling_factor"]))
+    return model

@@ -1,0 +1,157 @@
+"""One training step's pieces, per stage: the objective DDP wraps, trainable parameters, batch preparation, seeds.
+
+    g      = Generator(seed = H(seed, stage, rank, step))   # step_seed: every random draw of the step, resume-exact
+    batch  = prepare_batch(batch, g)                        # uint8 → [−1, 1]; flips (image and mask together);
+                                                            # mask stage: resize to the mask model, rot90
+    loss   = StageObjective(model)(x, M, key_ids, g)        # fast_core.training.*_training_step / mask_training_step
+
+Trainable tensors per stage: vae the whole VAE; base the UNet + prompt encoder; fast the prompt vectors + FARM +
+Adaptor (``FastLDM.configure_stage``); mask the whole mask diffusion model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from fast_core.masks.diffusion import MaskDiffusionModel, mask_training_step
+from fast_core.models.base import check_state
+from fast_core.models.ldm import FastLDM
+from fast_core.training import fast_training_step, unet_training_step, vae_training_step
+from pipelines.train.checkpoint import RunStore
+from pipelines.train.config import TrainConfig, mask_model_config
+from pipelines.train.data import IMAGE, MASK
+from pipelines.train.models import build_model, load_stage_weights
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+class FaultInjected(RuntimeError):
+    """``fault.stop_after_steps`` interrupted the run (tests of resume-after-kill)."""
+
+
+def step_seed(seed: int, stage: str, rank: int, step: int) -> int:
+    """The 63-bit seed of one worker's step: first 8 bytes of sha256(f"{seed}/{stage}/{rank}/{step}")."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def flip_batch(tensors: list[torch.Tensor], g: torch.Generator, hflip: bool, vflip: bool) -> list[torch.Tensor]:
+    """Flip each sample left-right / upside down with probability 1/2 each; all tensors of a sample flip together."""
+    b = tensors[0].shape[0]
+    draws = torch.rand((b, 2), generator=g)  # (B, 2): always drawn, so the stream does not depend on the flags
+    out = tensors
+    for flag, col, dim in ((hflip, 0, -1), (vflip, 1, -2)):
+        if not flag:
+            continue
+        sel = (draws[:, col] < 0.5).to(out[0].device).view(-1, 1, 1, 1)
+        out = [torch.where(sel, t.flip(dim), t) for t in out]
+    return out
+
+
+def rotate_batch(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Rotate each (square) sample of ``t`` (B, C, S, S) by k·90°, k ~ U{0..3} drawn from ``g``."""
+    ks = torch.randint(0, 4, (t.shape[0],), generator=g).tolist()
+    return torch.stack([torch.rot90(sample, k, dims=(-2, -1)) for sample, k in zip(t, ks, strict=True)])
+
+
+class StageObjective(nn.Module):
+    """The stage's loss as a module, so DDP sees a ``forward`` (gradients are all-reduced inside its backward)."""
+
+    def __init__(
+        self, model: FastLDM | MaskDiffusionModel, stage: str, keys: list[str], autocast: torch.dtype | None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.keys = keys
+        self.autocast = autocast
+
+    def forward(
+        self, x: torch.Tensor | None, mask: torch.Tensor | None, key_ids: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, metrics) of one batch: x (B, C, S, S) in [−1, 1] (None for mask), mask (B, 1, S, S) {0, 1} or None,
+        key_ids (B,) indices into ``keys``."""
+        keys = [self.keys[int(i)] for i in key_ids.tolist()]
+        if self.stage == "mask":
+            with _autocast(x if x is not None else mask, self.autocast):
+                return mask_training_step(self.model, mask, keys, generator)
+        if self.stage == "vae":
+            return vae_training_step(self.model.vae, x, generator, autocast_dtype=self.autocast)
+        if self.stage == "base":
+            return unet_training_step(self.model, x, keys, generator, autocast_dtype=self.autocast)
+        if self.stage == "fast":
+            return fast_training_step(self.model, x, mask, keys, generator, autocast_dtype=self.autocast)
+        raise ValueError(f"StageObjective: unknown stage {self.stage!r}")
+
+
+def _autocast(like: torch.Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast on ``like``'s device for a reduced-precision ``dtype``; a no-op for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=like.device.type, dtype=dtype)
+
+
+def configure_trainable(model: FastLDM, stage: str) -> list[nn.Parameter]:
+    """Set requires_grad for ``stage`` and return the trainable parameters (vae: the whole VAE)."""
+    if stage == "vae":
+        model.configure_stage("frozen")
+        model.vae.requires_grad_(True)
+        return [p for p in model.vae.parameters()]
+    return model.configure_stage("base" if stage == "base" else "fast")
+
+
+@torch.no_grad()
+def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.device, batch: int) -> float:
+    """s = 1 / std of the unscaled posterior means E(x) over ``images`` (N, C, S, S) uint8 (the LDM's rule)."""
+    latents = []
+    for lo in range(0, len(images), batch):
+        x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        latents.append(model.vae.encode(x).latent_dist.mean.float().cpu())
+    std = float(torch.cat(latents).std())
+    if not std > 0 or not math.isfinite(std):
+        raise NonFiniteLossError(f"stage 'vae': latent std is {std}; cannot set the scaling factor")
+    return 1.0 / std
+
+
+def stage_model(
+    cfg: TrainConfig, keys: list[str], store: RunStore, stage: str
+) -> tuple[FastLDM | MaskDiffusionModel, list[nn.Parameter]]:
+    """The model stage ``stage`` trains (from its starting weights) and its trainable parameters."""
+    if stage == "mask":
+        model = MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != "good"]), seed=cfg.seed)
+        return model, list(model.parameters())
+    model = build_model(cfg, keys, store, stage)
+    return model, configure_trainable(model, stage)
+
+
+def load_weights(model: FastLDM | MaskDiffusionModel, stage: str, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load a checkpoint's tensors; missing, unexpected or mis-shaped tensors are a ValueError naming ``where``."""
+    if stage == "mask":
+        check_state(model.state_dict(), weights, where)
+        model.load_state_dict(weights)
+    else:
+        load_stage_weights(model, stage, weights, where)
+
+
+def prepare_batch(
+    batch: dict[str, torch.Tensor], g: torch.Generator, cfg: TrainConfig, stage: str, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Images to [−1, 1] float, masks to {0, 1} float (mask stage: resized to the mask model's size), augmented."""
+    x = batch[IMAGE].to(device=device, dtype=torch.float32) / 127.5 - 1.0 if IMAGE in batch else None
+    mask = batch[MASK].to(device=device, dtype=torch.float32) if MASK in batch else None
+    if stage == "mask":
+        size = cfg.mask_model.image_size
+        if mask.shape[-1] != size:
+            mask = torch.nn.functional.interpolate(mask, size=(size, size), mode="nearest")
+        mask = flip_batch([mask], g, cfg.dataset.hflip, cfg.dataset.vflip)[0]
+        return None, rotate_batch(mask, g) if cfg.mask_model.rotate90 else mask
+    flipped = flip_batch([x] if mask is None else [x, mask], g, cfg.dataset.hflip, cfg.dataset.vflip)
+    return flipped[0], (flipped[1] if mask is not None else None)

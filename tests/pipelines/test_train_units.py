@@ -1,0 +1,274 @@
+"""Training pieces that need no Ray: config validation, data preparation, the run store, flips, seeds, grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fast_core.data.transforms import decode_png
+from pipelines.config import load_config
+from pipelines.train.checkpoint import CheckpointError, RunStore, flatten_optimizer_state, unflatten_optimizer_state
+from pipelines.train.config import TrainConfig, check_dataset
+from pipelines.train.data import check_stage_rows, load_training_data
+from pipelines.train.grid import compose, fast_grid, vae_grid
+from pipelines.train.models import build_model, stage_state
+from pipelines.train.steps import (
+    StageObjective,
+    configure_trainable,
+    flip_batch,
+    prepare_batch,
+    stage_model,
+    step_seed,
+)
+from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
+from tests.helpers.tiny_models import tiny_fast_ldm
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train_units") / "ds"
+    return make_dummy_mvtec(root, n_good=4, defects={"scratch": 6, "dent": 3}, mode="RGB")
+
+
+def tiny_cfg(dataset: Path, storage: Path, *overrides: str) -> TrainConfig:
+    return load_config(
+        TrainConfig,
+        CONFIGS / "train-tiny.yaml",
+        [f"dataset.root={dataset}", f"storage_path={storage}", *overrides],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("name", ["train-tiny.yaml", "train-cpu-small.yaml", "train-gpu-full.yaml"])
+def test_example_configs_load(name: str) -> None:
+    cfg = load_config(TrainConfig, CONFIGS / name, ["dataset.root=/x"])
+    assert cfg.stages == ("vae", "base", "fast")
+    assert cfg.model_uri == f"{cfg.storage_path}/{cfg.run_name}/model"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stage.vae.steps=0", "TrainConfig.stage.vae.steps must be an integer >= 1"),
+        ("scaling.mixed_precision=bf16", "needs use_gpu: true"),
+        ("model.base_model_uri=/some/base", "remove 'vae' and 'base' from stages"),
+        ("fault.stage=mask", "is not one of the stages"),
+        ("stage.fast.lr=0", "TrainConfig.stage.fast.lr must be > 0"),
+        ("run_name=a/b", "TrainConfig.run_name = 'a/b'"),
+        ("stage.fast.batchsize=3", "unknown key(s) 'batchsize'"),
+        ("stages=[vae, vae]", "more than once"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=None) as info:
+        tiny_cfg(tmp_path, tmp_path / "runs", override)
+    assert message in str(info.value)
+
+
+def test_stages_run_in_fixed_order(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, tmp_path / "runs", "stages=[fast, vae, base]")
+    assert cfg.stages == ("vae", "base", "fast")
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "nope", tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="dataset root not found"):
+        check_dataset(cfg.dataset)
+    cfg = tiny_cfg(tmp_path, tmp_path / "runs", "dataset.categories=[widget]")
+    with pytest.raises(ValueError, match="no category folder"):
+        check_dataset(cfg.dataset)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(dataset, tmp_path)
+    data = load_training_data(cfg.dataset)
+    assert data.keys == ["good", "widget/dent", "widget/scratch"]
+    assert data.normal.shape == (4, 3, 32, 32) and data.normal.dtype == np.uint8
+    # floor(n/3) anomalies per defect: 6 → 2 scratch, 3 → 1 dent
+    assert data.anomalies.shape == (3, 3, 32, 32) and data.masks.shape == (3, 1, 32, 32)
+    assert sorted(data.anomaly_key_ids.tolist()) == [1, 2, 2]
+    assert set(np.unique(data.masks)) <= {0, 1} and data.masks.sum() > 0
+    assert len(data.stage_columns("vae")["image"]) == 7
+    assert data.stage_columns("base")["key_id"].tolist()[:4] == [0, 0, 0, 0]
+    assert set(data.stage_columns("fast")) == {"image", "mask", "key_id"}
+    preview = data.preview(4)
+    assert preview["normal"].shape == (4, 3, 32, 32) and sorted(set(preview["mask_key_ids"].tolist())) == [1, 2]
+    with pytest.raises(ValueError, match="cannot fill one batch of 2 on each of 2"):
+        check_stage_rows(data, "fast", batch_size=2, num_workers=2)
+
+
+def test_unreadable_image_is_skipped_with_reason(tmp_path: Path) -> None:
+    root = make_dummy_mvtec(tmp_path / "ds", n_good=3, defects={"scratch": 3})
+    truncate_file(root / "widget" / "train" / "good" / "001.png", keep=0.3)
+    data = load_training_data(tiny_cfg(root, tmp_path / "runs", "dataset.image_channels=1").dataset)
+    assert len(data.normal) == 2 and data.normal.shape[1] == 1
+    assert len(data.skipped) == 1 and "001.png" in data.skipped[0][0] and "unreadable" in data.skipped[0][1]
+
+
+# ---------------------------------------------------------------------------------------------- checkpointing
+def _adam_after_steps(n: int) -> tuple[torch.nn.Linear, torch.optim.AdamW]:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.01)
+    for _ in range(n):
+        opt.zero_grad()
+        layer(torch.ones(4, 3)).pow(2).sum().backward()
+        opt.step()
+    return layer, opt
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json() -> None:
+    _, opt = _adam_after_steps(3)
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
+    assert set(tensors) == {f"state.{i}.{n}" for i in (0, 1) for n in ("step", "exp_avg", "exp_avg_sq")}
+    json.dumps(meta)  # the rest is plain JSON
+    layer2, opt2 = _adam_after_steps(0)
+    opt2.load_state_dict(unflatten_optimizer_state(tensors, json.loads(json.dumps(meta))))
+    for p, p2 in zip(opt.state.values(), opt2.state.values(), strict=True):
+        for k in p:
+            assert torch.equal(p[k], p2[k])
+    assert opt2.param_groups[0]["lr"] == 0.1 and opt2.param_groups[0]["betas"] == [0.9, 0.999]
+
+
+def test_store_save_latest_load_prune(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "run"))
+    layer, opt = _adam_after_steps(2)
+    assert store.latest("fast") is None and store.load_latest("fast") is None
+    for step in (2, 4, 6):
+        store.save("fast", step, layer.state_dict(), opt.state_dict(), {"epoch": step, "metrics": []}, keep=2)
+    assert store.checkpoint_steps("fast") == [4, 6]  # pruned to 2
+    ckpt = store.load_latest("fast")
+    assert ckpt is not None and ckpt.step == 6 and ckpt.state["epoch"] == 6
+    assert torch.equal(ckpt.weights["weight"], layer.weight.detach())
+    assert int(ckpt.optimizer["state"][0]["step"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "weights.safetensors").write_bytes(b"\x00garbage"), "weights.safetensors is not a valid"),
+        (lambda d: (d / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing"),
+        (lambda d: (d / "state.json").write_text("{not json"), "state.json is not a valid checkpoint state"),
+    ],
+)
+def test_corrupt_or_missing_checkpoint_files_are_named(tmp_path: Path, damage, message: str) -> None:
+    store = RunStore(str(tmp_path / "run"))
+    layer, opt = _adam_after_steps(1)
+    folder = store.save("vae", 1, layer.state_dict(), opt.state_dict(), {"epoch": 0}, keep=2)
+    damage(Path(folder))
+    with pytest.raises(CheckpointError, match="step-00000001") as info:
+        store.load_latest("vae")
+    assert message in str(info.value)
+
+
+def test_bad_latest_pointer_and_missing_folder(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "run"))
+    layer, opt = _adam_after_steps(1)
+    store.save("vae", 1, layer.state_dict(), opt.state_dict(), {"epoch": 0}, keep=2)
+    pointer = tmp_path / "run" / "checkpoints" / "vae" / "LATEST.json"
+    pointer.write_text('{"step": 5, "dir": "step-00000005"}')
+    with pytest.raises(CheckpointError, match="state.json is missing"):
+        store.load_latest("vae")
+    pointer.write_text("[]")
+    with pytest.raises(CheckpointError, match="not a valid checkpoint pointer"):
+        store.latest("vae")
+
+
+def test_build_model_needs_finished_earlier_stages(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(dataset, tmp_path / "runs")
+    store = RunStore(cfg.run_uri)
+    with pytest.raises(CheckpointError, match="stage 'vae' has not finished"):
+        build_model(cfg, ["good", "widget/dent"], store, "base")
+    model = build_model(cfg, ["good", "widget/dent"], store, "vae")
+    assert set(stage_state(model, "vae")) == {k for k in model.state_dict() if k.startswith("vae.")}
+
+
+# ------------------------------------------------------------------------------------------------ loop helpers
+def test_step_seed_is_stable_and_distinct() -> None:
+    assert step_seed(0, "fast", 0, 1) == step_seed(0, "fast", 0, 1)
+    assert len({step_seed(0, "fast", r, s) for r in range(2) for s in range(50)}) == 100
+    assert 0 <= step_seed(7, "vae", 1, 3) < 2**63
+
+
+def test_flip_batch_flips_image_and_mask_together() -> None:
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    m = (x > 5).float()
+    g = torch.Generator().manual_seed(3)
+    fx, fm = flip_batch([x, m], g, hflip=True, vflip=True)
+    assert torch.equal(fm, (fx > 5).float())  # the mask still labels the same pixels
+    gx = flip_batch([x], torch.Generator().manual_seed(3), hflip=False, vflip=False)[0]
+    assert torch.equal(gx, x)
+
+
+# ------------------------------------------------------------------------------------------------------- grids
+def test_compose_tiles_cells_with_gaps() -> None:
+    cells = [[np.zeros((4, 5), np.uint8)] * 3, [np.zeros((4, 5), np.uint8)]]
+    out = compose(cells)
+    assert out.shape == (4 * 2 + 2, 5 * 3 + 2 * 2)
+    assert out[4:6].min() == 255 and out[6:, 7:].min() == 255  # separator row and the padded short row
+
+
+def test_vae_and_fast_grids_are_pngs_of_the_right_size() -> None:
+    torch.manual_seed(0)
+    model = tiny_fast_ldm().eval()
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    vae = decode_png(vae_grid(model, imgs, torch.device("cpu")))
+    assert vae.shape == (2 * 32 + 2, 2 * 32 + 2, 3)
+    masks = np.zeros((2, 1, 32, 32), np.uint8)
+    masks[:, :, 8:20, 8:20] = 1
+    png = fast_grid(model, imgs, masks, ["tiny/crack", "tiny/scratch"], 4, 0, torch.device("cpu"))
+    fast = decode_png(png)
+    assert fast.shape == (2 * 32 + 2, 3 * 32 + 4, 3)
+    assert np.array_equal(fast[:32, :32], imgs[0].transpose(1, 2, 0))  # column 1: the normal image itself
+    assert png == fast_grid(model, imgs, masks, ["tiny/crack", "tiny/scratch"], 4, 0, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------------- one step per stage (no Ray)
+@pytest.mark.parametrize("stage", ["vae", "base", "fast", "mask"])
+def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path: Path, stage: str) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        dataset,
+        tmp_path / "runs",
+        "stages=[vae, base, fast, mask]",
+        "mask_model.image_size=16",
+        "mask_model.block_out_channels=[8, 16]",
+    )
+    data = load_training_data(cfg.dataset)
+    if stage in ("vae", "mask"):
+        model, params = stage_model(cfg, data.keys, RunStore(cfg.run_uri), stage)
+        keys = data.keys
+    else:  # base and fast start from finished earlier stages: use a from-scratch tiny model instead
+        model = tiny_fast_ldm()
+        params = configure_trainable(model, stage)
+        keys = ["good", "tiny/crack", "tiny/scratch"]
+    cols = data.stage_columns(stage)
+    batch = {k: torch.from_numpy(v[:2]) for k, v in cols.items()}
+    g = torch.Generator().manual_seed(1)
+    x, mask = prepare_batch(batch, g, cfg, stage, torch.device("cpu"))
+    if stage == "mask":
+        assert x is None and mask.shape == (2, 1, 16, 16) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    else:
+        assert x.shape == (2, 3, 32, 32) and -1.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    objective = StageObjective(model, stage, keys, None)
+    loss, metrics = objective(x, mask, batch["key_id"], g)
+    assert torch.isfinite(loss) and metrics["loss"] == pytest.approx(float(loss.detach()))
+    opt = torch.optim.SGD(params, lr=0.1)
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    prefix = {
+        "vae": ("vae.",),
+        "base": ("unet.", "conditioner."),
+        "fast": ("farm.", "adaptor.", "conditioner."),
+        "mask": ("unet.",),
+    }[stage]
+    assert changed and all(n.startswith(prefix) for n in changed)
