@@ -17,14 +17,15 @@ _RUNTIME_ENV: dict[str, Any] = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
 
 
 def local_ray_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
-    """``ray.init`` keyword arguments for a private local cluster: never joins an existing one, no dashboard.
+    """``ray.init`` keyword arguments for a private local cluster: never joins an existing one; dashboard on loopback.
 
     Args:
         num_cpus: logical CPUs to advertise (None: Ray counts the machine's cores).
     """
     kwargs: dict[str, Any] = {
         "address": "local",
-        "include_dashboard": False,
+        "include_dashboard": True,  # the state API (Ray Train V2 polls it) lives in the dashboard
+        "dashboard_host": "127.0.0.1",
         "log_to_driver": True,
         "runtime_env": _RUNTIME_ENV,
         "configure_logging": True,

@@ -2,7 +2,8 @@
 
 ``ray_local`` starts Ray with ``address="local"`` (so a ``RAY_ADDRESS`` in the environment or a cluster started with
 ``ray start`` on this machine is never joined by accident), four logical CPUs on a two-core machine (so an actor pool
-and the CPU tasks around it can be scheduled at the same time), no dashboard, and shuts it down at session end.
+and the CPU tasks around it can be scheduled at the same time), the dashboard on loopback (Ray Train polls the state
+API it serves), and shuts it down at session end.
 """
 
 from __future__ import annotations

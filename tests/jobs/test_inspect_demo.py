@@ -87,15 +87,16 @@ def test_inspect_btad_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert err.startswith("fastgen inspect: error: dataset root not found") and err.count("\n") == 1
 
 
-def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_dataset_and_inspection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "demo"
     argv = ["demo", "--out", str(out_dir), "--seed", "3", "--size", "48", "--set", "data.n_train_good=3"]
+    argv += ["--set", "chain.enabled=false"]
     start = time.perf_counter()
     assert main(argv) == 0
     assert time.perf_counter() - start < 30
     out = capsys.readouterr().out
     assert "problems: none" in out
-    assert "not in this build yet: training, masks, synthesis, evaluation" in out
+    assert "the demo ended after the inspection" in out
     resolved = yaml.safe_load((out_dir / "config.resolved.yaml").read_text())
     assert resolved["seed"] == 3 and resolved["out"] == str(out_dir)
     assert resolved["data"]["size"] == 48 and resolved["data"]["n_train_good"] == 3
@@ -107,6 +108,32 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["demo", "--out", str(out_dir), "--size", "64"]) == 2
     assert "size: 48 there, 64 asked" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "x"), "--set", "data.categories=[leather]"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_demo_whole_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_local: None) -> None:
+    out_dir = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--out",
+        str(out_dir),
+        "--size",
+        "64",
+        "--set",
+        "data.n_train_good=8",
+        "--set",
+        "data.n_per_defect=4",
+    ]
+    argv += ["--set", "chain.train_steps=8", "--set", "chain.evaluate_steps=8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "problems: none" in out and "dataset version (demo, LATEST)" in out
+    assert "segmenter trained on the version, tested on held-out real defects: miou" in out
+    metrics = json.loads((out_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["overall"]["aacc"] is not None
+    assert (out_dir / "runs" / "tiny" / "model" / "model.json").is_file()
+    assert (out_dir / "datasets" / "demo" / "LATEST").is_file()
 
 
 @pytest.mark.slow
