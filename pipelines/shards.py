@@ -27,11 +27,13 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -336,3 +338,63 @@ class ShardStore:
                     f"{len(unknown)} id(s) not in the input (e.g. {sorted(unknown)[:3]})"
                 )
         return commits
+
+
+class ShardBuffer:
+    """Rows arriving from a pipeline in any order, grouped by their ``shard`` column until each shard is complete.
+
+    A row delivered twice (a retried task) is dropped by its id, so each shard is handed to :meth:`ShardStore.commit`
+    once, with each of its rows once.
+
+    Args:
+        expected: shard → number of input rows it must receive.
+        id_column: the row id column.
+    """
+
+    def __init__(self, expected: Mapping[int, int], id_column: str = "sample_id") -> None:
+        self.expected = dict(expected)
+        self.id_column = id_column
+        self.parts: dict[int, list[pa.Table]] = {}
+        self.seen: dict[int, set[str]] = {}
+        self.duplicates = 0
+
+    def add(self, batch: pa.Table) -> list[int]:
+        """Add rows (with a ``shard`` column); returns the shards that became complete."""
+        complete = []
+        shards = batch.column("shard").to_numpy()
+        for k in np.unique(shards):
+            k = int(k)
+            if k not in self.expected:
+                raise RuntimeError(f"the pipeline returned a row of {shard_name(k)}, which is not pending")
+            part = batch.filter(pa.array(shards == k))
+            seen = self.seen.setdefault(k, set())
+            ids = part.column(self.id_column).to_pylist()
+            fresh = [i not in seen for i in ids]
+            if not all(fresh):
+                self.duplicates += len(fresh) - sum(fresh)
+                part = part.filter(pa.array(fresh))
+                ids = [i for i, f in zip(ids, fresh, strict=True) if f]
+            seen.update(ids)
+            self.parts.setdefault(k, []).append(part)
+            if len(seen) == self.expected[k]:
+                complete.append(k)
+        return complete
+
+    def pop(self, shard: int) -> pa.Table:
+        """The complete rows of ``shard`` (the buffer forgets them)."""
+        self.seen.pop(shard)
+        return pa.concat_tables(self.parts.pop(shard), promote_options="default")
+
+    def incomplete(self) -> dict[int, int]:
+        """shard → rows still missing, for the shards that received rows but never completed."""
+        return {k: n - len(self.seen.get(k, ())) for k, n in self.expected.items() if k in self.parts or k in self.seen}
+
+
+def commit_totals(commits: Mapping[int, ShardCommit]) -> tuple[int, int, dict[str, int]]:
+    """(rows written, rows rejected, rejections by reason) over committed shards (markers' ``rejected_by_reason``)."""
+    reasons: Counter[str] = Counter()
+    for c in commits.values():
+        reasons.update(c.counts.get("rejected_by_reason", {}))
+    written = sum(len(c.sample_ids) for c in commits.values())
+    rejected = sum(len(c.rejected_ids) for c in commits.values())
+    return written, rejected, dict(sorted(reasons.items()))

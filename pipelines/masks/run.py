@@ -47,7 +47,7 @@ from pipelines.masks.plan import (
 from pipelines.masks.schema import DATA_SCHEMA, MASK_STRUCT, REJECTED_SCHEMA, mask_path
 from pipelines.masks.stages import Batch, MaskSampler, fetch_mask_model, filter_shard, generate_masks, load_real_masks
 from pipelines.ray_utils import ensure_ray
-from pipelines.shards import ShardStore, num_shards, shard_name
+from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
 
 logger = logging.getLogger(__name__)
 
@@ -172,38 +172,6 @@ def shard_tables(
         "rejected_by_key_reason": dict(Counter(f"{k}:{r}" for k, r in zip(bad_keys, reasons, strict=True))),
     }
     return data, rejected, files, counts
-
-
-class _ShardBuffer:
-    """Rows arriving from the pipeline, grouped by shard until each shard is complete (duplicates dropped by id)."""
-
-    def __init__(self, expected: dict[int, int]) -> None:
-        self.expected = expected
-        self.parts: dict[int, list[pa.Table]] = {}
-        self.seen: dict[int, set[str]] = {}
-
-    def add(self, batch: pa.Table) -> list[int]:
-        """Add rows; returns the shards that became complete."""
-        complete = []
-        shards = batch.column("shard").to_numpy()
-        for k in np.unique(shards):
-            k = int(k)
-            if k not in self.expected:
-                raise RuntimeError(f"the pipeline returned a row of {shard_name(k)}, which is not pending")
-            part = batch.filter(pa.array(shards == k))
-            seen = self.seen.setdefault(k, set())
-            fresh = [sid not in seen for sid in part.column("sample_id").to_pylist()]
-            part = part.filter(pa.array(fresh))
-            seen.update(part.column("sample_id").to_pylist())
-            self.parts.setdefault(k, []).append(part)
-            if len(seen) == self.expected[k]:
-                complete.append(k)
-        return complete
-
-    def pop(self, shard: int) -> pa.Table:
-        """The complete rows of ``shard`` (the buffer forgets them)."""
-        self.seen.pop(shard)
-        return pa.concat_tables(self.parts.pop(shard), promote_options="default")
 
 
 def _to_arrow(batch: Batch) -> pa.Table:
@@ -342,7 +310,7 @@ def _run_pipeline(
     shard_col = plan.column("shard").to_numpy()
     pending = plan.filter(pa.array(np.isin(shard_col, pending_shards)))
     expected = {k: int(np.count_nonzero(shard_col == k)) for k in pending_shards}
-    buffer = _ShardBuffer(expected)
+    buffer = ShardBuffer(expected)
     t0, done, rows_done = time.perf_counter(), n_shards - len(pending_shards), 0
     for batch in _build_dataset(cfg, pending).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         for k in buffer.add(_to_arrow(batch)):
@@ -361,8 +329,8 @@ def _run_pipeline(
                 n_shards,
                 rate,
             )
-    if buffer.parts or rows_done != pending.num_rows:
-        missing = {shard_name(k): expected[k] - len(buffer.seen.get(k, ())) for k in buffer.parts}
+    if buffer.incomplete() or rows_done != pending.num_rows:
+        missing = {shard_name(k): n for k, n in sorted(buffer.incomplete().items())}
         raise RuntimeError(f"the pipeline ended with incomplete shards: {missing} rows missing")
     return rows_done
 
@@ -380,9 +348,7 @@ def _summary(
     complete: bool,
 ) -> MasksSummary:
     elapsed = time.perf_counter() - start
-    reasons: Counter[str] = Counter()
-    for c in commits.values():
-        reasons.update(c.counts.get("rejected_by_reason", {}))
+    written_rows, rejected_rows, reasons = commit_totals(commits)
     return MasksSummary(
         out=cfg.out,
         run_id=run_id,
@@ -390,9 +356,9 @@ def _summary(
         shards=n_shards,
         shards_skipped=n_shards - written_shards,
         shards_written=written_shards,
-        written=sum(len(c.sample_ids) for c in commits.values()),
-        rejected=sum(len(c.rejected_ids) for c in commits.values()),
-        rejected_by_reason=dict(sorted(reasons.items())),
+        written=written_rows,
+        rejected=rejected_rows,
+        rejected_by_reason=reasons,
         real_rejected=real_rejected,
         rows_this_run=rows_run,
         elapsed_s=elapsed,

@@ -48,7 +48,7 @@ from pipelines.config import dump_config
 from pipelines.manifest import MANIFEST_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
 from pipelines.ray_utils import ensure_ray
-from pipelines.shards import ShardStore, num_shards, shard_name
+from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
 from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
@@ -168,47 +168,6 @@ def shard_tables(
         "written_by_key": dict(Counter(keys)),
     }
     return data, rejected, files, counts
-
-
-class _ShardBuffer:
-    """Rows arriving from the pipeline, grouped by shard until each shard is complete (duplicates dropped by id)."""
-
-    def __init__(self, expected: dict[int, int]) -> None:
-        self.expected = expected  # shard → number of manifest rows
-        self.parts: dict[int, list[pa.Table]] = {}
-        self.seen: dict[int, set[str]] = {}
-        self.duplicates = 0
-
-    def add(self, batch: pa.Table) -> list[int]:
-        """Add rows; returns the shards that became complete."""
-        complete = []
-        shards = batch.column("shard").to_numpy()
-        for k in np.unique(shards):
-            k = int(k)
-            if k not in self.expected:
-                raise RuntimeError(f"the pipeline returned a row of {shard_name(k)}, which is not pending")
-            part = batch.filter(pa.array(shards == k))
-            seen = self.seen.setdefault(k, set())
-            ids = part.column("sample_id").to_pylist()
-            fresh = [sid not in seen for sid in ids]
-            if not all(fresh):
-                self.duplicates += len(fresh) - sum(fresh)
-                part = part.filter(pa.array(fresh))
-                ids = [sid for sid, f in zip(ids, fresh, strict=True) if f]
-            seen.update(ids)
-            self.parts.setdefault(k, []).append(part)
-            if len(seen) == self.expected[k]:
-                complete.append(k)
-        return complete
-
-    def pop(self, shard: int) -> pa.Table:
-        """The complete rows of ``shard`` (the buffer forgets them)."""
-        self.seen.pop(shard)
-        return pa.concat_tables(self.parts.pop(shard))
-
-    def incomplete(self) -> dict[int, int]:
-        """shard → rows still missing, for shards that never completed."""
-        return {k: n - len(self.seen.get(k, ())) for k, n in self.expected.items() if k in self.parts or k in self.seen}
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -397,7 +356,7 @@ def _run_pipeline(
         }
     )
     expected = {k: min((k + 1) * cfg.shard_size, n_rows) - k * cfg.shard_size for k in pending_shards}
-    buffer = _ShardBuffer(expected)
+    buffer = ShardBuffer(expected)
     ds = _build_dataset(cfg, model_uri, info, pending)
     total_todo, done_shards = len(rows), n_shards - len(pending_shards)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
@@ -442,9 +401,7 @@ def _summary(
     start: float,
 ) -> SynthesisSummary:
     elapsed = time.perf_counter() - start
-    reasons: Counter[str] = Counter()
-    for c in commits.values():
-        reasons.update(c.counts.get("rejected_by_reason", {}))
+    written_rows, rejected_rows, reasons = commit_totals(commits)
     return SynthesisSummary(
         out=cfg.out,
         run_id=run_id,
@@ -452,9 +409,9 @@ def _summary(
         shards=n_shards,
         shards_skipped=skipped,
         shards_written=written,
-        written=sum(len(c.sample_ids) for c in commits.values()),
-        rejected=sum(len(c.rejected_ids) for c in commits.values()),
-        rejected_by_reason=dict(sorted(reasons.items())),
+        written=written_rows,
+        rejected=rejected_rows,
+        rejected_by_reason=reasons,
         rows_this_run=rows_run,
         elapsed_s=elapsed,
         pairs_per_s=rows_run / elapsed if elapsed > 0 and rows_run else 0.0,

@@ -147,3 +147,19 @@ def test_commit_on_s3(s3_bucket) -> None:
     store.commit(0, _rows(["a"]), _rejected(["b"]), [("images/a.png", b"A")], run_id="r")
     assert storage.read_bytes(storage.join(root, "images/a.png"), s3_bucket.storage) == b"A"
     assert sorted(store.verify(1, ["a", "b"])) == [0]
+
+
+def test_shard_buffer_groups_rows_drops_redeliveries_and_reports_gaps() -> None:
+    from pipelines.shards import ShardBuffer
+
+    def rows(shard: int, ids: list[str]) -> pa.Table:
+        return pa.table({"shard": [shard] * len(ids), "sample_id": ids})
+
+    buffer = ShardBuffer({0: 2, 1: 3})
+    assert buffer.add(rows(1, ["c", "d"])) == []
+    assert buffer.add(pa.concat_tables([rows(0, ["a", "b"]), rows(1, ["c"])])) == [0]  # "c" delivered twice
+    assert buffer.duplicates == 1 and buffer.pop(0).column("sample_id").to_pylist() == ["a", "b"]
+    assert buffer.incomplete() == {1: 1}
+    assert buffer.add(rows(1, ["e"])) == [1] and buffer.pop(1).num_rows == 3 and buffer.incomplete() == {}
+    with pytest.raises(RuntimeError, match="part-00007, which is not pending"):
+        buffer.add(rows(7, ["x"]))
