@@ -186,6 +186,18 @@ def _to_uri(uri: str, path: str) -> str:
     return f"file://{path}" if uri.startswith("file://") else path
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a relative local path made absolute against the current directory (``s3://`` and ``file://``
+    URIs unchanged), so that processes with another working directory (Ray workers) reach the same place.
+
+    >>> absolute("s3://bucket/runs")
+    's3://bucket/runs'
+    """
+    if _scheme(uri) == "s3" or "://" in uri:
+        return uri
+    return os.path.abspath(uri)
+
+
 def join(uri: str, *parts: str) -> str:
     """``uri`` and ``parts`` joined by single slashes: ``join("s3://b/run", "data", "x.parquet")``."""
     _scheme(uri)

@@ -218,8 +218,11 @@ class TrainConfig:
             )
         if not self.storage_path:
             raise ValueError("TrainConfig.storage_path is empty; give a local folder or s3://bucket/prefix")
+        # Absolute local paths: Ray Train workers write checkpoints from their own working directory.
+        self.storage_path = st.absolute(self.storage_path)
         st.join(self.storage_path, self.run_name)  # validates the URI form
         if self.publish_uri is not None:
+            self.publish_uri = st.absolute(self.publish_uri)
             st.join(self.publish_uri, "model.json")
         if not self.stages:
             raise ValueError(f"TrainConfig.stages is empty; name at least one of {', '.join(STAGE_ORDER)}")

@@ -52,6 +52,13 @@ def test_example_configs_load(name: str) -> None:
     assert cfg.model_uri == f"{cfg.storage_path}/{cfg.run_name}/model"
 
 
+def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # Ray Train workers run elsewhere: they must get the driver's absolute paths
+    cfg = tiny_cfg(dataset, Path("runs"), 'publish_uri="out/model"')
+    assert cfg.storage_path == str(tmp_path / "runs") and cfg.publish_uri == str(tmp_path / "out" / "model")
+    assert tiny_cfg(dataset, Path("x"), 'storage_path="s3://bucket/runs"').storage_path == "s3://bucket/runs"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
