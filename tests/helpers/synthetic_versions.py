@@ -17,27 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fast_core.data.transforms import encode_png
-
-IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-DATA_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("category", pa.string()),
-        ("defect_type", pa.string()),
-        ("image", IMAGE_STRUCT),
-        ("mask", IMAGE_STRUCT),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("mask_area", pa.int64()),
-        ("seed", pa.int64()),
-        ("source_image", pa.string()),
-        ("mask_source", pa.string()),
-        ("sampler", pa.string()),
-        ("nfe", pa.int32()),
-        ("model_uri", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
+from pipelines.synthesize.schema import DATA_SCHEMA
 
 
 def bright_square_pair(
