@@ -18,7 +18,8 @@ model's size S × S:
 * ``mask_area_too_small``  area(M) = Σ [M > 0] < :attr:`QCConfig.min_mask_area_px` after resizing to S × S.
 
 The loaders report ``input_unreadable``, ``mask_unreadable``, ``prompt_unknown`` and ``invalid_row`` with the same
-record shape.
+record shape; a baseline generator that cannot paint a row (no CutPaste patch fits, no Perlin mask within the area
+bounds) reports ``generator_failed``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ LATENT_MASK_EMPTY = "latent_mask_empty"
 OUTPUT_NONFINITE = "output_nonfinite"
 OUTPUT_BLANK = "output_blank"
 MASK_AREA_TOO_SMALL = "mask_area_too_small"
+GENERATOR_FAILED = "generator_failed"
 
 REASONS = (
     INPUT_UNREADABLE,
@@ -49,6 +51,7 @@ REASONS = (
     OUTPUT_NONFINITE,
     OUTPUT_BLANK,
     MASK_AREA_TOO_SMALL,
+    GENERATOR_FAILED,
 )
 
 

@@ -36,6 +36,14 @@ def local_ray_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     return kwargs
 
 
+_STARTED_LOCAL = False
+
+
+def started_local() -> bool:
+    """Whether this process started its own local cluster (its resources are fixed: nothing autoscales)."""
+    return _STARTED_LOCAL
+
+
 def ensure_ray(num_cpus: int | None = None) -> str:
     """Connect to Ray once per process and return a one-line description of the cluster.
 
@@ -49,7 +57,9 @@ def ensure_ray(num_cpus: int | None = None) -> str:
         if address:
             ray.init(address=address, runtime_env=_RUNTIME_ENV, logging_level=logging.WARNING)
         else:
+            global _STARTED_LOCAL
             ray.init(**local_ray_kwargs(num_cpus))
+            _STARTED_LOCAL = True
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     desc = (

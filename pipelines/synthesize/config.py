@@ -18,6 +18,9 @@ from fast_core.synthesis import SynthesisConfig
 from pipelines.storage import StorageConfig
 
 DType = Literal["float32", "float16", "bfloat16"]
+#: What paints the anomaly: the FAST model, or a baseline of FAST_SPEC §8.5 (fast_core.baselines) that makes its own
+#: mask (the manifest's mask is not used by a baseline; the manifest still fixes the normal image and the seed).
+Generator = Literal["fast", "cutpaste", "cutpaste_scar", "perlin"]
 
 
 def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
@@ -73,6 +76,23 @@ class FaultConfig:
 
 
 @dataclass(kw_only=True)
+class BaselineSettings:
+    """Settings of the baseline generators (used only when ``generator`` is not ``fast``).
+
+    Pairs are made at the published model's geometry (``image_size``, channels) so every method of a comparison is
+    at one resolution; CutPaste cuts from the row's own normal image (the CutPaste paper's self-supervised setting).
+    """
+
+    texture_dir: str | None = None  # perlin: a local folder of texture images; null: the manifest's normal images
+    max_textures: int = 256  # perlin: at most this many textures (the first in sorted order) are used
+
+    def __post_init__(self) -> None:
+        _positive_int("baseline.max_textures", self.max_textures)
+        if self.texture_dir is not None and "://" in self.texture_dir:
+            raise ValueError(f"baseline.texture_dir = {self.texture_dir!r} must be a local folder")
+
+
+@dataclass(kw_only=True)
 class SynthesizeConfig:
     """Settings of ``fastgen synthesize``."""
 
@@ -80,6 +100,8 @@ class SynthesizeConfig:
     out: str  # output dataset URI (a new folder or s3:// prefix per dataset version)
     model_uri: str | None = None  # null: the manifest's model_uri (one model per manifest)
     shard_size: int = 256  # manifest rows per output shard: shard k = rows [k·S, (k+1)·S)
+    generator: Generator = "fast"  # "fast" (the model + sampler) or a baseline: "cutpaste", "cutpaste_scar", "perlin"
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)  # baseline generators only
     sampler: SynthesisConfig = field(default_factory=SynthesisConfig)  # sampler, NFE, FARM, background window
     qc: QCConfig = field(default_factory=QCConfig)  # output checks
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -89,6 +111,7 @@ class SynthesizeConfig:
     fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         for name in ("manifest", "out"):
             if not getattr(self, name):
                 raise ValueError(f"SynthesizeConfig.{name} is empty; give a URI")
@@ -101,13 +124,22 @@ class SynthesizeConfig:
         sampler = to_dict(self.sampler)
         sampler.pop("batch_size")
         manifest = self.manifest.rstrip("/")
-        return {
+        content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),
             "model_uri": model_uri,
             "shard_size": self.shard_size,
             "sampler": sampler,
             "qc": to_dict(self.qc),
         }
+        if self.generator != "fast":  # only then: outputs made before the field existed keep their fingerprint
+            content["generator"] = self.generator
+            content["baseline"] = to_dict(self.baseline)
+        return content
+
+    @property
+    def method(self) -> str:
+        """The ``sampler`` column of the output rows: the sampler's name for FAST, else the baseline's name."""
+        return self.sampler.sampler if self.generator == "fast" else self.generator
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Pipeline (see :mod:`pipelines.synthesize.stages`)::
       → repartition(target_num_rows_per_block=batch_size)   streaming re-blocking: one actor batch per block
       → map_batches(load_inputs)           CPU tasks: drop rows of committed shards, fetch + decode + resize inputs
       → map_batches(FastSynthesizer)       actor pool: model loaded once per actor; num_gpus/concurrency/batch_size
+                                           (BaselineSynthesizer instead for generator cutpaste/cutpaste_scar/perlin)
       → map_batches(encode_and_qc)         CPU tasks: QC, PNG encoding
       → iter_batches on the driver         the shard writer: buffer rows per shard, commit each complete shard
 
@@ -47,8 +48,9 @@ from pipelines import storage
 from pipelines.config import dump_config
 from pipelines.manifest import MANIFEST_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
-from pipelines.ray_utils import ensure_ray
+from pipelines.ray_utils import ensure_ray, started_local
 from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
+from pipelines.synthesize.baseline_stage import BaselineSynthesizer, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
 from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
@@ -92,9 +94,9 @@ class SynthesisSummary:
 
 # ------------------------------------------------------------------------------------------------ manifest
 def read_manifest_index(uri: str, storage_cfg: storage.StorageConfig | None) -> pa.Table:
-    """``sample_id`` and ``model_uri`` of every manifest row, in manifest order, after :func:`read_manifest` checked
-    the whole manifest (schema, nulls, one mask per row, unique ids)."""
-    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri"])
+    """``sample_id``, ``model_uri`` and ``image_uri`` of every manifest row, in manifest order, after
+    :func:`read_manifest` checked the whole manifest (schema, nulls, one mask per row, unique ids)."""
+    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri", "image_uri"])
 
 
 def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:
@@ -148,7 +150,7 @@ def shard_tables(
             "seed": ok.column("seed").cast(pa.int64()),
             "source_image": ok.column("source_image"),
             "mask_source": ok.column("mask_source"),
-            "sampler": pa.array([cfg.sampler.sampler] * n, pa.string()),
+            "sampler": pa.array([cfg.method] * n, pa.string()),
             "nfe": ok.column("nfe").cast(pa.int32()),
             "model_uri": pa.array([model_uri] * n, pa.string()),
             "run_id": pa.array([run_id] * n, pa.string()),
@@ -171,7 +173,65 @@ def shard_tables(
 
 
 # ------------------------------------------------------------------------------------------------ run
-def _build_dataset(cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, pending: pa.Table) -> Any:
+def _painter(
+    cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, textures: list[str]
+) -> tuple[type, dict[str, Any]]:
+    """(actor class, its constructor kwargs) of stage 2: the FAST model, or the configured baseline generator."""
+    c = cfg.compute
+    if cfg.generator != "fast":
+        return BaselineSynthesizer, {
+            "fn_constructor_kwargs": {
+                "generator": cfg.generator,
+                "image_size": info.image_size,
+                "image_channels": info.image_channels,
+                "textures": textures,
+                "num_cpus": c.num_cpus,
+                "storage_cfg": cfg.storage,
+            }
+        }
+    return FastSynthesizer, {
+        "fn_constructor_kwargs": {
+            "model_uri": model_uri,
+            "sampler": cfg.sampler,
+            "num_gpus": c.num_gpus,
+            "num_cpus": c.num_cpus,
+            "dtype": c.dtype,
+            "storage_cfg": cfg.storage,
+            "cache_dir": cfg.model_cache_dir,
+            "kill_after_batches": cfg.fault.kill_actor_after_batches,
+            "fault_marker": storage.join(cfg.out, FAULT_MARKER),
+        }
+    }
+
+
+def check_cpu_budget(cfg: SynthesizeConfig) -> None:
+    """Fail fast when the actors would hold every CPU of a fixed-size cluster.
+
+    The actor pool reserves ``concurrency × num_cpus``; the read and encode stages need one more task's CPUs
+    (``max(task_cpus, 1)``) beside it, or they never run and the job stalls without an error. On a local cluster this
+    process started, that is a config error; on a shared cluster (``RAY_ADDRESS``) it may autoscale, so it is a
+    warning.
+    """
+    import ray
+
+    c = cfg.compute
+    need = c.concurrency * c.num_cpus + max(c.task_cpus, 1.0)
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if need <= have:
+        return
+    msg = (
+        f"compute: {c.concurrency} actor(s) × num_cpus {c.num_cpus:g} + one task's {max(c.task_cpus, 1.0):g} CPU "
+        f"= {need:g} logical CPUs, but the Ray cluster has {have:g}: the read/encode tasks could never run beside "
+        "the actors. Lower compute.num_cpus / concurrency, or start Ray with more logical CPUs (--num-cpus)"
+    )
+    if started_local():
+        raise ValueError(msg)
+    logger.warning("%s (continuing: a shared cluster may scale up)", msg)
+
+
+def _build_dataset(
+    cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, pending: pa.Table, textures: list[str]
+) -> Any:
     """The lazy Ray Data pipeline over the manifest (see the module docstring)."""
     import ray.data
 
@@ -195,24 +255,15 @@ def _build_dataset(cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, pendi
             "storage_cfg": cfg.storage,
         },
     )
+    painter, painter_kwargs = _painter(cfg, model_uri, info, textures)
     ds = ds.map_batches(
-        FastSynthesizer,
+        painter,
         batch_format="numpy",
         batch_size=c.batch_size,
         compute=ray.data.ActorPoolStrategy(size=c.concurrency),
-        num_gpus=c.num_gpus or None,
+        num_gpus=(c.num_gpus or None) if cfg.generator == "fast" else None,
         num_cpus=c.num_cpus,
-        fn_constructor_kwargs={
-            "model_uri": model_uri,
-            "sampler": cfg.sampler,
-            "num_gpus": c.num_gpus,
-            "num_cpus": c.num_cpus,
-            "dtype": c.dtype,
-            "storage_cfg": cfg.storage,
-            "cache_dir": cfg.model_cache_dir,
-            "kill_after_batches": cfg.fault.kill_actor_after_batches,
-            "fault_marker": storage.join(cfg.out, FAULT_MARKER),
-        },
+        **painter_kwargs,
     )
     return ds.map_batches(
         encode_and_qc,
@@ -294,7 +345,7 @@ def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
             "run_id": run_id,
             "manifest": cfg.manifest,
             "model_uri": model_uri,
-            "sampler": cfg.sampler.sampler,
+            "sampler": cfg.method,
             "nfe": cfg.sampler.nfe,
             "image_size": info.image_size,
             "last_run": {
@@ -344,6 +395,7 @@ def _run_pipeline(
 ) -> None:
     """Run the Ray Data pipeline over the pending shards and commit each as it completes."""
     ensure_ray()  # no-op when connected; never lets Ray Data auto-start a bare ray.init()
+    check_cpu_budget(cfg)
     n_rows = index.num_rows
     rows = np.concatenate(
         [np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n_rows)) for k in pending_shards]
@@ -357,7 +409,11 @@ def _run_pipeline(
     )
     expected = {k: min((k + 1) * cfg.shard_size, n_rows) - k * cfg.shard_size for k in pending_shards}
     buffer = ShardBuffer(expected)
-    ds = _build_dataset(cfg, model_uri, info, pending)
+    textures: list[str] = []
+    if cfg.generator == "perlin":
+        normals = index.column("image_uri").to_pylist()
+        textures = texture_uris(cfg.baseline.texture_dir, normals, cfg.baseline.max_textures)
+    ds = _build_dataset(cfg, model_uri, info, pending, textures)
     total_todo, done_shards = len(rows), n_shards - len(pending_shards)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         for k in buffer.add(batch):

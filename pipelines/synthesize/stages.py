@@ -62,7 +62,7 @@ def _safe_name(value: Any) -> bool:
     )
 
 
-def _to_model_uint8(tensor: torch.Tensor) -> np.ndarray:
+def to_model_uint8(tensor: torch.Tensor) -> np.ndarray:
     """(C, S, S) float in [−1, 1] from ``to_model_image`` → uint8 (S, S, C): exact inverse of v / 127.5 − 1."""
     return ((tensor + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
@@ -100,7 +100,7 @@ def _load_row(
     rejection = qc.check_inputs(image, mask)
     if rejection is not None:
         return rejection, None, None
-    x = _to_model_uint8(to_model_image(image, size, channels))
+    x = to_model_uint8(to_model_image(image, size, channels))
     m = (to_model_mask(mask, size)[0].numpy() > 0.5).astype(np.uint8) * 255
     return None, x, m
 

@@ -147,3 +147,19 @@ def test_different_job_into_same_output_is_refused(job: dict) -> None:
     cfg.sampler = SynthesisConfig(nfe=4)
     with pytest.raises(ValueError, match="already holds shards of a different job"):
         run_synthesis(cfg)
+
+
+def test_actors_holding_every_cpu_fail_fast(ray_local: None, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    import ray
+
+    from pipelines.synthesize import run as synth_run
+
+    cpus = ray.cluster_resources()["CPU"]
+    cfg = SynthesizeConfig(manifest="m", out="o", compute=ComputeConfig(concurrency=1, num_cpus=cpus, task_cpus=cpus))
+    monkeypatch.setattr(synth_run, "started_local", lambda: True)
+    with pytest.raises(ValueError, match="read/encode tasks could never run"):
+        synth_run.check_cpu_budget(cfg)
+    monkeypatch.setattr(synth_run, "started_local", lambda: False)  # a shared cluster may autoscale: warn only
+    synth_run.check_cpu_budget(cfg)
+    assert "could never run" in caplog.text
+    synth_run.check_cpu_budget(SynthesizeConfig(manifest="m", out="o", compute=ComputeConfig(num_cpus=1)))

@@ -166,7 +166,7 @@ def test_contact_sheet_overlays_mask_in_red() -> None:
         contact_sheet([])
 
 
-@pytest.mark.parametrize("name", ["synthesize-cpu.yaml", "synthesize-gpu.yaml"])
+@pytest.mark.parametrize("name", ["synthesize-cpu.yaml", "synthesize-gpu.yaml", "synthesize-baseline.yaml"])
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(SynthesizeConfig, REPO / "jobs" / "configs" / name)
     assert cfg.shard_size >= 1 and cfg.sampler.nfe == 10

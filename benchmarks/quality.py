@@ -1,0 +1,403 @@
+"""Quality benchmark (FAST_SPEC §8): does FAST data train better segmenters on real held-out defects?
+
+One run, one dataset, every method side by side, the same segmenter budget for each::
+
+    generator   train (or reuse) the FAST model on the dataset (generators see the training third only)
+    manifest    N pairs per defect type: train/good images × real training-third masks, seeded
+    synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
+                  FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · DDPM-T (T = 200 on CPU, 1000 on GPU) ·
+                  DDIM-50 · CutPaste · DRAEM-style Perlin (baselines paint their own masks)
+    evaluate    one segmenter per training set (each method's pairs, "real third only", "real third + FAST"), all
+                with the same seed, steps, batch, augmentation, normal fraction; tested on the real test set
+                (the last 2/3 of each defect type + test/good)
+    report      results.json, results.md (tables), miou.png (bar chart of mIoU by method)
+
+Every step is resumable: a finished model, manifest, dataset version (``_SUCCESS``) or evaluation (``metrics.json``
+with the same resolved config) is reused, so an interrupted benchmark continues where it stopped.
+
+Runbook (repository root, project venv active)::
+
+    python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-small
+    python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-small \\
+        --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-small/model     # reuse a trained model
+    python -m benchmarks.quality /data/mvtec --preset gpu-full --methods fast fast_no_farm cutpaste
+
+Outputs under ``--work`` (default ``runs/quality/<dataset folder name>``); ``--results`` (default
+``<work>/report``) gets results.json, results.md and miou.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.quality_report import METHOD_ORDER, render_markdown, render_miou_chart, targets
+from fast_core.data.layout import read_dataset, split_anomalies
+from fast_core.qc import QCConfig
+from fast_core.synthesis import SynthesisConfig
+from pipelines.config import dump_config, load_config
+from pipelines.evaluate import EvaluateConfig, run_evaluation
+from pipelines.evaluate.config import ScalingSettings, TrainSource
+from pipelines.evaluate.run import METRICS_NAME
+from pipelines.manifest import write_manifest
+from pipelines.manifest_config import ManifestConfig, ManifestCountsConfig, ManifestDatasetConfig
+from pipelines.model_store import read_model_info
+from pipelines.ray_utils import ensure_ray
+from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
+from pipelines.train import TrainConfig, run_training
+
+logger = logging.getLogger("benchmarks.quality")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Budget of one benchmark preset: generator training, pairs, samplers, segmenter and compute."""
+
+    train_config: str  # TrainConfig YAML (repository-relative) for a generator the benchmark trains itself
+    pairs_per_defect: int  # N pairs per defect type (FAST_SPEC §8.2; paper: 500)
+    min_pairs: int  # at least this many pairs per method in all (N is raised for datasets with few defect types)
+    ddpm_nfe: int  # steps of the many-step DDPM reference
+    seg_steps: int  # segmenter optimiser steps (the same for every method)
+    seg_batch: int
+    seg_size: int  # segmenter input side
+    synth_cpus: float  # CPUs per synthesizer actor (its torch threads on CPU)
+    synth_gpus: float
+    use_gpu: bool  # segmenter training on GPU
+    dtype: str = "float32"
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu-small": Preset(
+        train_config="jobs/configs/train-cpu-small.yaml",
+        pairs_per_defect=16,
+        min_pairs=64,
+        ddpm_nfe=200,
+        seg_steps=200,
+        seg_batch=16,
+        seg_size=128,
+        synth_cpus=2,
+        synth_gpus=0,
+        use_gpu=False,
+    ),
+    "gpu-full": Preset(
+        train_config="jobs/configs/train-gpu-full.yaml",
+        pairs_per_defect=500,
+        min_pairs=500,
+        ddpm_nfe=1000,
+        seg_steps=4000,
+        seg_batch=16,
+        seg_size=256,
+        synth_cpus=4,
+        synth_gpus=1,
+        use_gpu=True,
+        dtype="bfloat16",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One synthetic training set: how its pairs are made."""
+
+    name: str
+    generator: str  # SynthesizeConfig.generator
+    sampler: str = "aias"
+    nfe: int = 10
+    use_farm: bool = True
+
+
+def synthetic_methods(preset: Preset) -> dict[str, Method]:
+    """The synthetic methods of FAST_SPEC §8.5 at this preset (DDPM's step count depends on it)."""
+    return {
+        "fast": Method("fast", "fast"),
+        "fast_no_farm": Method("fast_no_farm", "fast", use_farm=False),
+        "ddpm": Method("ddpm", "fast", sampler="ddpm", nfe=preset.ddpm_nfe),
+        "ddim": Method("ddim", "fast", sampler="ddim", nfe=50),
+        "cutpaste": Method("cutpaste", "cutpaste"),
+        "cutpaste_scar": Method("cutpaste_scar", "cutpaste_scar"),
+        "perlin": Method("perlin", "perlin"),
+    }
+
+
+#: Training sets that are not one synthetic method alone.
+REAL_SETS = ("real_third", "real_third_fast")
+DEFAULT_METHODS = ("fast", "fast_no_farm", "ddpm", "ddim", "cutpaste", "perlin", "real_third", "real_third_fast")
+
+
+@dataclass
+class Timings:
+    """Wall seconds per phase (reused steps count ~0)."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 2)
+
+
+def _commit() -> str:
+    """``git rev-parse --short HEAD`` (+ ``-dirty`` when tracked files differ), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+def defect_keys(root: str) -> list[str]:
+    """``category/defect`` keys with at least one generator-training (first-third) image."""
+    split = split_anomalies(read_dataset(root).records)
+    return sorted({f"{r.category}/{r.defect_type}" for r in split.gen_train})
+
+
+def pairs_per_key(preset: Preset, n_keys: int, override: int | None) -> int:
+    """N = max(pairs_per_defect, ⌈min_pairs / number of defect types⌉), or the command-line override."""
+    return override if override is not None else max(preset.pairs_per_defect, math.ceil(preset.min_pairs / n_keys))
+
+
+def ensure_generator(args: argparse.Namespace, preset: Preset, name: str, work: Path, timings: Timings) -> str:
+    """The published FAST model: ``--model-uri`` when given, else trained (or resumed) under ``<work>/train``."""
+    if args.model_uri:
+        read_model_info(args.model_uri)  # fails fast on a missing or incomplete model
+        return str(args.model_uri)
+    overrides = [
+        f"dataset.root={Path(args.dataset_root).resolve()}",
+        f"run_name={name}-{args.preset}",
+        f"storage_path={work / 'train'}",
+        "publish_uri=null",
+        *args.train_set,
+    ]
+    cfg = load_config(TrainConfig, REPO / preset.train_config, overrides)
+    start = time.perf_counter()
+    summary = run_training(cfg)
+    timings.add("train_generator", time.perf_counter() - start)
+    if summary.model_uri is None:
+        raise ValueError(f"{preset.train_config} has no fast stage: no model to synthesize with")
+    logger.info("generator: %s", summary.model_uri)
+    return summary.model_uri
+
+
+def synthesize_all(
+    methods: list[Method], manifest: str, preset: Preset, work: Path, timings: Timings
+) -> dict[str, dict[str, Any]]:
+    """One dataset version per synthetic method under ``<work>/datasets/<method>``; returns their summaries."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        fast = method.generator == "fast"
+        cfg = SynthesizeConfig(
+            manifest=manifest,
+            out=str(work / "datasets" / method.name),
+            shard_size=64,
+            generator=method.generator,  # type: ignore[arg-type]
+            sampler=SynthesisConfig(sampler=method.sampler, nfe=method.nfe, use_farm=method.use_farm),  # type: ignore[arg-type]
+            qc=QCConfig(min_mask_area_px=4),
+            compute=ComputeConfig(
+                concurrency=1,
+                num_cpus=preset.synth_cpus,
+                num_gpus=preset.synth_gpus if fast else 0.0,
+                dtype=preset.dtype if fast else "float32",  # type: ignore[arg-type]
+                task_cpus=preset.synth_cpus if preset.synth_gpus == 0 else 1.0,
+                batch_size=8,
+            ),
+            preview_pairs=16,
+        )
+        logger.info("synthesize %s → %s", method.name, cfg.out)
+        start = time.perf_counter()
+        summary = run_synthesis(cfg)
+        seconds = time.perf_counter() - start
+        timings.add(f"synthesize_{method.name}", seconds)
+        out[method.name] = {
+            "uri": cfg.out,
+            "written": summary.written,
+            "rejected": summary.rejected,
+            "rejected_by_reason": summary.rejected_by_reason,
+            "pairs_per_s_this_run": round(summary.pairs_per_s, 4),
+            "already_complete": summary.already_complete,
+            "wall_s": round(seconds, 2),
+        }
+    return out
+
+
+def train_sources(name: str, datasets: dict[str, dict[str, Any]]) -> list[TrainSource]:
+    """The training set of one row of the table."""
+    if name == "real_third":
+        return [TrainSource(kind="real_third")]
+    if name == "real_third_fast":
+        return [TrainSource(kind="synthetic", uri=datasets["fast"]["uri"]), TrainSource(kind="real_third")]
+    return [TrainSource(kind="synthetic", uri=datasets[name]["uri"])]
+
+
+def evaluate_all(
+    names: list[str],
+    datasets: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    preset: Preset,
+    channels: int,
+    work: Path,
+    timings: Timings,
+) -> dict[str, dict[str, Any]]:
+    """Train and test one segmenter per training set; reuse ``metrics.json`` written with the same config."""
+    results: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names, 1):
+        source = "fast" if name == "real_third_fast" else name
+        if source in datasets and datasets[source]["written"] == 0:
+            reasons = datasets[source]["rejected_by_reason"]
+            results[name] = {"error": f"{source} wrote no pair (rejected: {reasons}); no segmenter trained"}
+            logger.error("[%d/%d] evaluate %s: %s", i, len(names), name, results[name]["error"])
+            continue
+        cfg = EvaluateConfig(
+            dataset_root=str(Path(args.dataset_root).resolve()),
+            out=str(work / "eval" / name),
+            train_sources=train_sources(name, datasets),
+            seed=args.seed,
+            steps=args.seg_steps or preset.seg_steps,
+            batch_size=preset.seg_batch,
+            image_size=preset.seg_size,
+            in_channels=channels,
+            arch=args.arch,
+            scaling=ScalingSettings(num_workers=1, use_gpu=preset.use_gpu),
+            log_every=50,
+        )
+        metrics_path = Path(cfg.out) / METRICS_NAME
+        resolved_path = Path(cfg.out) / "config.resolved.yaml"
+        if metrics_path.exists() and resolved_path.exists() and resolved_path.read_text() == dump_config(cfg):
+            logger.info("[%d/%d] evaluate %s: reusing %s", i, len(names), name, metrics_path)
+            results[name] = json.loads(metrics_path.read_text())
+            continue
+        logger.info("[%d/%d] evaluate %s: %s", i, len(names), name, [s.describe() for s in cfg.train_sources])
+        start = time.perf_counter()
+        results[name] = run_evaluation(cfg)
+        timings.add(f"evaluate_{name}", time.perf_counter() - start)
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality",
+        description="FAST_SPEC §8 quality benchmark: segmenters trained on each method's pairs, tested on real "
+        "held-out defects.",
+    )
+    parser.add_argument("dataset_root", help="MVTec-layout dataset root (a category folder or a folder of them)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*METHOD_ORDER],
+        default=list(DEFAULT_METHODS),
+        help="training sets to compare (default: the eight of FAST_SPEC §8.5)",
+    )
+    parser.add_argument("--model-uri", help="reuse this published FAST model instead of training one")
+    parser.add_argument(
+        "--train-set", action="append", default=[], metavar="KEY=VALUE", help="override in the generator TrainConfig"
+    )
+    parser.add_argument("--pairs-per-defect", type=int, help="N pairs per defect type (default: the preset's rule)")
+    parser.add_argument("--seg-steps", type=int, help="segmenter steps (default: the preset's)")
+    parser.add_argument("--arch", choices=["unet", "fpn"], default="unet", help="segmenter architecture")
+    parser.add_argument("--seed", type=int, default=0, help="manifest job seed and segmenter seed")
+    parser.add_argument("--work", type=Path, help="working folder (default runs/quality/<dataset folder name>)")
+    parser.add_argument("--results", type=Path, help="report folder (default <work>/report)")
+    args = parser.parse_args(argv)
+    if not Path(args.dataset_root).is_dir():
+        parser.error(f"dataset_root {args.dataset_root!r} is not a folder")
+    if args.pairs_per_defect is not None and args.pairs_per_defect < 1:
+        parser.error("--pairs-per-defect must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table; exit 0 (the targets are reported, not asserted)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    name = Path(args.dataset_root).resolve().name
+    work = (args.work or REPO / "runs" / "quality" / name).resolve()
+    report_dir = args.results or work / "report"
+    timings = Timings()
+    start = time.perf_counter()
+    keys = defect_keys(args.dataset_root)
+    if not keys:
+        raise SystemExit(f"{args.dataset_root}: no defect type with a generator-training image")
+    n = pairs_per_key(preset, len(keys), args.pairs_per_defect)
+    names = [m for m in METHOD_ORDER if m in args.methods]
+    available = synthetic_methods(preset)
+    needed = {m for m in names if m in available} | ({"fast"} if "real_third_fast" in names else set())
+    logger.info("%s: %d defect types × %d pairs; training sets: %s", name, len(keys), n, ", ".join(names))
+
+    # Logical CPUs of a local Ray: the synthesizer actor takes synth_cpus (its torch threads) and the read/encode
+    # tasks need room beside it, so advertise twice the cores (ignored when RAY_ADDRESS names a cluster).
+    ensure_ray(max(4, 2 * (os.cpu_count() or 1)))
+    model_uri = ensure_generator(args, preset, name, work, timings) if needed else ""
+    datasets: dict[str, dict[str, Any]] = {}
+    if needed:
+        manifest_cfg = ManifestConfig(
+            dataset=ManifestDatasetConfig(root=str(Path(args.dataset_root).resolve())),
+            counts=ManifestCountsConfig(default=n),
+            job_seed=args.seed,
+            model_uri=model_uri,
+            out=str(work / f"manifest-n{n}-seed{args.seed}"),
+        )
+        t0 = time.perf_counter()
+        manifest = write_manifest(manifest_cfg)
+        timings.add("manifest", time.perf_counter() - t0)
+        methods = [available[m] for m in available if m in needed]
+        datasets = synthesize_all(methods, manifest.uri, preset, work, timings)
+    channels = read_model_info(model_uri).image_channels if model_uri else 1
+    evaluations = evaluate_all(names, datasets, args, preset, channels, work, timings)
+
+    report = {
+        "dataset_root": str(Path(args.dataset_root).resolve()),
+        "dataset": name,
+        "preset": args.preset,
+        "preset_settings": preset.__dict__,
+        "command": " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": _commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+        },
+        "model_uri": model_uri,
+        "defect_types": keys,
+        "pairs_per_defect": n,
+        "datasets": datasets,
+        "failed": {m: ev["error"] for m, ev in evaluations.items() if "error" in ev},
+        "methods": {
+            m: {
+                "overall": ev["overall"],
+                "mean_over_categories": ev["mean_over_categories"],
+                "per_defect_type": ev["per_defect_type"],
+                "mean_over_defect_types": ev["mean_over_defect_types"],
+                "train": ev["train"],
+                "timing_s": ev["timing_s"],
+            }
+            for m, ev in evaluations.items()
+            if "error" not in ev
+        },
+        "timing_s": {**timings.phases, "total": round(time.perf_counter() - start, 2)},
+    }
+    report["targets"] = targets(report)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render_markdown(report)
+    (report_dir / "results.md").write_text(markdown)
+    render_miou_chart(report, report_dir / "miou.png")
+    print(markdown)
+    logger.info("report: %s (total %.0f s)", report_dir, report["timing_s"]["total"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
