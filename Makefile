@@ -24,5 +24,8 @@ lint: install
 test: lint
 	$(VENV)/bin/pytest
 
+bench: install
+	$(VENV)/bin/python -m benchmarks.speed
+
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -3,10 +3,12 @@
 Every check returns a reason (one of :data:`REASONS`) and a one-line detail, or None when the row passes; nothing here
 raises on a bad row, so a pipeline records the reason and goes on. Masks follow the MVTec convention: > 0 = anomaly.
 
-Input checks (:func:`check_inputs`), on the decoded image and mask at their stored resolution:
+Input checks, on the decoded image and mask at their stored resolution:
 
-* ``mask_empty``          the mask has no anomaly pixel;
-* ``mask_size_mismatch``  mask (H, W) differs from the image's (H, W).
+* ``mask_empty``          the mask has no anomaly pixel (:func:`check_mask`, what synthesis checks: its mask comes
+                          from another image and is resized to the model's frame on its own);
+* ``mask_size_mismatch``  mask (H, W) differs from the image's (H, W) (:func:`check_inputs`, for an image and its own
+                          mask).
 
 Output checks (:func:`check_output`), on the pasted output x_out = M ⊙ decode(z) + (1 − M) ⊙ x_n and the label M at the
 model's size S × S:
@@ -90,6 +92,24 @@ def mask_area(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
 
 
+def check_mask(mask: np.ndarray) -> Rejection | None:
+    """``mask_unreadable`` (not one channel) or ``mask_empty`` for a decoded mask, else None.
+
+    This is the check of synthesis inputs: a manifest pairs a normal image with a mask taken from *another* (defect)
+    image, and both are resized to the model's S × S frame on their own, so their stored sizes need not agree.
+
+    >>> check_mask(np.zeros((4, 5), np.uint8)).reason
+    'mask_empty'
+    >>> check_mask(np.full((4, 5), 255, np.uint8)) is None
+    True
+    """
+    if mask.ndim != 2:
+        return Rejection(MASK_UNREADABLE, f"mask must be one channel (H, W), got shape {mask.shape}")
+    if mask_area(mask) == 0:
+        return Rejection(MASK_EMPTY, f"mask of size {mask.shape[1]}x{mask.shape[0]} has no anomaly pixel")
+    return None
+
+
 def check_inputs(image: np.ndarray, mask: np.ndarray) -> Rejection | None:
     """``mask_empty`` or ``mask_size_mismatch`` for a decoded (H, W[, C]) image and (H', W') mask, else None.
 
@@ -100,10 +120,9 @@ def check_inputs(image: np.ndarray, mask: np.ndarray) -> Rejection | None:
     >>> check_inputs(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 255, np.uint8)) is None
     True
     """
-    if mask.ndim != 2:
-        return Rejection(MASK_UNREADABLE, f"mask must be one channel (H, W), got shape {mask.shape}")
-    if mask_area(mask) == 0:
-        return Rejection(MASK_EMPTY, f"mask of size {mask.shape[1]}x{mask.shape[0]} has no anomaly pixel")
+    rejection = check_mask(mask)
+    if rejection is not None:
+        return rejection
     if tuple(mask.shape[:2]) != tuple(image.shape[:2]):
         return Rejection(
             MASK_SIZE_MISMATCH,

@@ -97,7 +97,7 @@ def _load_row(
         mask = _read_image(row["mask_uri"], "L", storage_cfg) if has_uri else decode_png(row["mask_png"], "L")
     except (FileNotFoundError, ValueError) as exc:
         return qc.Rejection(qc.MASK_UNREADABLE, f"{row['mask_uri'] or 'mask_png'}: {exc}"), None, None
-    rejection = qc.check_inputs(image, mask)
+    rejection = qc.check_mask(mask)  # the mask is another image's: resized to S × S on its own, any size is fine
     if rejection is not None:
         return rejection, None, None
     x = to_model_uint8(to_model_image(image, size, channels))

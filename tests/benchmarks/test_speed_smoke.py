@@ -1,0 +1,97 @@
+"""Smoke tests of the speed benchmark: the output-path part and the report writers end to end, the GPU part's logic."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import speed
+
+
+@pytest.mark.s3
+def test_output_part_and_report_end_to_end(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    out_json, out_md = tmp_path / "speed.json", tmp_path / "SPEED.md"
+    pairs = 3
+    argv = ["--quick", "--parts", "output", "--pairs", str(pairs), "--threads", "1", "--local-dir", str(tmp_path)]
+    assert speed.main([*argv, "--out-json", str(out_json), "--out-md", str(out_md)]) == 0
+
+    report = json.loads(out_json.read_text())
+    assert re.fullmatch(r"[0-9a-f]{4,}(-dirty)?", report["git_commit"])
+    assert report["command"].startswith("python -m benchmarks.speed --quick --parts output")
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
+    for name in ("sampler", "pipeline", "gpu"):
+        assert report["parts"][name]["not_run"].startswith("not selected")
+    assert all(v is None for v in report["headline"].values())
+
+    output = report["parts"]["output"]
+    assert output["peak_rss_bytes"] > 0 and output["pairs_per_format"] == pairs
+    for fmt, (size, channels) in {"grey128": (128, 1), "rgb256": (256, 3)}.items():
+        entry = output["formats"][fmt]
+        assert (entry["size"], entry["channels"]) == (size, channels)
+        assert entry["encode_us_per_pair"] > 0
+        assert entry["image_png_bytes_mean"] > 0.25 * size * size * channels  # textured: PNG cannot shrink it much
+        for target in ("local", "s3"):
+            t = entry["targets"][target]
+            # one shard (3 pairs < 16): 2 PNGs per pair, the data part and the marker
+            assert t["files"] == 2 * pairs + 2
+            assert t["bytes"] > pairs * entry["image_png_bytes_mean"]
+            for key in ("mb_per_s", "pairs_per_s", "files_per_s", "seconds"):
+                assert t[key] > 0 and math.isfinite(t[key]), (fmt, target, key)
+    assert output["encode_fraction_of_aias10"] == {"grey128": {}, "rgb256": {}}  # no sampler part, no AIAS-10 time
+
+    md = out_md.read_text()
+    assert report["command"] in md and report["git_commit"] in md
+    assert "## 3. Output path" in md and "| grey128 |" in md and "| rgb256 |" in md
+    assert md.count("Not run: not selected") == 3
+
+
+def test_quick_defaults_and_validation() -> None:
+    args = speed.parse_args(["--quick"])
+    assert (args.preset, args.repeats, args.rows) == ("tiny", 1, 8)
+    assert "DDPM-1000" in args.samplers  # --quick keeps DDPM at 1000 steps
+    assert speed.parse_args([]).preset == "small"
+    with pytest.raises(ValueError, match="--rows"):
+        speed.parse_args(["--rows", "0"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the record made without a GPU")
+def test_gpu_part_is_recorded_as_not_run_without_cuda() -> None:
+    part = speed.run_gpu(speed.parse_args(["--parts", "gpu"]))
+    assert part == {"not_run": "no GPU (torch.cuda.is_available() is False)"}
+
+
+def test_gpu_benchmark_logic_on_the_tiny_model() -> None:
+    """The GPU part's measurements (FLOP count, sweep, variants, rates) on the CPU with the tiny preset."""
+    torch.set_num_threads(1)
+    g = speed.gpu_benchmark(
+        preset="tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        batches=[1, 2],
+        nfes=[10],
+        variants=["eager", "channels_last"],
+        variant_batch=2,
+        repeats=1,
+        peak_tflops=1.0,
+    )
+    flops = g["flops_per_image"]["10"]
+    assert flops["total"] == sum(flops["by_module"].values())  # every FLOP belongs to a top-level module
+    unet = flops["by_module"]["UNet2DConditionModel"]
+    assert unet == max(flops["by_module"].values())
+    assert [(r["nfe"], r["batch"]) for r in g["sweep"]] == [(10, 1), (10, 2)]
+    assert [r["variant"] for r in g["variants"]] == ["eager", "channels_last"]
+    for row in g["sweep"] + g["variants"]:
+        assert row["pairs_per_s"] == pytest.approx(row["batch"] / row["seconds_per_batch"])
+        expected = unet * row["batch"] / row["split_seconds"]["unet"] / 1e12
+        assert row["unet_tflops"] == pytest.approx(expected) and row["unet_fraction_of_peak"] == row["unet_tflops"]
+        assert row["peak_memory_bytes"] is None  # CPU: no CUDA allocator statistics
+    assert g["best"]["pairs_per_s"] == max(r["pairs_per_s"] for r in g["sweep"] + g["variants"])
+    assert speed.headline({"gpu": g})["gpu_best_pairs_per_s_nfe10"] == g["best"]["pairs_per_s"]
+    md = speed.md_gpu(g)
+    assert "Batch sweep" in md and "| channels_last | 10 | 2 |" in md
