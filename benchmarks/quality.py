@@ -75,6 +75,7 @@ class Preset:
     synth_cpus: float  # CPUs per synthesizer actor (its torch threads on CPU)
     synth_gpus: float
     use_gpu: bool  # segmenter training on GPU
+    seg_cpus: float  # CPUs (torch threads on CPU) of the segmenter's Ray Train worker
     dtype: str = "float32"
 
 
@@ -90,6 +91,7 @@ PRESETS: dict[str, Preset] = {
         synth_cpus=2,
         synth_gpus=0,
         use_gpu=False,
+        seg_cpus=2,
     ),
     "gpu-full": Preset(
         train_config="jobs/configs/train-gpu-full.yaml",
@@ -102,6 +104,7 @@ PRESETS: dict[str, Preset] = {
         synth_cpus=4,
         synth_gpus=1,
         use_gpu=True,
+        seg_cpus=4,
         dtype="bfloat16",
     ),
 }
@@ -267,7 +270,7 @@ def evaluate_all(
             image_size=preset.seg_size,
             in_channels=channels,
             arch=args.arch,
-            scaling=ScalingSettings(num_workers=1, use_gpu=preset.use_gpu),
+            scaling=ScalingSettings(num_workers=1, use_gpu=preset.use_gpu, cpus_per_worker=preset.seg_cpus),
             log_every=50,
         )
         metrics_path = Path(cfg.out) / METRICS_NAME

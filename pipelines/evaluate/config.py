@@ -52,10 +52,13 @@ class ScalingSettings:
 
     num_workers: int = 1  # data-parallel workers (DDP when > 1); batch_size must split evenly over them
     use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker; on CPU also its torch threads (rounded up)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"scaling.num_workers = {self.num_workers} must be >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"scaling.cpus_per_worker = {self.cpus_per_worker} must be > 0")
 
 
 @dataclass(kw_only=True)

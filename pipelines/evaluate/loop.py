@@ -10,6 +10,7 @@ reports the final weights as a checkpoint folder (``model.safetensors`` + ``conf
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build the seeded segmenter, train it on this worker's batches, report the final weights.
 
     ``config`` keys: ``images_ref``/``masks_ref`` (object refs of the uint8 (N, C, S, S) / bool (N, S, S) arrays),
-    ``arch``, ``in_channels``, ``train`` (a :class:`SegTrainConfig` as a dict).
+    ``arch``, ``in_channels``, ``train`` (a :class:`SegTrainConfig` as a dict), ``cpus_per_worker`` (the worker's
+    torch threads on CPU).
     """
     import ray
     import ray.train
     import ray.train.torch
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
     ctx = ray.train.get_context()
@@ -53,6 +56,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_segmenter(config["arch"], config["in_channels"], seed=cfg.seed)  # same init on every worker
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # a CPU worker uses the cores it reserved (Ray starts it with one thread)
+        torch.set_num_threads(max(1, math.ceil(config["cpus_per_worker"])))
 
     def report(step: int, metrics: dict[str, float]) -> None:
         if step < cfg.steps:
@@ -89,12 +94,17 @@ def fit_segmenter(cfg: EvaluateConfig, images: np.ndarray, masks: np.ndarray, ru
         "arch": cfg.arch,
         "in_channels": cfg.in_channels,
         "train": to_dict(train_cfg),
+        "cpus_per_worker": cfg.scaling.cpus_per_worker,
     }
     with tempfile.TemporaryDirectory(prefix="fastgen-evaluate-") as tmp:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scaling.num_workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            ),
             run_config=RunConfig(name=run_name, storage_path=cfg.ray_storage_path or tmp),
         )
         logger.info(

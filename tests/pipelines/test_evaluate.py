@@ -16,7 +16,7 @@ from fast_core.data.layout import read_mvtec, split_anomalies
 from fast_core.data.transforms import decode_png
 from fast_core.segmentation import load_segmenter
 from pipelines.config import load_config
-from pipelines.evaluate import EvaluateConfig, TrainSource, run_evaluation
+from pipelines.evaluate import EvaluateConfig, ScalingSettings, TrainSource, run_evaluation
 from pipelines.evaluate.data import PairSet, build_eval_set, build_train_set, read_synthetic_pairs
 from pipelines.evaluate.report import score_segmenter
 from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
@@ -54,6 +54,8 @@ def test_bad_config_fails_naming_the_key(tmp_path: Path) -> None:
         load_config(EvaluateConfig, path, ["batch_size=5", "scaling.num_workers=2"])
     with pytest.raises(ValueError, match="normal_fraction"):
         load_config(EvaluateConfig, path, ["normal_fraction=1.0"])
+    with pytest.raises(ValueError, match="cpus_per_worker = 0"):
+        load_config(EvaluateConfig, path, ["scaling.cpus_per_worker=0"])
 
 
 def test_missing_inputs_fail_before_work(tmp_path: Path) -> None:
@@ -147,7 +149,7 @@ def test_run_evaluation_end_to_end(tmp_path: Path, ray_local: None) -> None:
     root = make_dummy_mvtec(tmp_path / "ds", n_good=4, n_test_good=2, defects={"scratch": 6})
     syn = make_synthetic_version(tmp_path / "syn", n_per_defect=5, corrupt_images={"widget__scratch__000002"})
     sources = [TrainSource(kind="synthetic", uri=str(syn)), TrainSource(kind="real_third")]
-    cfg = _cfg(root, tmp_path / "out", sources, arch="fpn")
+    cfg = _cfg(root, tmp_path / "out", sources, arch="fpn", scaling=ScalingSettings(cpus_per_worker=2))
     report = run_evaluation(cfg)
 
     out = tmp_path / "out"
