@@ -10,6 +10,8 @@ One run, one dataset, every method side by side, the same segmenter budget for e
     evaluate    one segmenter per training set (each method's pairs, "real third only", "real third + FAST"), all
                 with the same seed, steps, batch, augmentation, normal fraction; tested on the real test set
                 (the last 2/3 of each defect type + test/good)
+    diagnose    ring contrast |mean in M − mean around M| of each method's pairs next to the real defects'
+                (benchmarks.quality_contrast): is the painted anomaly visible at all?
     report      results.json, results.md (tables), miou.png (bar chart of mIoU by method)
 
 Every step is resumable: a finished model, manifest, dataset version (``_SUCCESS``) or evaluation (``metrics.json``
@@ -42,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.quality_contrast import dataset_contrast, real_third_contrast
 from benchmarks.quality_report import METHOD_ORDER, render_markdown, render_miou_chart, targets
 from fast_core.data.layout import read_dataset, split_anomalies
 from fast_core.qc import QCConfig
@@ -357,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = [available[m] for m in available if m in needed]
         datasets = synthesize_all(methods, manifest.uri, preset, work, timings)
     channels = read_model_info(model_uri).image_channels if model_uri else 1
+    contrast = {"real_third": real_third_contrast(str(Path(args.dataset_root).resolve()), preset.seg_size)}
+    contrast.update({m: dataset_contrast(d["uri"], preset.seg_size) for m, d in datasets.items()})
     evaluations = evaluate_all(names, datasets, args, preset, channels, work, timings)
 
     report = {
@@ -376,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "defect_types": keys,
         "pairs_per_defect": n,
         "datasets": datasets,
+        "ring_contrast": contrast,
         "failed": {m: ev["error"] for m, ev in evaluations.items() if "error" in ev},
         "methods": {
             m: {

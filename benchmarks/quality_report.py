@@ -124,6 +124,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = " | ".join(_pct(per.get(d, {}).get("anomaly_iou")) for d in defects)
         mean = report["methods"][m]["mean_over_defect_types"].get("anomaly_iou")
         lines.append(f"| {method_label(m, nfe)} | {cells} | {_pct(mean)} |")
+    contrast = report.get("ring_contrast", {})
+    if contrast:
+        lines += ["", "Median ring contrast (grey levels, |mean in mask − mean in the 3-px ring around it|):", ""]
+        lines.append("| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |")
+        lines.append("|---|" + "---:|" * len(defects))
+        for m in ("real_third", *[n for n in METHOD_ORDER if n in contrast and n != "real_third"]):
+            per = contrast.get(m, {}).get("median_per_defect_type", {})
+            cells = " | ".join("–" if per.get(d) is None else f"{per[d]:.1f}" for d in defects)
+            lines.append(
+                f"| {'real defects (training third)' if m == 'real_third' else method_label(m, nfe)} | {cells} |"
+            )
     lines += ["", "| target | mIoU points | goal | met |", "|---|---:|---|---|"]
     for key, t in report["targets"].items():
         value = "–" if t["points"] is None else f"{t['points']:+.2f}"

@@ -54,6 +54,10 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
     assert report["datasets"]["perlin"]["written"] == 4 and report["pairs_per_defect"] == 2
     assert report["targets"]["fast_minus_no_farm"]["met"] is None  # FAST w/o FARM was not run
     assert report["targets"]["fast_minus_best_baseline"]["points"] is not None
+    contrast = report["ring_contrast"]
+    assert set(contrast) == {"real_third", "fast", "cutpaste", "perlin"}
+    assert contrast["real_third"]["pairs"] == {"tiny/crack": 1, "tiny/scratch": 1}
+    assert all(v >= 0 for v in contrast["cutpaste"]["median_per_defect_type"].values())
     markdown = (report_dir / "results.md").read_text()
     assert "| FAST (AIAS-10 + FARM) | 4 |" in markdown and "| real third + FAST | 6 |" in markdown
     chart = np.asarray(Image.open(report_dir / "miou.png"))

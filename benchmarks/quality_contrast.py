@@ -1,0 +1,91 @@
+"""Is the anomaly visible? Ring contrast of each training set's pairs, next to the real defects'.
+
+For an image ``x`` (grey levels 0–255, channels averaged) and a non-empty mask ``M``, with ``R`` the ring of pixels
+within ``RING_PX`` of ``M`` but outside it (a binary dilation of ``M`` minus ``M``)::
+
+    ring contrast = | mean_{p ∈ M} x(p) − mean_{p ∈ R} x(p) |
+
+It is computed at the segmenter's input size for every pair of a dataset version and for the real generator-training
+third (ground-truth masks), and summarised per defect type by the median. A generator whose median is far below the
+real defects' paints anomalies a segmenter cannot see; one far above paints easier-than-real anomalies. A pair whose
+mask touches nothing but the border (empty ring) is skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageFilter
+
+from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
+from fast_core.data.transforms import decode_png
+
+RING_PX = 3
+
+
+def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
+    """|mean inside ``mask`` − mean over the ``ring_px`` ring around it| in grey levels; None when either is empty.
+
+    >>> x = np.zeros((9, 9), np.uint8); x[3:6, 3:6] = 200
+    >>> m = x > 0
+    >>> ring_contrast(x, m, 1)
+    200.0
+    """
+    grey = image.astype(np.float64)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=2)
+    inside = mask.astype(bool)
+    grown = Image.fromarray(inside.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * ring_px + 1))
+    ring = (np.asarray(grown) > 0) & ~inside
+    if not inside.any() or not ring.any():
+        return None
+    return float(abs(grey[inside].mean() - grey[ring].mean()))
+
+
+def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bicubic and mask nearest to ``size`` × ``size`` (the segmenter's input), image as grey."""
+    pil = Image.fromarray(image if image.ndim == 2 else image.mean(axis=2).astype(np.uint8))
+    x = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
+    m = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST))
+    return x, m > 0
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, Any]:
+    """Median per key, the median of those medians, and the counts."""
+    per_key = {k: round(statistics.median(v), 2) for k, v in sorted(values.items()) if v}
+    return {
+        "median_per_defect_type": per_key,
+        "median_of_medians": round(statistics.median(per_key.values()), 2) if per_key else None,
+        "pairs": {k: len(v) for k, v in sorted(values.items())},
+    }
+
+
+def dataset_contrast(uri: str, size: int) -> dict[str, Any]:
+    """Ring contrast of every pair of the (local) dataset version at ``uri``."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for part in sorted(glob.glob(str(Path(uri) / "data" / "part-*.parquet"))):
+        for row in pq.read_table(part, columns=["category", "defect_type", "image", "mask"]).to_pylist():
+            x, m = _resize(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), size)
+            c = ring_contrast(x, m)
+            if c is not None:
+                values[f"{row['category']}/{row['defect_type']}"].append(c)
+    return _summary(values)
+
+
+def real_third_contrast(root: str, size: int) -> dict[str, Any]:
+    """Ring contrast of the real generator-training third (each image with its ground-truth mask)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for record in split_anomalies(read_dataset(root).records).gen_train:
+        if record.mask_path is None:
+            continue
+        x, m = _resize(load_image(record.image_path), load_mask(record.mask_path), size)
+        c = ring_contrast(x, m)
+        if c is not None:
+            values[f"{record.category}/{record.defect_type}"].append(c)
+    return _summary(values)
