@@ -84,7 +84,7 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "fast_minus_no_farm": {"points": farm, "target": "> 0", "met": None if farm is None else farm > 0.0},
         "fast_minus_ddpm": {
             "points": sampler,
-            "target": "|·| <= 1",
+            "target": "abs <= 1",
             "met": None if sampler is None else abs(sampler) <= 1.0,
         },
     }
