@@ -68,3 +68,30 @@ def ensure_ray(num_cpus: int | None = None) -> str:
     )
     logger.info("%s", desc)
     return desc
+
+
+def check_cpu_budget(actors: int, actor_cpus: float, task_cpus: float, tasks: str) -> None:
+    """Fail fast when an actor pool would hold every CPU of a fixed-size cluster (a Ray Data stage then stalls).
+
+    The pool reserves ``actors × actor_cpus``; the stage's CPU tasks need one more task's CPUs (``max(task_cpus, 1)``)
+    beside it, or they never run and the job hangs without an error. On a local cluster this process started, that is
+    a config error (``ValueError``); on a shared cluster (``RAY_ADDRESS``) it may autoscale, so it is a warning.
+
+    Args:
+        actors: ``compute.concurrency``; actor_cpus: ``compute.num_cpus``; task_cpus: ``compute.task_cpus``;
+        tasks: what the CPU tasks do, for the message (e.g. ``"read/encode tasks"``).
+    """
+    import ray
+
+    need = actors * actor_cpus + max(task_cpus, 1.0)
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if need <= have:
+        return
+    msg = (
+        f"compute: {actors} actor(s) × num_cpus {actor_cpus:g} + one task's {max(task_cpus, 1.0):g} CPU "
+        f"= {need:g} logical CPUs, but the Ray cluster has {have:g}: the {tasks} could never run beside "
+        "the actors. Lower compute.num_cpus / concurrency, or start Ray with more logical CPUs (--num-cpus)"
+    )
+    if started_local():
+        raise ValueError(msg)
+    logger.warning("%s (continuing: a shared cluster may scale up)", msg)

@@ -48,7 +48,7 @@ from pipelines import storage
 from pipelines.config import dump_config
 from pipelines.manifest import MANIFEST_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
-from pipelines.ray_utils import ensure_ray, started_local
+from pipelines.ray_utils import check_cpu_budget, ensure_ray
 from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
@@ -202,31 +202,6 @@ def _painter(
             "fault_marker": storage.join(cfg.out, FAULT_MARKER),
         }
     }
-
-
-def check_cpu_budget(cfg: SynthesizeConfig) -> None:
-    """Fail fast when the actors would hold every CPU of a fixed-size cluster.
-
-    The actor pool reserves ``concurrency × num_cpus``; the read and encode stages need one more task's CPUs
-    (``max(task_cpus, 1)``) beside it, or they never run and the job stalls without an error. On a local cluster this
-    process started, that is a config error; on a shared cluster (``RAY_ADDRESS``) it may autoscale, so it is a
-    warning.
-    """
-    import ray
-
-    c = cfg.compute
-    need = c.concurrency * c.num_cpus + max(c.task_cpus, 1.0)
-    have = float(ray.cluster_resources().get("CPU", 0.0))
-    if need <= have:
-        return
-    msg = (
-        f"compute: {c.concurrency} actor(s) × num_cpus {c.num_cpus:g} + one task's {max(c.task_cpus, 1.0):g} CPU "
-        f"= {need:g} logical CPUs, but the Ray cluster has {have:g}: the read/encode tasks could never run beside "
-        "the actors. Lower compute.num_cpus / concurrency, or start Ray with more logical CPUs (--num-cpus)"
-    )
-    if started_local():
-        raise ValueError(msg)
-    logger.warning("%s (continuing: a shared cluster may scale up)", msg)
 
 
 def _build_dataset(
@@ -395,7 +370,8 @@ def _run_pipeline(
 ) -> None:
     """Run the Ray Data pipeline over the pending shards and commit each as it completes."""
     ensure_ray()  # no-op when connected; never lets Ray Data auto-start a bare ray.init()
-    check_cpu_budget(cfg)
+    c = cfg.compute
+    check_cpu_budget(c.concurrency, c.num_cpus, c.task_cpus, "read/encode tasks")
     n_rows = index.num_rows
     rows = np.concatenate(
         [np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n_rows)) for k in pending_shards]

@@ -149,17 +149,24 @@ def test_different_job_into_same_output_is_refused(job: dict) -> None:
         run_synthesis(cfg)
 
 
-def test_actors_holding_every_cpu_fail_fast(ray_local: None, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_actors_holding_every_cpu_fail_fast(
+    job: dict, ray_local: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import ray
 
-    from pipelines.synthesize import run as synth_run
+    from pipelines import ray_utils
 
     cpus = ray.cluster_resources()["CPU"]
-    cfg = SynthesizeConfig(manifest="m", out="o", compute=ComputeConfig(concurrency=1, num_cpus=cpus, task_cpus=cpus))
-    monkeypatch.setattr(synth_run, "started_local", lambda: True)
+    monkeypatch.setattr(ray_utils, "started_local", lambda: True)
     with pytest.raises(ValueError, match="read/encode tasks could never run"):
-        synth_run.check_cpu_budget(cfg)
-    monkeypatch.setattr(synth_run, "started_local", lambda: False)  # a shared cluster may autoscale: warn only
-    synth_run.check_cpu_budget(cfg)
+        ray_utils.check_cpu_budget(1, cpus, cpus, "read/encode tasks")
+    # run_synthesis checks before its pipeline starts: no shard is written.
+    no_room = ComputeConfig(batch_size=4, num_cpus=cpus, task_cpus=cpus)
+    cfg = SynthesizeConfig(manifest=job["manifest"], out=str(job["tmp"] / "no-room"), compute=no_room)
+    with pytest.raises(ValueError, match="read/encode tasks could never run"):
+        run_synthesis(cfg)
+    assert not (job["tmp"] / "no-room" / "data").exists()
+    monkeypatch.setattr(ray_utils, "started_local", lambda: False)  # a shared cluster may autoscale: warn only
+    ray_utils.check_cpu_budget(1, cpus, cpus, "read/encode tasks")
     assert "could never run" in caplog.text
-    synth_run.check_cpu_budget(SynthesizeConfig(manifest="m", out="o", compute=ComputeConfig(num_cpus=1)))
+    ray_utils.check_cpu_budget(1, 1.0, 1.0, "read/encode tasks")
