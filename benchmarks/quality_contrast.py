@@ -1,11 +1,12 @@
 """Is the anomaly visible? Ring contrast of each training set's pairs, next to the real defects'.
 
-For an image ``x`` (grey levels 0–255, channels averaged) and a non-empty mask ``M``, with ``R`` the ring of pixels
+For an image ``x`` (grey levels 0–255) and a non-empty mask ``M``, with ``R`` the ring of pixels
 within ``RING_PX`` of ``M`` but outside it (a binary dilation of ``M`` minus ``M``)::
 
     ring contrast = | mean_{p ∈ M} x(p) − mean_{p ∈ R} x(p) |
 
-It is computed at the segmenter's input size for every pair of a dataset version and for the real generator-training
+It is computed on exactly what a grey segmenter sees (``to_model_image`` / ``to_model_mask`` at its input size) for
+every pair of a dataset version and for the real generator-training
 third (ground-truth masks), and summarised per defect type by the median. A generator whose median is far below the
 real defects' paints anomalies a segmenter cannot see; one far above paints easier-than-real anomalies. A pair whose
 mask touches nothing but the border (empty ring) is skipped.
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFilter
 
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
-from fast_core.data.transforms import decode_png
+from fast_core.data.transforms import decode_png, to_model_image, to_model_mask
 
 RING_PX = 3
 
@@ -48,12 +49,11 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -
     return float(abs(grey[inside].mean() - grey[ring].mean()))
 
 
-def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image bicubic and mask nearest to ``size`` × ``size`` (the segmenter's input), image as grey."""
-    pil = Image.fromarray(image if image.ndim == 2 else image.mean(axis=2).astype(np.uint8))
-    x = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
-    m = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST))
-    return x, m > 0
+def _at_segmenter_size(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(grey levels float (S, S), mask bool (S, S)) exactly as the segmenter sees them: ``to_model_image`` (bicubic,
+    converted to L) and ``to_model_mask`` (nearest), the transforms of ``fastgen evaluate``."""
+    grey = (to_model_image(image, size, 1)[0].numpy() + 1.0) * 127.5
+    return grey, to_model_mask(mask, size)[0].numpy() > 0.5
 
 
 def _summary(values: dict[str, list[float]]) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def dataset_contrast(uri: str, size: int) -> dict[str, Any]:
     values: dict[str, list[float]] = defaultdict(list)
     for part in sorted(glob.glob(str(Path(uri) / "data" / "part-*.parquet"))):
         for row in pq.read_table(part, columns=["category", "defect_type", "image", "mask"]).to_pylist():
-            x, m = _resize(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), size)
+            x, m = _at_segmenter_size(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), size)
             c = ring_contrast(x, m)
             if c is not None:
                 values[f"{row['category']}/{row['defect_type']}"].append(c)
@@ -84,7 +84,7 @@ def real_third_contrast(root: str, size: int) -> dict[str, Any]:
     for record in split_anomalies(read_dataset(root).records).gen_train:
         if record.mask_path is None:
             continue
-        x, m = _resize(load_image(record.image_path), load_mask(record.mask_path), size)
+        x, m = _at_segmenter_size(load_image(record.image_path), load_mask(record.mask_path), size)
         c = ring_contrast(x, m)
         if c is not None:
             values[f"{record.category}/{record.defect_type}"].append(c)
