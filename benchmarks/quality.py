@@ -176,10 +176,9 @@ def pairs_per_key(preset: Preset, n_keys: int, override: int | None) -> int:
 def ensure_generator(args: argparse.Namespace, preset: Preset, name: str, work: Path, timings: Timings) -> str:
     """The published FAST model: ``--model-uri`` when given, else trained (or resumed) under ``<work>/train``."""
     if args.model_uri:
-        read_model_info(args.model_uri)  # fails fast on a missing or incomplete model
         return str(args.model_uri)
     overrides = [
-        f"dataset.root={Path(args.dataset_root).resolve()}",
+        f"dataset.root={args.dataset_root}",
         f"run_name={name}-{args.preset}",
         f"storage_path={work / 'train'}",
         "publish_uri=null",
@@ -264,7 +263,7 @@ def evaluate_all(
             logger.error("[%d/%d] evaluate %s: %s", i, len(names), name, results[name]["error"])
             continue
         cfg = EvaluateConfig(
-            dataset_root=str(Path(args.dataset_root).resolve()),
+            dataset_root=args.dataset_root,
             out=str(work / "eval" / name),
             train_sources=train_sources(name, datasets),
             seed=args.seed,
@@ -317,6 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not Path(args.dataset_root).is_dir():
         parser.error(f"dataset_root {args.dataset_root!r} is not a folder")
+    args.dataset_root = str(Path(args.dataset_root).resolve())  # every stage gets the absolute path
     if args.pairs_per_defect is not None and args.pairs_per_defect < 1:
         parser.error("--pairs-per-defect must be >= 1")
     return args
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     preset = PRESETS[args.preset]
-    name = Path(args.dataset_root).resolve().name
+    root = args.dataset_root
+    name = Path(root).name
     work = (args.work or REPO / "runs" / "quality" / name).resolve()
     report_dir = args.results or work / "report"
     timings = Timings()
@@ -345,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     # tasks need room beside it, so advertise twice the cores (ignored when RAY_ADDRESS names a cluster).
     ensure_ray(max(4, 2 * (os.cpu_count() or 1)))
     model_uri = ensure_generator(args, preset, name, work, timings) if needed else ""
+    # Read once, before any work: a missing or incomplete --model-uri fails here.
+    channels = read_model_info(model_uri).image_channels if model_uri else 1
     datasets: dict[str, dict[str, Any]] = {}
     if needed:
         manifest_cfg = ManifestConfig(
-            dataset=ManifestDatasetConfig(root=str(Path(args.dataset_root).resolve())),
+            dataset=ManifestDatasetConfig(root=root),
             counts=ManifestCountsConfig(default=n),
             job_seed=args.seed,
             model_uri=model_uri,
@@ -359,13 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         timings.add("manifest", time.perf_counter() - t0)
         methods = [available[m] for m in available if m in needed]
         datasets = synthesize_all(methods, manifest.uri, preset, work, timings)
-    channels = read_model_info(model_uri).image_channels if model_uri else 1
-    contrast = {"real_third": real_third_contrast(str(Path(args.dataset_root).resolve()), preset.seg_size)}
+    contrast = {"real_third": real_third_contrast(root, preset.seg_size)}
     contrast.update({m: dataset_contrast(d["uri"], preset.seg_size) for m, d in datasets.items()})
     evaluations = evaluate_all(names, datasets, args, preset, channels, work, timings)
 
     report = {
-        "dataset_root": str(Path(args.dataset_root).resolve()),
+        "dataset_root": root,
         "dataset": name,
         "preset": args.preset,
         "preset_settings": preset.__dict__,
