@@ -27,8 +27,9 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -388,6 +389,63 @@ class ShardBuffer:
     def incomplete(self) -> dict[int, int]:
         """shard → rows still missing, for the shards that received rows but never completed."""
         return {k: n - len(self.seen.get(k, ())) for k, n in self.expected.items() if k in self.parts or k in self.seen}
+
+
+ShardTables = tuple[pa.Table, pa.Table, list[tuple[str, bytes]], dict[str, dict[str, int]]]
+
+
+def commit_stream(
+    batches: Iterable[pa.Table],
+    expected: Mapping[int, int],
+    store: ShardStore,
+    build: Callable[[pa.Table], ShardTables],
+    *,
+    run_id: str,
+    n_shards: int,
+    unit: str,
+) -> int:
+    """Commit each pending shard as soon as its last row arrives; returns the rows committed.
+
+    ``batches`` are a pipeline's output rows (any order; a retried task may deliver a row twice: :class:`ShardBuffer`
+    drops it), ``expected`` the row count of every pending shard, and ``build(rows)`` turns one complete shard's rows
+    into ``(data, rejected, side files, counts)`` for :meth:`ShardStore.commit`. One log line per shard: counts,
+    progress, rate and ETA in ``unit``/s.
+
+    Raises:
+        RuntimeError: the batches ended before every pending shard was complete.
+    """
+    buffer = ShardBuffer(expected)
+    total = sum(expected.values())
+    done, rows_done, start = n_shards - len(expected), 0, time.perf_counter()
+    for batch in batches:
+        for k in buffer.add(batch):
+            rows = buffer.pop(k)
+            data, rejected, files, counts = build(rows)
+            store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
+            done += 1
+            rows_done += rows.num_rows
+            rate = rows_done / max(time.perf_counter() - start, 1e-9)
+            logger.info(
+                "committed %s (%d %s, %d rejected): %d/%d shards, %.2f %s/s, ETA %.0f s",
+                shard_name(k),
+                data.num_rows,
+                unit,
+                rejected.num_rows,
+                done,
+                n_shards,
+                rate,
+                unit,
+                (total - rows_done) / rate,
+            )
+    missing = buffer.incomplete()
+    if missing or rows_done != total:
+        raise RuntimeError(
+            f"the pipeline ended with incomplete shards: "
+            f"{ {shard_name(k): n for k, n in sorted(missing.items())} } rows missing"
+        )
+    if buffer.duplicates:
+        logger.info("dropped %d duplicate deliveries (retried tasks)", buffer.duplicates)
+    return rows_done
 
 
 def commit_totals(commits: Mapping[int, ShardCommit]) -> tuple[int, int, dict[str, int]]:

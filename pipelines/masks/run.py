@@ -47,7 +47,7 @@ from pipelines.masks.plan import (
 from pipelines.masks.schema import DATA_SCHEMA, MASK_STRUCT, REJECTED_SCHEMA, mask_path
 from pipelines.masks.stages import Batch, MaskSampler, fetch_mask_model, filter_shard, generate_masks, load_real_masks
 from pipelines.ray_utils import ensure_ray
-from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
+from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
 
 logger = logging.getLogger(__name__)
 
@@ -310,29 +310,16 @@ def _run_pipeline(
     shard_col = plan.column("shard").to_numpy()
     pending = plan.filter(pa.array(np.isin(shard_col, pending_shards)))
     expected = {k: int(np.count_nonzero(shard_col == k)) for k in pending_shards}
-    buffer = ShardBuffer(expected)
-    t0, done, rows_done = time.perf_counter(), n_shards - len(pending_shards), 0
-    for batch in _build_dataset(cfg, pending).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        for k in buffer.add(_to_arrow(batch)):
-            rows = filter_shard(buffer.pop(k), cfg.filter, references, fg)
-            data, rejected, files, counts = shard_tables(rows, run_id)
-            store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
-            done += 1
-            rows_done += rows.num_rows
-            rate = rows_done / max(time.perf_counter() - t0, 1e-9)
-            logger.info(
-                "committed %s (%d masks, %d rejected): %d/%d shards, %.1f masks/s",
-                shard_name(k),
-                data.num_rows,
-                rejected.num_rows,
-                done,
-                n_shards,
-                rate,
-            )
-    if buffer.incomplete() or rows_done != pending.num_rows:
-        missing = {shard_name(k): n for k, n in sorted(buffer.incomplete().items())}
-        raise RuntimeError(f"the pipeline ended with incomplete shards: {missing} rows missing")
-    return rows_done
+    batches = _build_dataset(cfg, pending).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    return commit_stream(
+        (_to_arrow(batch) for batch in batches),
+        expected,
+        store,
+        lambda rows: shard_tables(filter_shard(rows, cfg.filter, references, fg), run_id),
+        run_id=run_id,
+        n_shards=n_shards,
+        unit="masks",
+    )
 
 
 def _summary(

@@ -49,7 +49,7 @@ from pipelines.config import dump_config
 from pipelines.manifest import MANIFEST_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
 from pipelines.ray_utils import check_cpu_budget, ensure_ray
-from pipelines.shards import ShardBuffer, ShardStore, commit_totals, num_shards, shard_name
+from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
@@ -297,11 +297,10 @@ def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
         len(committed),
         len(pending_shards),
     )
-    progress = _Progress(start)
+    rows_run = 0
     if pending_shards:
-        _run_pipeline(cfg, store, model_uri, info, index, pending_shards, n_shards, run_id, progress)
+        rows_run = _run_pipeline(cfg, store, model_uri, info, index, pending_shards, n_shards, run_id)
     commits = store.verify(n_shards, index.column("sample_id").to_pylist())
-    rows_run = progress.rows
     summary = _summary(
         cfg,
         run_id,
@@ -340,23 +339,6 @@ def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
     return summary
 
 
-class _Progress:
-    """Rows committed by this run and the rate since it started (for the per-shard log line and ETA)."""
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.rows = 0
-        self.last = start
-
-    def committed(self, rows: int) -> None:
-        self.rows += rows
-        self.last = time.perf_counter()
-
-    def rate(self) -> float:
-        elapsed = self.last - self.start
-        return self.rows / elapsed if elapsed > 0 else 0.0
-
-
 def _run_pipeline(
     cfg: SynthesizeConfig,
     store: ShardStore,
@@ -366,9 +348,8 @@ def _run_pipeline(
     pending_shards: list[int],
     n_shards: int,
     run_id: str,
-    progress: _Progress,
-) -> None:
-    """Run the Ray Data pipeline over the pending shards and commit each as it completes."""
+) -> int:
+    """Run the Ray Data pipeline over the pending shards and commit each as it completes; returns the rows run."""
     ensure_ray()  # no-op when connected; never lets Ray Data auto-start a bare ray.init()
     c = cfg.compute
     check_cpu_budget(c.concurrency, c.num_cpus, c.task_cpus, "read/encode tasks")
@@ -384,40 +365,20 @@ def _run_pipeline(
         }
     )
     expected = {k: min((k + 1) * cfg.shard_size, n_rows) - k * cfg.shard_size for k in pending_shards}
-    buffer = ShardBuffer(expected)
     textures: list[str] = []
     if cfg.generator == "perlin":
         normals = index.column("image_uri").to_pylist()
         textures = texture_uris(cfg.baseline.texture_dir, normals, cfg.baseline.max_textures)
     ds = _build_dataset(cfg, model_uri, info, pending, textures)
-    total_todo, done_shards = len(rows), n_shards - len(pending_shards)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-        for k in buffer.add(batch):
-            shard_rows = buffer.pop(k)
-            data, rejected, files, counts = shard_tables(shard_rows, info, cfg, model_uri, run_id)
-            store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
-            progress.committed(shard_rows.num_rows)
-            done_shards += 1
-            rate = progress.rate()
-            eta = (total_todo - progress.rows) / rate if rate > 0 else float("inf")
-            logger.info(
-                "committed %s (%d pairs, %d rejected): %d/%d shards, %.2f pairs/s, ETA %.0f s",
-                shard_name(k),
-                data.num_rows,
-                rejected.num_rows,
-                done_shards,
-                n_shards,
-                rate,
-                eta,
-            )
-    missing = buffer.incomplete()
-    if missing or progress.rows != total_todo:
-        raise RuntimeError(
-            f"the pipeline ended with incomplete shards: "
-            f"{ {shard_name(k): n for k, n in sorted(missing.items())} } rows missing"
-        )
-    if buffer.duplicates:
-        logger.info("dropped %d duplicate deliveries (retried tasks)", buffer.duplicates)
+    return commit_stream(
+        ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2),
+        expected,
+        store,
+        lambda shard_rows: shard_tables(shard_rows, info, cfg, model_uri, run_id),
+        run_id=run_id,
+        n_shards=n_shards,
+        unit="pairs",
+    )
 
 
 def _summary(

@@ -163,3 +163,21 @@ def test_shard_buffer_groups_rows_drops_redeliveries_and_reports_gaps() -> None:
     assert buffer.add(rows(1, ["e"])) == [1] and buffer.pop(1).num_rows == 3 and buffer.incomplete() == {}
     with pytest.raises(RuntimeError, match="part-00007, which is not pending"):
         buffer.add(rows(7, ["x"]))
+
+
+def test_commit_stream_commits_complete_shards_and_fails_on_gaps(tmp_path: Path) -> None:
+    from pipelines.shards import commit_stream
+
+    def arrived(shard: int, ids: list[str]) -> pa.Table:
+        return pa.table({"shard": [shard] * len(ids), "sample_id": ids})
+
+    def build(rows: pa.Table):
+        ids = rows.column("sample_id").to_pylist()
+        return _rows(ids), _rejected([]), [], {}
+
+    store = _store(tmp_path / "a")
+    batches = [arrived(1, ["c"]), arrived(0, ["a", "b"]), arrived(1, ["c", "d"])]  # "c" delivered twice
+    assert commit_stream(batches, {0: 2, 1: 2}, store, build, run_id="r", n_shards=3, unit="pairs") == 4
+    assert {k: c.sample_ids for k, c in store.committed().items()} == {0: ["a", "b"], 1: ["c", "d"]}
+    with pytest.raises(RuntimeError, match=r"incomplete shards: \{'part-00001': 1\}"):
+        commit_stream([arrived(1, ["x"])], {1: 2}, _store(tmp_path / "b"), build, run_id="r", n_shards=2, unit="pairs")
