@@ -97,3 +97,18 @@ def make_synthetic_version(
     if success:
         (root / "_SUCCESS").write_text("")
     return root
+
+
+#: The folders of a synthesized version whose bytes depend only on the manifest, model and content config.
+CONTENT_DIRS = ("data", "rejected", "images", "masks", "_commits")
+
+
+def content_bytes(out: Path) -> dict[str, bytes]:
+    """Relative path → bytes of every file under :data:`CONTENT_DIRS` of the dataset version at ``out`` (temporary
+    dot-files excluded): what two runs of the same job must agree on byte for byte."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for d in CONTENT_DIRS
+        for p in sorted((out / d).rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }

@@ -16,10 +16,10 @@ import yaml
 from jobs.cli import main
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.manifests import pair_rows, write_manifest_rows
+from tests.helpers.synthetic_versions import content_bytes
 from tests.helpers.tiny_models import publish_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-CONTENT_DIRS = ("data", "rejected", "images", "masks", "_commits")
 
 
 def test_config_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -33,15 +33,6 @@ def test_help_lists_synthesize(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["synthesize", "--help"])
     assert "resumes an interrupted run" in " ".join(capsys.readouterr().out.split())
-
-
-def _content(out: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for d in CONTENT_DIRS
-        for p in sorted((out / d).rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    }
 
 
 def _command(config: Path, out: Path) -> list[str]:
@@ -124,6 +115,6 @@ def test_driver_killed_after_first_commit_then_rerun_is_byte_identical(tmp_path:
     rerun = _run(_command(config, out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(committed)} already committed" in rerun.stdout
-    assert _content(out) == _content(reference)
+    assert content_bytes(out) == content_bytes(reference)
     again = _run(_command(config, out))
     assert again.returncode == 0 and "already complete" in again.stdout

@@ -16,6 +16,7 @@ from pipelines.shards import InjectedWriteFault
 from pipelines.synthesize import ComputeConfig, FaultConfig, SynthesizeConfig, run_synthesis
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.manifests import pair_rows, write_manifest_rows
+from tests.helpers.synthetic_versions import content_bytes
 from tests.helpers.tiny_models import publish_tiny_model
 
 pytestmark = pytest.mark.ray
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.ray
 SHARD_SIZE = 6
 N_ROWS = 16  # 3 shards: 6 + 6 + 4
 BAD = {"tiny__crack__000001": "input_unreadable", "tiny__scratch__000002": "mask_empty"}
-# Files that must be byte-identical between an uninterrupted run and an interrupted-and-resumed one.
-CONTENT_DIRS = ("data", "rejected", "images", "masks", "_commits")
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +59,6 @@ def _cfg(manifest: str, out: Path, **kwargs) -> SynthesizeConfig:
         preview_pairs=4,
         **kwargs,
     )
-
-
-def _content(out: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for d in CONTENT_DIRS
-        for p in sorted((out / d).rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    }
 
 
 def test_outputs_and_consumers(job: dict, ray_local: None) -> None:
@@ -129,7 +119,7 @@ def test_failed_write_then_resume_is_byte_identical(job: dict) -> None:
     assert not (out / "_SUCCESS").exists()
     summary = run_synthesis(_cfg(job["manifest"], out))
     assert (summary.shards_skipped, summary.shards_written, summary.rows_this_run) == (1, 2, N_ROWS - SHARD_SIZE)
-    assert _content(out) == _content(job["ref"])
+    assert content_bytes(out) == content_bytes(job["ref"])
 
 
 def test_killed_actor_loses_and_duplicates_nothing(job: dict) -> None:
@@ -139,7 +129,7 @@ def test_killed_actor_loses_and_duplicates_nothing(job: dict) -> None:
     assert (summary.written, summary.rejected) == (N_ROWS - 2, 2)
     ids = pq.read_table(out / "data").column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == N_ROWS - 2
-    assert _content(out) == _content(job["ref"])
+    assert content_bytes(out) == content_bytes(job["ref"])
 
 
 def test_different_job_into_same_output_is_refused(job: dict) -> None:
