@@ -53,6 +53,33 @@ def _alpha_bar(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return _alphas_cumprod()[t.cpu()].to(like.device, like.dtype).view(-1, 1, 1, 1)
 
 
+def eps_loss(eps_pred: torch.Tensor, eps: torch.Tensor, m: torch.Tensor | None, fg_weight: float) -> torch.Tensor:
+    """The ε-loss, optionally weighted towards the anomaly cells [ours]:
+
+        w = 1 + λ_fg · m                                  # (B, 1, h, w), broadcast over the C latent channels
+        loss = Σ w (ε̂ − ε)² / (C · Σ w)                  # = mean((ε̂ − ε)²) when λ_fg = 0 (FAST_SPEC §6)
+
+    Defects cover a few per cent of the latent, so with the plain mean the anomaly cells carry a few per cent of the
+    gradient; λ_fg ≈ (1 − f)/f for a typical foreground fraction f gives foreground and background equal shares.
+
+    Args:
+        eps_pred: (B, C, h, w) predicted noise ε̂.
+        eps: (B, C, h, w) drawn noise ε.
+        m: (B, 1, h, w) latent mask in {0, 1}, or None (no mask: the plain mean).
+        fg_weight: λ_fg ≥ 0.
+
+    >>> e = torch.zeros(1, 2, 2, 2); e[0, :, 0, 0] = 1.0                  # error only in cell (0, 0)
+    >>> m = torch.zeros(1, 1, 2, 2); m[0, 0, 0, 0] = 1.0
+    >>> float(eps_loss(e, torch.zeros_like(e), m, 0.0)), float(eps_loss(e, torch.zeros_like(e), m, 3.0))
+    (0.25, 0.5714285969734192)
+    """
+    if fg_weight == 0.0 or m is None:
+        return F.mse_loss(eps_pred, eps)
+    w = 1.0 + fg_weight * m.to(eps_pred.dtype)  # (B, 1, h, w)
+    sq = (eps_pred - eps).pow(2)  # (B, C, h, w)
+    return (w * sq).sum() / (w.sum() * sq.shape[1])
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for a reduced precision ``dtype``; a no-op for None or float32."""
     if dtype is None or dtype == torch.float32:
@@ -69,6 +96,7 @@ def fast_training_step(
     lambda_eps: float = 2.0,
     lambda_farm: float = 5.0,
     autocast_dtype: torch.dtype | None = None,
+    fg_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The FAST-stage loss for one batch (FAST_SPEC §6) [release]:
 
@@ -78,6 +106,9 @@ def fast_training_step(
         z̃_t    = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
         ε̂      = Adaptor(UNet(z̃_t, t, c(keys)), m)
         loss   = λ_ε · mean((ε̂ − ε)²) + λ_F · mean((ẑ0_fg − m ⊙ z_0)²)      # both means over the whole latent
+
+    With ``fg_weight`` λ_fg > 0 the ε term is :func:`eps_loss`'s weighted mean (w = 1 + λ_fg·m) [ours]; the FARM term
+    is unchanged (its target is 0 off the mask, where z̃_t does not use it).
 
     Gradients reach the conditioner's learned vectors, the Adaptor and FARM (also through z̃_t); the caller's optimizer
     decides what is updated (``model.configure_stage("fast")``).
@@ -91,6 +122,7 @@ def fast_training_step(
         lambda_eps: weight λ_ε of the noise loss.
         lambda_farm: weight λ_F of the FARM reconstruction loss.
         autocast_dtype: run the networks under ``torch.autocast`` with this dtype (None: full precision).
+        fg_weight: λ_fg of :func:`eps_loss` (0: the plain mean of §6).
 
     Returns:
         The scalar loss (float32, with grad) and ``{"loss": …, "loss_eps": …, "loss_farm": …}`` as floats.
@@ -108,7 +140,7 @@ def fast_training_step(
         z0_fg = model.farm(z_t, m, t).float()  # (B, C, h, w)
         z_mix = (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
         eps_pred = model.predict_eps(z_mix, t, keys, m).float()
-    loss_eps = F.mse_loss(eps_pred, eps)
+    loss_eps = eps_loss(eps_pred, eps, m, fg_weight)
     loss_farm = F.mse_loss(z0_fg, m * z0)
     loss = lambda_eps * loss_eps + lambda_farm * loss_farm
     return loss, {
@@ -124,11 +156,14 @@ def unet_training_step(
     keys: list[str],
     generator: torch.Generator | None,
     autocast_dtype: torch.dtype | None = None,
+    M: torch.Tensor | None = None,
+    fg_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Plain ε-prediction loss of the base UNet (from-scratch base training; no FARM, no Adaptor):
+    """ε-prediction loss of the base UNet (from-scratch base training; no FARM, no Adaptor):
 
         z_0 = encode(x) (no grad);  t ~ U{0..T−1};  ε ~ N(0, I);  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
-        loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)
+        loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)          # λ_fg = 0
+        loss = Σ w (ε_θ − ε)² / (C · Σ w),  w = 1 + λ_fg · down(M)   # λ_fg > 0 [ours], see eps_loss
 
     Use with ``model.configure_stage("base")`` (UNet + prompt encoder trainable).
 
@@ -138,21 +173,26 @@ def unet_training_step(
         keys: B keys ("good" for normal images).
         generator: source of t and ε.
         autocast_dtype: run the UNet under ``torch.autocast`` with this dtype (None: full precision).
+        M: (B, 1, H, W) pixel masks in {0, 1} (all 0 for normal images), or None; used only when λ_fg > 0.
+        fg_weight: λ_fg of :func:`eps_loss`.
 
     Returns:
         The scalar loss and ``{"loss": …}``.
     """
     if len(keys) != x.shape[0]:
         raise ValueError(f"unet_training_step: {len(keys)} keys for a batch of {x.shape[0]} images")
+    if fg_weight > 0.0 and (M is None or M.shape[0] != x.shape[0]):
+        raise ValueError("unet_training_step: fg_weight > 0 needs one mask M per image")
     with torch.no_grad():
         z0 = model.encode(x).float()
+        m = model.latent_mask(M).to(z0.device) if fg_weight > 0.0 else None
     t = sample_timesteps(z0.shape[0], generator, z0.device)
     eps = _randn(z0.shape, generator, z0)
     ab = _alpha_bar(t, z0)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     with _autocast(z0.device, autocast_dtype):
         eps_pred = model.unet_eps(z_t, t, keys).float()
-    loss = F.mse_loss(eps_pred, eps)
+    loss = eps_loss(eps_pred, eps, m, fg_weight)
     return loss, {"loss": float(loss.detach())}
 
 

@@ -10,6 +10,7 @@ The run lives at ``<storage_path>/<run_name>``; the published model at ``publish
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -146,6 +147,26 @@ class StagesConfig:
 
 
 @dataclass(kw_only=True)
+class LossSettings:
+    """ε-loss weighting of the base and FAST stages [ours] (``fast_core.training.eps_loss``):
+
+        w = 1 + fg_weight · down(M);   loss_ε = Σ w (ε̂ − ε)² / (C · Σ w)
+
+    0 is FAST_SPEC §6's plain mean. Defects cover a few per cent of the latent, so under the plain mean a short
+    training run learns the background and barely the defect; fg_weight ≈ (1 − f)/f (f the foreground fraction)
+    gives the two equal shares. Normal images (base stage) have an empty mask and keep weight 1 everywhere.
+    """
+
+    fg_weight: float = 0.0  # λ_fg ≥ 0: extra weight of anomaly latent cells in the base and FAST ε-losses
+
+    def __post_init__(self) -> None:
+        w = self.fg_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"TrainConfig.loss.fg_weight must be a finite number >= 0, got {w!r}")
+        self.fg_weight = float(w)
+
+
+@dataclass(kw_only=True)
 class ScalingSettings:
     """Ray Train workers: ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_worker})``."""
 
@@ -204,6 +225,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # preset or base model
     stages: tuple[StageName, ...] = ("vae", "base", "fast")  # stages to run (always in the order vae, base, fast, mask)
     stage: StagesConfig = field(default_factory=StagesConfig)  # per-stage steps, batch size, lr, intervals
+    loss: LossSettings = field(default_factory=LossSettings)  # ε-loss foreground weighting (base and FAST stages)
     mask_model: MaskModelSettings = field(default_factory=MaskModelSettings)  # shape of the stage "mask" model
     scaling: ScalingSettings = field(default_factory=ScalingSettings)  # Ray Train workers and precision
     seed: int = 0  # model initialisation, data order, augmentation, noise: same seed → same run on CPU

@@ -3,7 +3,8 @@
 What each stage trains on (FAST_SPEC §6, §8; ``split_anomalies`` cuts each defect's images at ⌊n/3⌋):
 
     vae    every ``train/good`` image + the training-third anomaly images          (images only)
-    base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, key)
+    base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, mask, key)
+           (the mask is empty for normal images and anomalies without one; used by loss.fg_weight > 0)
     fast   the training-third anomaly images with their masks                      (image, mask, key)
     mask   the training-third masks                                                (mask, key)
 
@@ -76,7 +77,12 @@ class TrainingData:
             key_ids = np.concatenate(
                 [np.zeros(len(self.normal), np.int64), self.anomaly_key_ids, self.extra_key_ids]
             ).astype(np.int64)
-            return {IMAGE: images, KEY_ID: key_ids}
+            if stage == "vae":
+                return {IMAGE: images, KEY_ID: key_ids}
+            size = images.shape[-1]
+            empty = np.zeros((len(self.normal), 1, size, size), np.uint8)
+            no_mask = np.zeros((len(self.extra_images), 1, size, size), np.uint8)
+            return {IMAGE: images, MASK: np.concatenate([empty, self.masks, no_mask]), KEY_ID: key_ids}
         if stage == "fast":
             return {IMAGE: self.anomalies, MASK: self.masks, KEY_ID: self.anomaly_key_ids}
         if stage == "mask":

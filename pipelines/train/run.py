@@ -33,7 +33,7 @@ from pipelines import storage as st
 from pipelines.config import RESOLVED_NAME, dump_config
 from pipelines.model_store import ModelInfo, publish_model, read_model_info
 from pipelines.train.checkpoint import RUN_INFO, Checkpoint, RunStore
-from pipelines.train.config import StageConfig, TrainConfig, check_dataset, mask_model_config
+from pipelines.train.config import LossSettings, StageConfig, TrainConfig, check_dataset, mask_model_config
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
 from pipelines.train.models import build_model, load_stage_weights, local_base_dir, required_stages
@@ -102,9 +102,17 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "image_channels": d.image_channels,
         },
         "model": to_dict(cfg.model),
+        "loss": to_dict(cfg.loss),
         "seed": cfg.seed,
         "keys": keys,
     }
+
+
+def _recorded(have: dict[str, Any], key: str) -> Any:
+    """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean)."""
+    if key == "loss" and key not in have:
+        return to_dict(LossSettings())
+    return have.get(key)
 
 
 def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: bool) -> bool:
@@ -120,9 +128,9 @@ def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: 
         have = json.loads(st.read_text(uri, cfg.storage))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{uri}: not valid JSON ({exc})") from exc
-    diff = sorted(k for k in want if have.get(k) != want[k])
+    diff = sorted(k for k in want if _recorded(have, k) != want[k])
     if diff:
-        detail = "; ".join(f"{k}: run has {have.get(k)!r}, config gives {want[k]!r}" for k in diff)
+        detail = "; ".join(f"{k}: run has {_recorded(have, k)!r}, config gives {want[k]!r}" for k in diff)
         raise ValueError(
             f"{store.run_uri} was trained with different settings ({detail}); use another run_name to start a new run"
         )

@@ -66,13 +66,19 @@ class StageObjective(nn.Module):
     """The stage's loss as a module, so DDP sees a ``forward`` (gradients are all-reduced inside its backward)."""
 
     def __init__(
-        self, model: FastLDM | MaskDiffusionModel, stage: str, keys: list[str], autocast: torch.dtype | None
+        self,
+        model: FastLDM | MaskDiffusionModel,
+        stage: str,
+        keys: list[str],
+        autocast: torch.dtype | None,
+        fg_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.stage = stage
         self.keys = keys
         self.autocast = autocast
+        self.fg_weight = fg_weight  # λ_fg of the base and FAST ε-losses (TrainConfig.loss)
 
     def forward(
         self, x: torch.Tensor | None, mask: torch.Tensor | None, key_ids: torch.Tensor, generator: torch.Generator
@@ -86,9 +92,13 @@ class StageObjective(nn.Module):
         if self.stage == "vae":
             return vae_training_step(self.model.vae, x, generator, autocast_dtype=self.autocast)
         if self.stage == "base":
-            return unet_training_step(self.model, x, keys, generator, autocast_dtype=self.autocast)
+            return unet_training_step(
+                self.model, x, keys, generator, autocast_dtype=self.autocast, M=mask, fg_weight=self.fg_weight
+            )
         if self.stage == "fast":
-            return fast_training_step(self.model, x, mask, keys, generator, autocast_dtype=self.autocast)
+            return fast_training_step(
+                self.model, x, mask, keys, generator, autocast_dtype=self.autocast, fg_weight=self.fg_weight
+            )
         raise ValueError(f"StageObjective: unknown stage {self.stage!r}")
 
 

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from fast_core.models.ldm import FastLDM
 from fast_core.schedulers.scheduling_aias import AIASScheduler
-from fast_core.training import fast_training_step, sample_timesteps, unet_training_step, vae_training_step
+from fast_core.training import (
+    eps_loss,
+    fast_training_step,
+    sample_timesteps,
+    unet_training_step,
+    vae_training_step,
+)
 from tests.helpers.tiny_models import tiny_fast_config, tiny_fast_ldm, tiny_ldmbert_components
 
 KEYS = ["tiny/crack", "tiny/scratch", "tiny/crack", "good"]
@@ -157,3 +163,44 @@ def test_batch_size_mismatch_is_an_error() -> None:
         fast_training_step(model, x, M, KEYS[:3], torch.Generator())
     with pytest.raises(ValueError, match="3 keys"):
         unet_training_step(model, x, KEYS[:3], torch.Generator())
+
+
+# ------------------------------------------------------------------------------------ foreground-weighted ε-loss
+def test_eps_loss_weights_anomaly_cells() -> None:
+    g = torch.Generator().manual_seed(3)
+    pred, eps = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 4, 6, 6, generator=g)
+    m = torch.zeros(2, 1, 6, 6)
+    m[:, :, 1:3, 2:5] = 1
+    assert torch.equal(eps_loss(pred, eps, m, 0.0), F.mse_loss(pred, eps))  # λ_fg = 0: FAST_SPEC §6 exactly
+    assert torch.equal(eps_loss(pred, eps, None, 4.0), F.mse_loss(pred, eps))  # no mask: the plain mean
+    sq = (pred - eps).pow(2)
+    fg, bg = sq[m.expand_as(sq) > 0], sq[m.expand_as(sq) == 0]
+    want = (5.0 * fg.sum() + bg.sum()) / (5.0 * fg.numel() + bg.numel())  # w = 1 + 4·m
+    assert float(eps_loss(pred, eps, m, 4.0)) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_fg_weight_shifts_the_loss_to_the_mask() -> None:
+    model = tiny_fast_ldm().eval()
+    x, M = _batch()
+    plain, _ = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7))
+    same, _ = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7), fg_weight=0.0)
+    weighted, parts = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7), fg_weight=9.0)
+    assert torch.equal(plain, same)
+    assert float(weighted) != pytest.approx(float(plain))
+    g = torch.Generator().manual_seed(7)  # replay: the weighted ε term is eps_loss over the same draws
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(4, 4, 8, 8, generator=g)
+    ab = AIASScheduler().alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        z0, m = model.encode(x), model.latent_mask(M)
+        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+        z0_fg = model.farm(z_t, m, t)
+        z_mix = (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
+        eps_pred = model.predict_eps(z_mix, t, KEYS, m)
+    assert parts["loss_eps"] == pytest.approx(float(eps_loss(eps_pred, eps, m, 9.0)), rel=1e-5)
+
+    base, _ = unet_training_step(model, x, KEYS, torch.Generator().manual_seed(5))
+    w_base, _ = unet_training_step(model, x, KEYS, torch.Generator().manual_seed(5), M=M, fg_weight=9.0)
+    assert float(w_base) != pytest.approx(float(base))
+    with pytest.raises(ValueError, match="needs one mask M per image"):
+        unet_training_step(model, x, KEYS, torch.Generator(), fg_weight=1.0)

@@ -16,6 +16,7 @@ from pipelines.train.config import TrainConfig, check_dataset
 from pipelines.train.data import check_stage_rows, load_training_data
 from pipelines.train.grid import compose, fast_grid, vae_grid
 from pipelines.train.models import build_model, stage_state
+from pipelines.train.run import _check_run_info
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
@@ -70,6 +71,8 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("run_name=a/b", "TrainConfig.run_name = 'a/b'"),
         ("stage.fast.batchsize=3", "unknown key(s) 'batchsize'"),
         ("stages=[vae, vae]", "more than once"),
+        ("loss.fg_weight=-1", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
+        ("loss.fg_weight=.nan", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, override: str, message: str) -> None:
@@ -92,6 +95,20 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         check_dataset(cfg.dataset)
 
 
+def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(dataset, tmp_path / "runs")
+    store = RunStore(cfg.run_uri)
+    keys = ["good", "widget/dent", "widget/scratch"]
+    assert _check_run_info(store, cfg, keys, resume=False) is False
+    info = json.loads(Path(store.uri("run.json")).read_text())
+    del info["loss"]  # a run recorded before loss settings existed trained with the plain mean
+    Path(store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(store, cfg, keys, resume=True) is True
+    weighted = tiny_cfg(dataset, tmp_path / "runs", "loss.fg_weight=10")
+    with pytest.raises(ValueError, match="trained with different settings.*loss"):
+        _check_run_info(store, weighted, keys, resume=True)
+
+
 # -------------------------------------------------------------------------------------------------------- data
 def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(dataset, tmp_path)
@@ -105,6 +122,9 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     assert len(data.stage_columns("vae")["image"]) == 7
     assert data.stage_columns("base")["key_id"].tolist()[:4] == [0, 0, 0, 0]
     assert set(data.stage_columns("fast")) == {"image", "mask", "key_id"}
+    base = data.stage_columns("base")  # masks ride along for loss.fg_weight: empty for the normal images
+    assert base["mask"].shape == (7, 1, 32, 32) and not base["mask"][:4].any()
+    assert np.array_equal(base["mask"][4:], data.masks)
     preview = data.preview(4)
     assert preview["normal"].shape == (4, 3, 32, 32) and sorted(set(preview["mask_key_ids"].tolist())) == [1, 2]
     with pytest.raises(ValueError, match="cannot fill one batch of 2 on each of 2"):

@@ -1,0 +1,136 @@
+"""Generator probe: does a trained FAST model know what a defect looks like, and where?
+
+On the generator's own training-third anomaly images (FAST_SPEC §8.1), with fixed draws of t and ε, it measures the
+FAST-stage ε-error split into the anomaly cells (m = down(M) = 1) and the rest, for three predictors on the same
+FARM-mixed input z̃_t of FAST_SPEC §6:
+
+    z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε;   z̃_t = (1−m) z_t + m (√ᾱ_t FARM(z_t, m, t) + √(1−ᾱ_t) ε)
+    unet(key)   ε_θ(z̃_t, t, c(key))              the base UNet with the image's defect prompt
+    unet(good)  ε_θ(z̃_t, t, c("good"))           the same UNet told "normal"
+    fast        Adaptor(ε_θ(z̃_t, t, c(key)), m)  what the sampler uses
+
+    prompt gain = 1 − mse_fg(unet(key)) / mse_fg(unet(good))      # 0: the prompt tells the UNet nothing about defects
+
+and FARM's relative foreground error Σ_fg (ẑ0_fg − z_0)² / Σ_fg z_0². A prompt gain near 0 means the base model
+paints the same thing inside a mask whatever defect it is asked for, so only FARM and the Adaptor can make a defect.
+
+    python -m benchmarks.generator_probe MODEL_URI DATASET_ROOT [--images 64] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
+from fast_core.data.transforms import to_model_image, to_model_mask
+from fast_core.schedulers.scheduling_aias import AIASScheduler
+from pipelines.model_store import load_model
+from pipelines.train.data import defect_key
+
+logger = logging.getLogger(__name__)
+
+TIMESTEPS = tuple(range(50, 1000, 100))  # t = 50, 150, …, 950: every noise level the sampler visits
+
+
+def load_probe_batch(root: str, size: int, channels: int, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Up to ``n`` training-third anomaly images with masks, spread evenly over the sorted list."""
+    train = [r for r in split_anomalies(read_dataset(root).records).gen_train if r.mask_path is not None]
+    if not train:
+        raise ValueError(f"{root}: no training-third anomaly image with a mask")
+    step = max(1, len(train) // n)
+    recs = train[::step][:n]
+    x = torch.stack([to_model_image(load_image(r.image_path), size, channels) for r in recs])
+    M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
+    return x, M, [defect_key(r) for r in recs]
+
+
+@torch.no_grad()
+def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: int = 0) -> dict[str, float]:
+    """The probe's figures for one model and batch (see the module docstring), averaged over :data:`TIMESTEPS`."""
+    g = torch.Generator().manual_seed(seed)
+    alphas = AIASScheduler().alphas_cumprod.float()
+    z0 = model.encode(x).float()
+    m = model.latent_mask(M).float()
+    fg = m.expand_as(z0) > 0
+    sums = {name: [0.0, 0.0] for name in ("unet_key", "unet_good", "fast")}
+    farm_err = 0.0
+    for t in TIMESTEPS:
+        tt = torch.full((len(keys),), t, dtype=torch.long)
+        ab = alphas[t]
+        eps = torch.randn(z0.shape, generator=g)
+        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+        z0_fg = model.farm(z_t, m, tt).float()
+        z_mix = (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
+        preds = {
+            "unet_key": model.unet_eps(z_mix, tt, keys),
+            "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys)),
+            "fast": model.predict_eps(z_mix, tt, keys, m),
+        }
+        for name, pred in preds.items():
+            sq = (pred.float() - eps).pow(2)
+            sums[name][0] += float(sq[fg].mean())
+            sums[name][1] += float(sq[~fg].mean())
+        farm_err += float((z0_fg - z0)[fg].pow(2).sum() / z0[fg].pow(2).sum())
+    n = len(TIMESTEPS)
+    out: dict[str, float] = {
+        "images": float(len(keys)),
+        "latent_fg_fraction": float(m.mean()),
+        "latent_masks_empty": float((m.flatten(1).sum(1) == 0).sum()),
+    }
+    for name, (f, b) in sums.items():
+        out[f"mse_fg_{name}"] = f / n
+        out[f"mse_bg_{name}"] = b / n
+    out["prompt_gain_fg"] = 1.0 - out["mse_fg_unet_key"] / out["mse_fg_unet_good"]
+    out["farm_rel_err_fg"] = farm_err / n
+    return out
+
+
+def markdown(rows: dict[str, dict[str, float]]) -> str:
+    """One row per probed model."""
+    head = (
+        "| model | ε-MSE fg: UNet(key) | UNet(good) | UNet+Adaptor | ε-MSE bg: UNet+Adaptor | prompt gain fg | "
+        "FARM rel. err fg |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['mse_fg_unet_key']:.4f} | {r['mse_fg_unet_good']:.4f} | {r['mse_fg_fast']:.4f} | "
+            f"{r['mse_bg_fast']:.4f} | {100 * r['prompt_gain_fg']:.1f} % | {r['farm_rel_err_fg']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Probe each ``MODEL_URI`` (name=uri or uri) on DATASET_ROOT; print a markdown table, optionally write JSON."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset_root")
+    ap.add_argument("models", nargs="+", help="published model folders, optionally as NAME=URI")
+    ap.add_argument("--images", type=int, default=64, help="training-third images probed (default 64)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+    if args.images < 1:
+        ap.error("--images must be >= 1")
+    torch.set_num_threads(args.threads)
+    rows: dict[str, dict[str, float]] = {}
+    for spec in args.models:
+        name, _, uri = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+        model, info = load_model(uri)
+        x, M, keys = load_probe_batch(args.dataset_root, info.image_size, info.image_channels, args.images)
+        logger.info("probing %s on %d images", uri, len(keys))
+        rows[name] = probe(model, x, M, keys)
+    print(markdown(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
