@@ -90,6 +90,11 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 type"``, ``"5 types"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """results.md: provenance, the overall table, anomaly IoU per defect type, the targets and the timings."""
     nfe = report["preset_settings"]["ddpm_nfe"]
@@ -100,8 +105,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- command: `{report['command']}`",
         f"- commit: `{report['commit']}`, date {report['date']}, machine: {report['machine']['platform']}",
         f"- generator: `{report['model_uri'] or '(none)'}`; {report['pairs_per_defect']} pairs per defect type "
-        f"({len(report['defect_types'])} types); segmenter {report['preset_settings']['seg_steps']} steps × batch "
-        f"{report['preset_settings']['seg_batch']} at {report['preset_settings']['seg_size']} px, seed fixed",
+        f"({_count(len(report['defect_types']), 'type')}); segmenter {report['preset_settings']['seg_steps']} "
+        f"steps × batch {report['preset_settings']['seg_batch']} at {report['preset_settings']['seg_size']} px, "
+        "seed fixed",
         "- metrics in %, pooled over the whole test set (held-out 2/3 of each defect type + all test/good)",
         "",
         "| training set | anomaly pairs | " + " | ".join(label for _, label in COLUMNS) + " |",
