@@ -186,7 +186,7 @@ def test_fg_weight_shifts_the_loss_to_the_mask() -> None:
     same, _ = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7), fg_weight=0.0)
     weighted, parts = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7), fg_weight=9.0)
     assert torch.equal(plain, same)
-    assert float(weighted) != pytest.approx(float(plain))
+    assert float(weighted.detach()) != pytest.approx(float(plain.detach()))
     g = torch.Generator().manual_seed(7)  # replay: the weighted ε term is eps_loss over the same draws
     t = torch.randint(0, 1000, (4,), generator=g)
     eps = torch.randn(4, 4, 8, 8, generator=g)
@@ -201,6 +201,6 @@ def test_fg_weight_shifts_the_loss_to_the_mask() -> None:
 
     base, _ = unet_training_step(model, x, KEYS, torch.Generator().manual_seed(5))
     w_base, _ = unet_training_step(model, x, KEYS, torch.Generator().manual_seed(5), M=M, fg_weight=9.0)
-    assert float(w_base) != pytest.approx(float(base))
+    assert float(w_base.detach()) != pytest.approx(float(base.detach()))
     with pytest.raises(ValueError, match="needs one mask M per image"):
         unet_training_step(model, x, KEYS, torch.Generator(), fg_weight=1.0)
