@@ -29,7 +29,7 @@ import torch
 
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
-from fast_core.schedulers.scheduling_aias import AIASScheduler
+from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
 from pipelines.train.data import defect_key
 
@@ -54,7 +54,6 @@ def load_probe_batch(root: str, size: int, channels: int, n: int) -> tuple[torch
 def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: int = 0) -> dict[str, float]:
     """The probe's figures for one model and batch (see the module docstring), averaged over :data:`TIMESTEPS`."""
     g = torch.Generator().manual_seed(seed)
-    alphas = AIASScheduler().alphas_cumprod.float()
     z0 = model.encode(x).float()
     m = model.latent_mask(M).float()
     fg = m.expand_as(z0) > 0
@@ -62,11 +61,8 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     farm_err = 0.0
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
-        ab = alphas[t]
         eps = torch.randn(z0.shape, generator=g)
-        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-        z0_fg = model.farm(z_t, m, tt).float()
-        z_mix = (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
+        z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps)
         preds = {
             "unet_key": model.unet_eps(z_mix, tt, keys),
             "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys)),
