@@ -3,8 +3,8 @@
 What each stage trains on (FAST_SPEC §6, §8; ``split_anomalies`` cuts each defect's images at ⌊n/3⌋):
 
     vae    every ``train/good`` image + the training-third anomaly images          (images only)
-    base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, mask, key)
-           (the mask is empty for normal images and anomalies without one; used by loss.fg_weight > 0)
+    base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, key)
+           + their masks when loss.fg_weight > 0 (empty for normal images and anomalies without one)
     fast   the training-third anomaly images with their masks                      (image, mask, key)
     mask   the training-third masks                                                (mask, key)
 
@@ -70,14 +70,15 @@ class TrainingData:
     extra_key_ids: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def stage_columns(self, stage: str) -> dict[str, np.ndarray]:
-        """The columns stage ``stage`` trains on (see the module docstring)."""
+    def stage_columns(self, stage: str, base_masks: bool = False) -> dict[str, np.ndarray]:
+        """The columns stage ``stage`` trains on (see the module docstring); ``base_masks`` adds the mask column to
+        the base stage (for ``loss.fg_weight > 0``; otherwise it would only cost object-store bytes)."""
         if stage in ("vae", "base"):
             images = np.concatenate([self.normal, self.anomalies, self.extra_images])
             key_ids = np.concatenate(
                 [np.zeros(len(self.normal), np.int64), self.anomaly_key_ids, self.extra_key_ids]
             ).astype(np.int64)
-            if stage == "vae":
+            if stage == "vae" or not base_masks:
                 return {IMAGE: images, KEY_ID: key_ids}
             size = images.shape[-1]
             empty = np.zeros((len(self.normal), 1, size, size), np.uint8)

@@ -191,7 +191,7 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData) -> None:
             name=f"{cfg.run_name}-{stage}-{uuid.uuid4().hex[:8]}",
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
-        datasets={"train": to_ray_dataset(data.stage_columns(stage))},
+        datasets={"train": to_ray_dataset(data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0))},
     )
     try:
         trainer.fit()

@@ -122,7 +122,8 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     assert len(data.stage_columns("vae")["image"]) == 7
     assert data.stage_columns("base")["key_id"].tolist()[:4] == [0, 0, 0, 0]
     assert set(data.stage_columns("fast")) == {"image", "mask", "key_id"}
-    base = data.stage_columns("base")  # masks ride along for loss.fg_weight: empty for the normal images
+    assert set(data.stage_columns("base")) == {"image", "key_id"}
+    base = data.stage_columns("base", base_masks=True)  # for loss.fg_weight > 0: empty for the normal images
     assert base["mask"].shape == (7, 1, 32, 32) and not base["mask"][:4].any()
     assert np.array_equal(base["mask"][4:], data.masks)
     preview = data.preview(4)
@@ -299,3 +300,20 @@ def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path
         "mask": ("unet.",),
     }[stage]
     assert changed and all(n.startswith(prefix) for n in changed)
+
+
+def test_base_step_with_fg_weight_uses_the_mask_column(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(dataset, tmp_path / "runs", "loss.fg_weight=5")
+    data = load_training_data(cfg.dataset)
+    cols = data.stage_columns("base", base_masks=True)
+    rows = [0, 4]  # one normal image (empty mask) and one anomaly
+    batch = {k: torch.from_numpy(v[rows]) for k, v in cols.items()}
+    model, keys = tiny_fast_ldm(), ["good", "tiny/crack", "tiny/scratch"]
+    configure_trainable(model, "base")
+    x, mask = prepare_batch(batch, torch.Generator().manual_seed(1), cfg, "base", torch.device("cpu"))
+    assert mask is not None and mask[0].sum() == 0 and mask[1].sum() > 0
+    weighted, _ = StageObjective(model, "base", keys, None, cfg.loss.fg_weight)(
+        x, mask, batch["key_id"], torch.Generator().manual_seed(2)
+    )
+    plain, _ = StageObjective(model, "base", keys, None)(x, mask, batch["key_id"], torch.Generator().manual_seed(2))
+    assert torch.isfinite(weighted) and float(weighted.detach()) != pytest.approx(float(plain.detach()))
