@@ -5,6 +5,7 @@ Layout at ``<storage_path>/<run_name>`` (a local folder or an ``s3://`` prefix):
     run.json                                   what the run trains (model-shaping settings); a rerun must match
     config.resolved.yaml                       the config of the latest attempt (secrets redacted)
     metrics.jsonl                              one JSON record per logged step: stage, step, loss…, wall time
+    curves.png                                 loss against step per stage, raw and EMA (pipelines.train.curves)
     samples/<stage>-step<N>.png                sample grids written at checkpoints
     checkpoints/<stage>/step-<N:08d>/
         weights.safetensors                    the stage's trainable tensors (names as in FastLDM.state_dict())

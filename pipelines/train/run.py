@@ -5,7 +5,7 @@
     for stage in vae, base, fast, mask (those configured):
         finished (stages/<stage>.json)          → skipped
         else validate the latest checkpoint     → TorchTrainer(<stage>_loop, ScalingConfig, datasets={"train": …})
-        the final checkpoint                    → stages/<stage>.json
+        the final checkpoint                    → metrics.jsonl, curves.png (every stage's loss), stages/<stage>.json
     publish_model(model, publish_uri or <run>/model)   (when the run has a FAST stage)
     MaskDiffusionModel.save layout → <run>/mask_model  (when the run has a mask stage)
 
@@ -34,6 +34,7 @@ from pipelines.config import RESOLVED_NAME, dump_config
 from pipelines.model_store import ModelInfo, publish_model, read_model_info
 from pipelines.train.checkpoint import RUN_INFO, Checkpoint, RunStore
 from pipelines.train.config import LossSettings, StageConfig, TrainConfig, check_dataset, mask_model_config
+from pipelines.train.curves import CURVES, render_curves
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
 from pipelines.train.models import build_model, load_stage_weights, local_base_dir, required_stages
@@ -240,6 +241,8 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
                     f"{scfg.steps}; use another run_name to train a different schedule"
                 )
             logger.info("stage %s: finished earlier (%d steps), skipped", stage, scfg.steps)
+            if not st.exists(store.uri(CURVES), cfg.storage):  # a run that finished before curves.png was written
+                st.write_bytes_atomic(store.uri(CURVES), render_curves(store.read_metrics()), cfg.storage)
             summaries.append(
                 StageSummary(stage, scfg.steps, True, scfg.steps, done["wall_s"], done["final_loss"], done["grids"])
             )
@@ -265,7 +268,9 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         records = [r for r in latest.state.get("metrics", []) if r.get("stage") == stage]
         # metrics.jsonl keeps this stage's history up to the final checkpoint only (a killed attempt may have logged
         # steps after it, e.g. when the schedule was shortened onto an intermediate checkpoint)
-        store.write_metrics([r for r in store.read_metrics() if r.get("stage") != stage] + records)
+        metrics = [r for r in store.read_metrics() if r.get("stage") != stage] + records
+        store.write_metrics(metrics)
+        st.write_bytes_atomic(store.uri(CURVES), render_curves(metrics), cfg.storage)
         final_loss = records[-1].get("loss_avg", records[-1].get("loss")) if records else None
         grids = [u for u in (store.grid_uri(stage, k) for k in _grid_steps(scfg)) if st.exists(u, cfg.storage)]
         info = {

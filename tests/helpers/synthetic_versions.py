@@ -46,12 +46,16 @@ def make_synthetic_version(
     corrupt_images: Collection[str] = (),
     corrupt_masks: Collection[str] = (),
     success: bool = True,
+    normals_root: str | Path | None = None,
 ) -> Path:
     """Write a dataset version under ``out`` and return it.
 
     Args:
         corrupt_images / corrupt_masks: sample_ids whose image / mask PNG bytes are truncated in the Parquet rows.
         success: write ``_SUCCESS`` (False leaves an incomplete version).
+        normals_root: also write the normal images the rows name, ``<normals_root>/<category>/train/good/<i:03d>.png``
+            (flat grey, one per index, shared by the defect types), and name them by absolute path in
+            ``source_image``; None: ``source_image`` is the relative path of a file that does not exist.
     """
     root = Path(out)
     rng = np.random.default_rng(seed)
@@ -70,6 +74,12 @@ def make_synthetic_version(
                 img_png = img_png[: len(img_png) // 2]
             if sid in corrupt_masks:
                 mask_png = mask_png[: len(mask_png) // 2]
+            source = f"{category}/train/good/{i:03d}.png"
+            if normals_root is not None:
+                normal = Path(normals_root).absolute() / source
+                normal.parent.mkdir(parents=True, exist_ok=True)
+                normal.write_bytes(encode_png(np.full(size, 40 + i, np.uint8)))
+                source = str(normal)
             rows.append(
                 {
                     "sample_id": sid,
@@ -81,7 +91,7 @@ def make_synthetic_version(
                     "height": size[0],
                     "mask_area": int(mask.sum()),
                     "seed": i,
-                    "source_image": f"{category}/train/good/{i:03d}.png",
+                    "source_image": source,
                     "mask_source": f"real:{i:03d}_mask",
                     "sampler": "aias",
                     "nfe": 10,

@@ -21,6 +21,7 @@ from pipelines.config import load_config
 from pipelines.model_store import load_model
 from pipelines.train import TrainConfig, TrainingFailed, run_training
 from pipelines.train.checkpoint import RunStore
+from pipelines.train.curves import CURVES, PANEL_HEIGHT, WIDTH, render_curves
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.tiny_models import tiny_base_model_dir
 
@@ -104,6 +105,8 @@ def test_fast_stage_to_s3_and_load_published_model(
     store = RunStore(cfg.run_uri, cfg.storage)
     assert metric_steps(store, "fast") == [1, 2]
     assert st.exists(store.grid_uri("fast", 2), cfg.storage)
+    curves = st.read_bytes(store.uri(CURVES), cfg.storage)  # beside metrics.jsonl, written at the stage's end
+    assert curves == render_curves(store.read_metrics()) and decode_png(curves).shape == (PANEL_HEIGHT, WIDTH, 3)
     model, info = load_model(summary.model_uri, cfg.storage, cache_dir=tmp_path / "cache")
     assert info.steps == {"fast": 2} and model.keys == ["good", "tiny/crack", "tiny/scratch"]
 
