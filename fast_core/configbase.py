@@ -114,9 +114,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        args = get_args(tp)
-        vt = args[1] if args else Any
-        return {k: _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_convert(kt, k, f"{where} key {k!r}"): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where}: expected true/false, got {value!r}")
@@ -156,7 +155,7 @@ def from_dict(cls: type[T], data: Any, where: str | None = None) -> T:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not be strings (``1: x``)
     if unknown:
         raise ValueError(
             f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(fields)}"

@@ -13,19 +13,24 @@ Validation (counts and rejections of the synthesized version):
 
     written / rows ≥ validation.min_written_fraction    and    rejected / rows ≤ validation.max_rejection_rate
 
-A failed validation raises :class:`pipelines.versions.ValidationFailedError` after writing ``validation.json``; the
-version stays (incomplete as a published dataset, complete as files) and ``LATEST`` is untouched. Retention then
-keeps the newest ``retention.keep`` complete versions and always the published one.
+Either way the summary is recorded as the version's ``_refresh/validation.json``
+(:func:`pipelines.versions.record_validation`). A failed validation raises
+:class:`pipelines.versions.ValidationFailedError`; the version stays, for diagnosis, as a *failed* version (complete as
+files, never published) and ``LATEST`` is untouched.
 
-Resume: the version id is ``<UTC time>-<spec hash8>``; a rerun of the same spec first looks for an incomplete version
-with the same hash and continues it (each stage skips its committed shards, the manifest is immutable), so a killed
-refresh rerun loses nothing and writes nothing twice. Every stage's settings live in the spec; the refresh only
-supplies the paths, the dataset, the seed and the storage, and refuses those keys in the stage sections.
+Retention runs after every refresh, passed or failed (:func:`pipelines.versions.apply_retention`): it keeps the newest
+``retention.keep`` validated versions and always the published one. Failed versions never count toward ``keep`` and
+never displace a validated one; the newest ``retention.keep_failed`` of them stay and older ones are deleted.
+
+Resume: the version id is ``<UTC time>-<spec hash8>``; a rerun of the same spec first looks for an unfinished version
+(incomplete, or complete but not yet validated) with the same hash and continues it (each stage skips its committed
+shards, the manifest is immutable), so a killed refresh rerun loses nothing and writes nothing twice. Every stage's
+settings live in the spec; the refresh only supplies the paths, the dataset, the seed and the storage, and refuses
+those keys in the stage sections.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,21 +46,23 @@ from pipelines.masks import MasksConfig, run_masks
 from pipelines.storage import StorageConfig
 from pipelines.synthesize import SynthesizeConfig, run_synthesis
 from pipelines.versions import (
+    KEEP_FAILED,
+    REFRESH_DIR,
     ValidationFailedError,
     apply_retention,
     check_segment,
     list_versions,
     new_version_id,
     publish_latest,
+    record_validation,
     spec_hash,
     version_uri,
 )
+from pipelines.versions import VALIDATION_NAME as VALIDATION_NAME  # re-exported: <version>/_refresh/validation.json
 
 logger = logging.getLogger(__name__)
 
 WORK_DIR = "_work"
-REFRESH_DIR = "_refresh"
-VALIDATION_NAME = "validation.json"
 # Keys the refresh fills in itself; a stage section that sets one is a config error.
 MASKS_RESERVED = ("dataset", "out", "job_seed", "storage")
 SYNTHESIZE_RESERVED = ("manifest", "out", "model_uri", "storage")
@@ -88,12 +95,15 @@ class ValidationConfig:
 class RetentionConfig:
     """How many versions stay."""
 
-    keep: int = 5  # newest complete versions kept (the published one is always kept)
-    prune_incomplete_after_s: float | None = None  # also delete incomplete versions idle this long (null: never)
+    keep: int = 5  # newest validated versions kept (the published one is always kept; failed ones never count)
+    keep_failed: int | None = KEEP_FAILED  # newest failed versions kept for diagnosis (null: all of them)
+    prune_incomplete_after_s: float | None = None  # also delete incomplete/unvalidated versions idle this long
 
     def __post_init__(self) -> None:
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ValueError(f"retention.keep must be an integer >= 1, got {self.keep!r}")
+        if self.keep_failed is not None and self.keep_failed < 0:
+            raise ValueError(f"retention.keep_failed must be an integer >= 0 or null, got {self.keep_failed!r}")
 
 
 @dataclass(kw_only=True)
@@ -219,11 +229,13 @@ class RefreshSummary:
 
 
 def choose_version(cfg: RefreshConfig) -> tuple[str, bool]:
-    """(version id, resumed): the explicit id, an incomplete version of the same spec to resume, or a new id."""
+    """(version id, resumed): the explicit id, an unfinished version of the same spec to resume (incomplete, or
+    complete without a validation record), or a new id."""
     if cfg.version:
         return cfg.version, False
     suffix = "-" + spec_hash(cfg.spec())[:8]
-    unfinished = [v for v in list_versions(cfg.prefix, cfg.name, cfg.storage) if not v.complete]
+    versions = list_versions(cfg.prefix, cfg.name, cfg.storage)
+    unfinished = [v for v in versions if v.state in ("incomplete", "unvalidated")]
     same_spec = sorted(v.version for v in unfinished if v.version.endswith(suffix))
     if same_spec:
         return same_spec[-1], True
@@ -284,11 +296,7 @@ def run_refresh(cfg: RefreshConfig) -> RefreshSummary:
         cfg.validation, manifest.rows, synth.written, synth.rejected, synth.rejected_by_reason
     )
     validation["version"] = version
-    st.write_text_atomic(
-        st.join(vdir, REFRESH_DIR, VALIDATION_NAME),
-        json.dumps(validation, indent=1, sort_keys=True) + "\n",
-        cfg.storage,
-    )
+    record = record_validation(vdir, validation, cfg.storage)
     summary = RefreshSummary(
         name=cfg.name,
         version=version,
@@ -299,17 +307,24 @@ def run_refresh(cfg: RefreshConfig) -> RefreshSummary:
         stage_seconds=seconds,
     )
     if not validation["passed"]:
+        removed = _apply_retention(cfg)  # a failed version never counts toward keep, so this never costs a good one
         raise ValidationFailedError(
             f"refresh {cfg.name} version {version} failed validation ({'; '.join(validation['failures'])}); "
-            f"LATEST is unchanged; details in {st.join(vdir, REFRESH_DIR, VALIDATION_NAME)}"
+            f"LATEST is unchanged; details in {record}; retention removed: {', '.join(removed) or 'nothing'}"
         )
     publish_latest(cfg.prefix, cfg.name, version, cfg.storage, validation=validation)
     summary.published = True
-    summary.removed = apply_retention(
+    summary.removed = _apply_retention(cfg)
+    return summary
+
+
+def _apply_retention(cfg: RefreshConfig) -> list[str]:
+    """:func:`pipelines.versions.apply_retention` with the spec's retention settings; returns the deleted ids."""
+    return apply_retention(
         cfg.prefix,
         cfg.name,
         cfg.retention.keep,
         cfg.storage,
+        keep_failed=cfg.retention.keep_failed,
         prune_incomplete_after_s=cfg.retention.prune_incomplete_after_s,
     )
-    return summary

@@ -3,21 +3,28 @@
 Layout under a dataset URI ``<prefix>/<name>`` (a local directory or an ``s3://`` prefix)::
 
     <prefix>/<name>/versions/<version>/   one dataset version (DESIGN §4: data/, images/, masks/, ..., _SUCCESS last)
+    <prefix>/<name>/versions/<version>/_refresh/validation.json   its validation record (see below)
     <prefix>/<name>/LATEST                a small JSON naming the published version (see :class:`LatestPointer`)
 
 Contract:
 
 * A version is **complete** when ``<version>/_SUCCESS`` exists (the synthesis commit protocol writes it last).
-  :func:`publish_latest` refuses an incomplete version and a validation summary whose ``passed`` is not ``True``,
-  so a failed or half-written refresh never moves ``LATEST``.
+  Its **validation record** (:func:`record_validation`) is the summary it was judged on; the record's ``passed``
+  settles its state (:attr:`VersionInfo.state`): ``validated`` (complete, ``passed`` is ``True``), ``failed``
+  (complete, any other ``passed``, or an unreadable record), ``unvalidated`` (complete, no record yet: a refresh
+  between synthesis and validation, or a version written by other means) or ``incomplete`` (no ``_SUCCESS``).
+* :func:`publish_latest` refuses an incomplete version, a validation summary whose ``passed`` is not ``True`` and a
+  version whose record failed, so ``LATEST`` never names a failed or half-written version. It records the summary
+  it was given in a version that has no record yet (a refused one too), so every publisher leaves the outcome behind.
 * ``LATEST`` is replaced by one atomic write (:func:`pipelines.storage.write_text_atomic`: a rename locally, a
   single PUT on S3): a reader sees the old pointer or the new one, never a mix. Concurrent publishers: the last
   write wins.
 * Versions are ordered by the time their ``_SUCCESS`` marker was written (ties: by version id), oldest first.
-  :func:`apply_retention` keeps the ``keep`` newest complete versions and always the one ``LATEST`` names; it deletes
-  a version's ``_SUCCESS`` first, so a deletion that dies half way leaves an incomplete version, never a complete
-  one with files missing. Incomplete versions (a refresh still running, or one that failed) are only removed when
-  ``prune_incomplete_after_s`` says they are old enough.
+  :func:`apply_retention` keeps the ``keep`` newest **validated** versions and always the one ``LATEST`` names;
+  failed versions never count toward ``keep`` and never displace a validated one: the ``keep_failed`` newest stay
+  for diagnosis and older ones are deleted. Unvalidated and incomplete versions (possibly a refresh still running)
+  are only removed when ``prune_incomplete_after_s`` says they are old enough. A deletion removes ``_SUCCESS``
+  first, so one that dies half way leaves an incomplete version, never a complete one with files missing.
 * :func:`resolve` is the consumer's entry point: it reads ``LATEST`` and returns the URI of that version, derived
   from where ``LATEST`` was found (so a copied or mirrored dataset tree resolves within itself); the ``uri`` field
   of the JSON is the same URI at publish time, for readers that parse the file directly.
@@ -37,7 +44,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pipelines import storage as st
 from pipelines.storage import StorageConfig, StorageNotFoundError
@@ -48,6 +55,12 @@ VERSIONS_DIR = "versions"
 LATEST_NAME = "LATEST"
 SUCCESS_NAME = "_SUCCESS"
 LATEST_FORMAT = "fastgen-latest/1"
+REFRESH_DIR = "_refresh"
+VALIDATION_NAME = "validation.json"
+#: How many failed versions :func:`apply_retention` keeps by default (the newest ones).
+KEEP_FAILED = 3
+
+VersionState = Literal["validated", "failed", "unvalidated", "incomplete"]
 
 # A name or version is one path segment: letters, digits, ".", "_", "-"; not starting with "." (no "..", no hidden).
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
@@ -120,12 +133,24 @@ class VersionInfo:
         uri: the version's URI.
         complete: whether ``_SUCCESS`` exists.
         created: modification time of ``_SUCCESS`` (UTC) for a complete version, else None.
+        passed: the ``passed`` of its validation record (False for an unreadable one); None without a record. Read
+            for complete versions only.
     """
 
     version: str
     uri: str
     complete: bool
     created: datetime | None
+    passed: bool | None = None
+
+    @property
+    def state(self) -> VersionState:
+        """``validated``, ``failed``, ``unvalidated`` (complete, no record) or ``incomplete`` (see the module)."""
+        if not self.complete:
+            return "incomplete"
+        if self.passed is None:
+            return "unvalidated"
+        return "validated" if self.passed else "failed"
 
 
 # ---------------------------------------------------------------- names and URIs
@@ -240,12 +265,54 @@ def is_complete(uri: str, storage: StorageConfig | None = None) -> bool:
     return st.exists(st.join(uri, SUCCESS_NAME), storage)
 
 
+# ---------------------------------------------------------------- validation records
+def validation_uri(uri: str) -> str:
+    """``<version>/_refresh/validation.json``: where the validation record of the version at ``uri`` lives."""
+    return st.join(uri, REFRESH_DIR, VALIDATION_NAME)
+
+
+def record_validation(uri: str, validation: Mapping[str, Any], storage: StorageConfig | None = None) -> str:
+    """Write ``validation`` (a summary with ``passed``) as the record of the version at ``uri``; returns its URI.
+
+    One atomic write of sorted, indented JSON; values JSON cannot encode are written as their ``str``. An existing
+    record is replaced (a refresh that resumes a version records its new outcome).
+    """
+    if not isinstance(validation, Mapping):
+        raise TypeError(f"record_validation: validation must be a mapping, got {type(validation).__name__}")
+    target = validation_uri(uri)
+    st.write_text_atomic(target, json.dumps(dict(validation), indent=1, sort_keys=True, default=str) + "\n", storage)
+    return target
+
+
+def read_validation(uri: str, storage: StorageConfig | None = None) -> dict[str, Any] | None:
+    """The validation record of the version at ``uri``, or None when it has none.
+
+    A record that is not a JSON object reads as ``{"passed": False, "unreadable": <why>}``: a version whose outcome
+    cannot be read is never taken for a validated one.
+    """
+    where = validation_uri(uri)
+    try:
+        text = st.read_text(where, storage)
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        logger.warning("%s: not valid JSON (%s); the version counts as failed", where, exc)
+        return {"passed": False, "unreadable": f"not valid JSON ({exc})"}
+    if not isinstance(data, dict):
+        logger.warning("%s: not a JSON object; the version counts as failed", where)
+        return {"passed": False, "unreadable": f"expected a JSON object, got {type(data).__name__}"}
+    return data
+
+
 def list_versions(prefix: str, name: str, storage: StorageConfig | None = None) -> list[VersionInfo]:
     """Every version directory of dataset ``name``, oldest first; incomplete ones last, by id.
 
     Empty directories are not versions (stores such as SeaweedFS keep a folder after its last object is deleted).
-    Complete versions are ordered by the time of their ``_SUCCESS`` marker, then by id. Entries under
-    ``versions/`` that are not valid version ids (e.g. a temp file) are skipped with a warning.
+    Complete versions are ordered by the time of their ``_SUCCESS`` marker, then by id, and carry the ``passed`` of
+    their validation record (one more read each). Entries under ``versions/`` that are not valid version ids (e.g. a
+    temp file) are skipped with a warning.
     """
     root = st.join(dataset_uri(prefix, name), VERSIONS_DIR)
     if not st.exists(root, storage):
@@ -262,7 +329,10 @@ def list_versions(prefix: str, name: str, storage: StorageConfig | None = None) 
             logger.debug("skipping %s: an empty directory (a deleted version on a store that keeps folders)", entry)
             continue
         created = _mtime(info) if info else None
-        out.append(VersionInfo(version=version, uri=uri, complete=info is not None, created=created))
+        passed = None
+        if info is not None and (record := read_validation(uri, storage)) is not None:
+            passed = record.get("passed") is True
+        out.append(VersionInfo(version=version, uri=uri, complete=info is not None, created=created, passed=passed))
     epoch = datetime.min.replace(tzinfo=timezone.utc)
     return sorted(out, key=lambda v: (not v.complete, v.created or epoch, v.version))
 
@@ -299,32 +369,45 @@ def publish_latest(
         version: a version id under ``<prefix>/<name>/versions/``.
         storage: S3 settings.
         validation: the validation summary, JSON-serialisable, with ``"passed": True`` (any other value refuses
-            the publish); stored in the pointer for consumers to audit.
+            the publish); stored in the pointer for consumers to audit, and recorded in the version when it has no
+            validation record yet (also when refused, so retention knows the version failed).
         now: publish time (default: the current UTC time).
 
     Returns:
         The pointer written.
 
     Raises:
-        ValidationFailedError: ``validation["passed"]`` is not ``True``; ``LATEST`` is untouched.
+        ValidationFailedError: ``validation["passed"]`` is not ``True``, or the version's own validation record
+            did not pass (a failed version is never published); ``LATEST`` is untouched.
         VersionNotFoundError: the version directory has no ``_SUCCESS``; ``LATEST`` is untouched.
     """
     target = version_uri(prefix, name, version)
     if not isinstance(validation, Mapping):
         raise TypeError(f"publish_latest: validation must be a mapping, got {type(validation).__name__}")
     if validation.get("passed") is not True:
+        if is_complete(target, storage) and read_validation(target, storage) is None:
+            record_validation(target, validation, storage)
         raise ValidationFailedError(
             f"not publishing {target}: validation did not pass ({json.dumps(dict(validation), default=str)[:500]}); "
             "LATEST is unchanged"
         )
+    plain = _plain_json(validation, target)
     if not is_complete(target, storage):
         raise VersionNotFoundError(f"not publishing {target}: it has no {SUCCESS_NAME} marker (incomplete version)")
+    record = read_validation(target, storage)
+    if record is None:
+        record_validation(target, plain, storage)
+    elif record.get("passed") is not True:
+        raise ValidationFailedError(
+            f"not publishing {target}: its validation record {validation_uri(target)} did not pass (a failed version "
+            "is never published); LATEST is unchanged"
+        )
     pointer = LatestPointer(
         name=name,
         version=version,
         uri=target,
         created=_utc_iso(now or datetime.now(timezone.utc)),
-        validation=_plain_json(validation, target),
+        validation=plain,
     )
     latest = st.join(dataset_uri(prefix, name), LATEST_NAME)
     previous = read_latest(prefix, name, storage)
@@ -377,53 +460,75 @@ def _newest_write(uri: str, storage: StorageConfig | None) -> datetime | None:
     return max((_mtime(i) for i in infos.values() if i.get("type") == "file"), default=None)
 
 
+def _is_count(value: Any, least: int) -> bool:
+    """Whether ``value`` is an int (not a bool) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def apply_retention(
     prefix: str,
     name: str,
     keep: int,
     storage: StorageConfig | None = None,
     *,
+    keep_failed: int | None = KEEP_FAILED,
     prune_incomplete_after_s: float | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> list[str]:
-    """Delete old versions of dataset ``name``: keep the ``keep`` newest complete ones and the one ``LATEST`` names.
+    """Delete old versions of dataset ``name``: keep the ``keep`` newest validated ones and the one ``LATEST`` names.
+
+    The rule, by :attr:`VersionInfo.state`:
+
+    * ``validated``: the ``keep`` newest stay (``LATEST``'s version counts when it is one of them), older ones go;
+      ``LATEST``'s version always stays.
+    * ``failed``: kept for diagnosis, but never counted toward ``keep``, so a failed refresh never displaces a
+      validated version; the ``keep_failed`` newest stay, older ones go.
+    * ``unvalidated`` and ``incomplete`` (possibly a refresh still running): deleted only with
+      ``prune_incomplete_after_s``, once their newest file is that old.
 
     Args:
         prefix: the datasets prefix.
         name: the dataset name.
-        keep: how many complete versions to keep (>= 1), counting the newest first.
+        keep: how many validated versions to keep (>= 1), counting the newest first.
         storage: S3 settings.
-        prune_incomplete_after_s: also delete incomplete versions whose newest file is older than this many
-            seconds (None: never delete an incomplete version, as it may be a refresh still running).
+        keep_failed: how many failed versions to keep (>= 0), the newest first; None keeps every failed version.
+        prune_incomplete_after_s: also delete unvalidated and incomplete versions whose newest file is older than
+            this many seconds (None: never delete them, as they may be a refresh still running).
         dry_run: only report what would be deleted.
         now: the current time for the incomplete-version age (default: now, UTC).
 
     Returns:
-        The deleted (or, with ``dry_run``, deletable) version ids, oldest first.
+        The deleted (or, with ``dry_run``, deletable) version ids, in :func:`list_versions` order (oldest first).
     """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+    if not _is_count(keep, 1):
         raise ValueError(f"apply_retention: keep must be an integer >= 1, got {keep!r}")
+    if keep_failed is not None and not _is_count(keep_failed, 0):
+        raise ValueError(f"apply_retention: keep_failed must be an integer >= 0 or None, got {keep_failed!r}")
     if prune_incomplete_after_s is not None and prune_incomplete_after_s < 0:
         raise ValueError(f"apply_retention: prune_incomplete_after_s must be >= 0, got {prune_incomplete_after_s}")
     pointer = read_latest(prefix, name, storage)
     protected = {pointer.version} if pointer else set()
     versions = list_versions(prefix, name, storage)
-    complete = [v for v in versions if v.complete]
-    doomed = [v for v in complete[: max(len(complete) - keep, 0)] if v.version not in protected]
+    validated = [v for v in versions if v.state == "validated"]
+    failed = [v for v in versions if v.state == "failed"]
+    doomed = {v.version for v in validated[: max(len(validated) - keep, 0)]}
+    if keep_failed is not None:
+        doomed |= {v.version for v in failed[: max(len(failed) - keep_failed, 0)]}
     if prune_incomplete_after_s is not None:
         moment = now or datetime.now(timezone.utc)
         for v in versions:
-            if v.complete or v.version in protected:
+            if v.state not in ("unvalidated", "incomplete"):
                 continue
             newest = _newest_write(v.uri, storage)
             if newest is None or (moment - newest).total_seconds() >= prune_incomplete_after_s:
-                doomed.append(v)
-    for v in doomed:
+                doomed.add(v.version)
+    deleted = [v for v in versions if v.version in doomed and v.version not in protected]
+    for v in deleted:
         if dry_run:
-            logger.info("retention (dry run): would delete %s", v.uri)
+            logger.info("retention (dry run): would delete %s (%s)", v.uri, v.state)
             continue
         started = time.monotonic()
         _remove_version(v.uri, storage)
-        logger.info("retention: deleted %s (%.1fs)", v.uri, time.monotonic() - started)
-    return [v.version for v in doomed]
+        logger.info("retention: deleted %s (%s, %.1fs)", v.uri, v.state, time.monotonic() - started)
+    return [v.version for v in deleted]

@@ -18,9 +18,10 @@ numpy; local paths only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -318,8 +319,28 @@ def split_anomalies(records: Sequence[ImageRecord]) -> Split:
 
 # Modes returned as they are; others need an explicit target mode.
 _NATIVE_MODES = ("L", "RGB")
-# Modes whose conversion to 8 bits would clip values silently.
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+#: Modes whose conversion to 8 bits would clip values silently (16/32-bit integer, float): refused, never converted.
+WIDE_MODES: tuple[str, ...] = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# What Pillow raises for a file it cannot decode (not an image, truncated, corrupt; UnidentifiedImageError is OSError).
+_UNDECODABLE = (OSError, SyntaxError, EOFError)
+
+
+@contextlib.contextmanager
+def _decoding(path: str | Path, what: str) -> Iterator[None]:
+    """Turn Pillow's errors for an undecodable file into one ``ValueError`` that names ``path``.
+
+    A header that claims more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's ``DecompressionBombError``,
+    raised by ``Image.open`` from the header alone) is refused before any pixel is decoded. A missing file stays a
+    ``FileNotFoundError``.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: {what} refused before decoding: {exc}") from exc
+    except _UNDECODABLE as exc:
+        raise ValueError(f"{path}: cannot decode {what} ({type(exc).__name__}: {exc})") from exc
 
 
 def load_image(path: str | Path, mode: Literal["L", "RGB"] | None = None) -> np.ndarray:
@@ -330,13 +351,15 @@ def load_image(path: str | Path, mode: Literal["L", "RGB"] | None = None) -> np.
         mode: convert to this mode; None keeps the file's own mode, which must then be ``"L"``, ``"1"`` or ``"RGB"``.
 
     Raises:
-        ValueError: an unknown ``mode``, a 16-bit/float image (8-bit conversion would clip it), or a file mode that
-            needs an explicit ``mode`` (e.g. RGBA, P).
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unknown ``mode``, a 16-bit/float image (8-bit conversion would clip it), a file mode that
+            needs an explicit ``mode`` (e.g. RGBA, P), or a file that cannot be decoded (truncated, not an image, a
+            header claiming too many pixels); the message names ``path``.
     """
     if mode not in (None, *_NATIVE_MODES):
         raise ValueError(f"mode = {mode!r} is not one of: None, 'L', 'RGB'")
-    with Image.open(path) as im:
-        if im.mode in _WIDE_MODES:
+    with _decoding(path, "image"), Image.open(path) as im:
+        if im.mode in WIDE_MODES:
             raise ValueError(f"{path}: image mode {im.mode} is not 8-bit; convert the dataset to 8-bit L or RGB")
         if mode is None:
             if im.mode == "1":
@@ -351,12 +374,12 @@ def load_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
     """Decode a mask to a bool (H, W) array, True = anomaly: grey value (after conversion to ``"L"``) ≥ ``threshold``.
 
     A 0/255 mask gives the same result for any threshold in 1..255. Whether a mask is strictly binary is checked by
-    :func:`fast_core.data.validate.validate_dataset`, not here.
+    :func:`fast_core.data.validate.validate_dataset`, not here. Errors are those of :func:`load_image`.
     """
     if not 1 <= threshold <= 255:
         raise ValueError(f"threshold = {threshold} must be in 1..255")
-    with Image.open(path) as im:
-        if im.mode in _WIDE_MODES:
+    with _decoding(path, "mask"), Image.open(path) as im:
+        if im.mode in WIDE_MODES:
             raise ValueError(f"{path}: mask mode {im.mode} is not 8-bit; save masks as 8-bit L (0/255)")
         grey = np.asarray(im.convert("L"), dtype=np.uint8)
     return grey >= threshold

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from jobs.cli import main
-from pipelines import storage
+from pipelines import refresh, storage
 from pipelines.config import load_config
 from pipelines.refresh import REFRESH_DIR, VALIDATION_NAME, RefreshConfig, run_refresh, validate_version, work_uri
 from pipelines.versions import ValidationFailedError, list_versions, read_latest, resolve
 from tests.helpers.dummy_data import make_dummy_mvtec
+from tests.helpers.synthetic_versions import make_synthetic_version
 from tests.helpers.tiny_models import publish_tiny_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "refresh-tiny.yaml"
@@ -57,6 +59,44 @@ def test_stage_sections_are_checked_before_any_work(inputs: dict[str, str], tmp_
     with pytest.raises(ValueError, match="not a valid path segment"):
         _cfg(inputs, str(tmp_path), 'name="../up"')
     assert not any(tmp_path.iterdir())
+
+
+def test_failed_refreshes_never_displace_published_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_refresh records every outcome and applies retention after passes and failures alike: failed versions never
+    count toward retention.keep, the newest retention.keep_failed of them stay, LATEST stays on a validated one.
+
+    The stages are stand-ins (no Ray, no model): synthesis writes a synthetic version and reports the counts below.
+    """
+    outcome = {"written": 4, "rejected": 0}
+
+    def fake_synthesis(cfg: refresh.SynthesizeConfig) -> SimpleNamespace:
+        make_synthetic_version(cfg.out, n_per_defect=4, size=(8, 8))
+        reasons = {"mask_empty": outcome["rejected"]} if outcome["rejected"] else {}
+        return SimpleNamespace(**outcome, rejected_by_reason=reasons)
+
+    monkeypatch.setattr(refresh, "write_manifest", lambda cfg: SimpleNamespace(rows=4))
+    monkeypatch.setattr(refresh, "run_synthesis", fake_synthesis)
+    prefix = str(tmp_path / "datasets")
+    base = ['dataset.root="x"', 'model_uri="m"', f"prefix={json.dumps(prefix)}", "masks=null"]
+
+    def run(version: str, passed: bool) -> refresh.RefreshSummary:
+        outcome.update({"written": 4, "rejected": 0} if passed else {"written": 1, "rejected": 3})
+        cfg = load_config(RefreshConfig, CONFIG, [*base, f"version={version}", "retention.keep=1"])
+        cfg.retention.keep_failed = 1
+        return run_refresh(cfg)
+
+    assert run("r0", True).published
+    with pytest.raises(ValidationFailedError, match="LATEST is unchanged.*retention removed: nothing"):
+        run("r1", False)
+    with pytest.raises(ValidationFailedError, match="retention removed: r1"):  # only the older failed one goes
+        run("r2", False)
+    assert read_latest(prefix, "tiny").version == "r0"
+    assert [(v.version, v.state) for v in list_versions(prefix, "tiny")] == [("r0", "validated"), ("r2", "failed")]
+    summary = run("r3", True)
+    assert summary.published and summary.removed == ["r0"]
+    assert [(v.version, v.state) for v in list_versions(prefix, "tiny")] == [("r2", "failed"), ("r3", "validated")]
+    report = json.loads(storage.read_text(storage.join(resolve(prefix, "tiny"), REFRESH_DIR, VALIDATION_NAME)))
+    assert report["passed"] is True and report["version"] == "r3"
 
 
 @pytest.mark.ray

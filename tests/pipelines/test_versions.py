@@ -1,10 +1,12 @@
-"""Tests of pipelines.versions: version ids, LATEST publish/read/resolve, retention, on local storage and S3."""
+"""Tests of pipelines.versions: version ids, LATEST publish/read/resolve, validation records and retention, on local
+storage and S3."""
 
 from __future__ import annotations
 
 import json
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -19,18 +21,26 @@ from pipelines.versions import (
     new_version_id,
     publish_latest,
     read_latest,
+    read_validation,
+    record_validation,
     resolve,
     version_uri,
 )
+from tests.helpers.synthetic_versions import make_synthetic_version
 
 PASSED = {"passed": True, "checks": {"rows": 8, "rejected": 0}}
 T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone.utc)
 
 
-def _make_version(prefix: str, name: str, version: str, storage=None, *, complete: bool = True) -> str:
-    """Write a small dataset version (one data file, then _SUCCESS when complete); returns its URI."""
+def _make_version(
+    prefix: str, name: str, version: str, storage=None, *, complete: bool = True, validation: dict | None = PASSED
+) -> str:
+    """Write a small dataset version (one data file, its validation record unless None, then _SUCCESS when
+    complete); returns its URI."""
     uri = version_uri(prefix, name, version)
     st.write_bytes_atomic(st.join(uri, "data", "part-00000.parquet"), b"rows of " + version.encode(), storage)
+    if validation is not None:
+        record_validation(uri, validation, storage)
     if complete:
         st.write_text_atomic(st.join(uri, vs.SUCCESS_NAME), "", storage)
     return uri
@@ -110,7 +120,7 @@ def test_failed_refresh_leaves_latest_untouched(tmp_path):
     publish_latest(prefix, "tiles", "v1", validation=PASSED, now=T0)
     before = (tmp_path / "tiles" / "LATEST").read_bytes()
 
-    _make_version(prefix, "tiles", "v2")
+    _make_version(prefix, "tiles", "v2", validation=None)  # complete, not judged yet
     with pytest.raises(ValidationFailedError, match=r"validation did not pass.*fid"):
         publish_latest(prefix, "tiles", "v2", validation={"passed": False, "failed": ["fid"]})
     with pytest.raises(ValidationFailedError):
@@ -124,6 +134,8 @@ def test_failed_refresh_leaves_latest_untouched(tmp_path):
         publish_latest(prefix, "tiles", "v2", validation={"passed": True, "bad": object()})
     assert (tmp_path / "tiles" / "LATEST").read_bytes() == before
     assert resolve(prefix, "tiles").endswith("/versions/v1")
+    # the first refused publish left its outcome in v2 (later ones do not overwrite it)
+    assert read_validation(version_uri(prefix, "tiles", "v2")) == {"passed": False, "failed": ["fid"]}
 
 
 def test_malformed_latest_and_vanished_version(tmp_path):
@@ -215,6 +227,107 @@ def test_half_deleted_version_reads_incomplete(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert calls[0] == (f"{uri}/_SUCCESS", False)
     assert [(v.version, v.complete) for v in list_versions(prefix, "tiles")] == [("v1", False)]
+
+
+# ---------------------------------------------------------------- retention of validated and failed versions
+def _judged(prefix: str, name: str, version: str, passed: bool | None, minute: int) -> str:
+    """A synthetic version (tests.helpers.synthetic_versions) completed at T0 + ``minute`` minutes, with a validation
+    record that passed or failed (None: no record)."""
+    uri = version_uri(prefix, name, version)
+    make_synthetic_version(uri, n_per_defect=2, size=(8, 8), rows_per_part=2, seed=minute)
+    if passed is not None:
+        record_validation(uri, {"passed": passed, "rows": 2, "version": version})
+    _age(uri, T0 + timedelta(minutes=minute))
+    return uri
+
+
+def _states(prefix: str, name: str) -> list[tuple[str, str]]:
+    return [(v.version, v.state) for v in list_versions(prefix, name)]
+
+
+def test_retention_keeps_n_validated_versions(tmp_path: Path) -> None:
+    """Rule 1: ``keep`` counts validated versions only, so N of them stay however many newer versions failed."""
+    prefix = str(tmp_path)
+    for i, version in enumerate(["ok0", "ok1", "ok2"]):
+        _judged(prefix, "tiles", version, True, i)
+    publish_latest(prefix, "tiles", "ok2", validation={"passed": True})
+    for i, version in enumerate(["bad3", "bad4"], start=3):  # the two newest refreshes failed
+        _judged(prefix, "tiles", version, False, i)
+    assert _states(prefix, "tiles") == [
+        ("ok0", "validated"),
+        ("ok1", "validated"),
+        ("ok2", "validated"),
+        ("bad3", "failed"),
+        ("bad4", "failed"),
+    ]
+    assert apply_retention(prefix, "tiles", keep=2) == ["ok0"]
+    kept = [v for v in list_versions(prefix, "tiles") if v.state == "validated"]
+    assert [v.version for v in kept] == ["ok1", "ok2"]
+    assert all((Path(v.uri) / "data" / "part-00000.parquet").is_file() for v in kept)
+    assert apply_retention(prefix, "tiles", keep=2) == []  # idempotent
+
+
+def test_failed_versions_are_kept_for_diagnosis_but_never_count(tmp_path: Path) -> None:
+    """Rule 2: failed versions never displace a validated one; the ``keep_failed`` newest stay, older ones go."""
+    prefix = str(tmp_path)
+    history = [("ok0", True), ("bad1", False), ("bad2", False), ("ok3", True), ("bad4", False), ("bad5", False)]
+    for i, (version, passed) in enumerate(history):
+        _judged(prefix, "tiles", version, passed, i)
+    _judged(prefix, "tiles", "pending6", None, 6)  # complete, not judged yet (a refresh between synthesis and QA)
+    publish_latest(prefix, "tiles", "ok3", validation={"passed": True})
+
+    assert apply_retention(prefix, "tiles", keep=2, keep_failed=None) == []  # 2 validated, every failed one kept
+    assert apply_retention(prefix, "tiles", keep=2, keep_failed=2, dry_run=True) == ["bad1", "bad2"]
+    assert apply_retention(prefix, "tiles", keep=2, keep_failed=2) == ["bad1", "bad2"]
+    assert _states(prefix, "tiles") == [
+        ("ok0", "validated"),
+        ("ok3", "validated"),
+        ("bad4", "failed"),
+        ("bad5", "failed"),
+        ("pending6", "unvalidated"),
+    ]
+    # what stays of a failed version is whole: its rows and the record of why it failed
+    bad5 = version_uri(prefix, "tiles", "bad5")
+    assert read_validation(bad5) == {"passed": False, "rows": 2, "version": "bad5"}
+    assert (Path(bad5) / "data" / "part-00000.parquet").is_file()
+    # keep_failed=0 drops every failed version and still no validated one; the unvalidated one waits for pruning
+    assert apply_retention(prefix, "tiles", keep=2, keep_failed=0) == ["bad4", "bad5"]
+    assert apply_retention(prefix, "tiles", keep=1, keep_failed=0) == ["ok0"]
+    assert _states(prefix, "tiles") == [("ok3", "validated"), ("pending6", "unvalidated")]
+    later = T0 + timedelta(hours=1)
+    assert apply_retention(prefix, "tiles", keep=1, prune_incomplete_after_s=600, now=later) == ["pending6"]
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="keep_failed must be an integer"):
+            apply_retention(prefix, "tiles", keep=1, keep_failed=bad)
+
+
+def test_latest_never_points_at_a_failed_version(tmp_path: Path) -> None:
+    """Rule 3: a version whose record failed is never published, whatever summary a caller passes, and retention
+    never leaves LATEST on one."""
+    prefix = str(tmp_path)
+    _judged(prefix, "tiles", "ok0", True, 0)
+    publish_latest(prefix, "tiles", "ok0", validation={"passed": True})
+    latest = (tmp_path / "tiles" / "LATEST").read_bytes()
+    bad1 = _judged(prefix, "tiles", "bad1", False, 1)
+    with pytest.raises(ValidationFailedError, match=r"validation record .*bad1/_refresh/validation.json did not pass"):
+        publish_latest(prefix, "tiles", "bad1", validation={"passed": True})
+    # a version refused once (no record before) is failed from then on
+    _judged(prefix, "tiles", "late2", None, 2)
+    with pytest.raises(ValidationFailedError, match="validation did not pass"):
+        publish_latest(prefix, "tiles", "late2", validation={"passed": False, "failures": ["rejection rate"]})
+    with pytest.raises(ValidationFailedError, match="did not pass"):
+        publish_latest(prefix, "tiles", "late2", validation={"passed": True})
+    assert (tmp_path / "tiles" / "LATEST").read_bytes() == latest
+    assert apply_retention(prefix, "tiles", keep=1, keep_failed=0) == ["bad1", "late2"]
+    assert resolve(prefix, "tiles") == version_uri(prefix, "tiles", "ok0")
+    assert read_validation(bad1) is None  # deleted with its version
+    # a record that cannot be read counts as failed
+    odd = _judged(prefix, "tiles", "odd3", None, 3)
+    Path(vs.validation_uri(odd)).parent.mkdir(parents=True, exist_ok=True)
+    Path(vs.validation_uri(odd)).write_text("[1, 2]")
+    assert _states(prefix, "tiles")[-1] == ("odd3", "failed")
+    with pytest.raises(ValidationFailedError):
+        publish_latest(prefix, "tiles", "odd3", validation={"passed": True})
 
 
 # ---------------------------------------------------------------- S3
