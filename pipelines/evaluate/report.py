@@ -1,8 +1,9 @@
 """Testing the trained segmenter and writing its report: metric accumulation, ``metrics.json`` and ``predictions.png``.
 
-Predictions are made at the segmenter's input size S × S (images bicubic- and ground-truth masks nearest-resized to
-S × S); a pixel is predicted anomalous when σ(logit) ≥ ``threshold``. All counts are accumulated over every test
-pixel (pooled, not averaged per image) with :class:`fast_core.evaluation.SegmentationMetrics`.
+Predictions are made at the test images' own size (``resolution: native``: whole images, or overlapping tiles for
+images with a side above ``inference_tile``) or at S × S (``resize``: images bicubic- and ground-truth masks
+nearest-resized); a pixel is predicted anomalous when σ(logit) ≥ ``threshold``. All counts are accumulated over
+every test pixel (pooled, not averaged per image) with :class:`fast_core.evaluation.SegmentationMetrics`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fast_core.evaluation import SegmentationMetrics
-from fast_core.segmentation.inference import predict_proba
+from fast_core.segmentation.inference import predict_images, sliding_window_proba
 from fast_core.segmentation.training import images_from_uint8
 from pipelines.evaluate.data import PairSet, is_normal_key
 
@@ -78,17 +80,27 @@ def score_segmenter(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     num_preview: int = 6,
+    tile: int = 1024,
 ) -> EvalOutcome:
-    """Predict every test image in batches and accumulate the metrics (see :data:`DEFINITIONS`)."""
+    """Predict every test image at its own size and accumulate the metrics (see :data:`DEFINITIONS`).
+
+    Images whose longer side exceeds ``tile`` are predicted from overlapping ``tile × tile`` windows.
+    """
     by_category, per_category_scores = SegmentationMetrics(), {}
     by_defect, normals = SegmentationMetrics(max_exact_scores=0), SegmentationMetrics(max_exact_scores=0)
     show = set(preview_indices(test.keys, num_preview))
     preview = []
     n = len(test.keys)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        x = images_from_uint8(test.images[start:stop])
-        probs = predict_proba(model, x, batch_size, device)[:, 0].numpy()  # (b, S, S)
+    chunk = 4 * batch_size  # images held as float tensors at once
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        xs = [images_from_uint8(test.images[i][None])[0] for i in range(start, stop)]
+        small = [j for j, x in enumerate(xs) if max(x.shape[-2:]) <= tile]
+        probs: dict[int, np.ndarray] = {}
+        for j, p in zip(small, predict_images(model, [xs[j] for j in small], batch_size, device), strict=True):
+            probs[j] = p[0].numpy()
+        for j in (j for j in range(len(xs)) if j not in probs):
+            probs[j] = sliding_window_proba(model, xs[j], tile, batch_size=batch_size, device=device)[0].numpy()
         for j, i in enumerate(range(start, stop)):
             key, truth, prob = test.keys[i], test.masks[i], probs[j]
             pred = prob >= threshold
@@ -134,17 +146,28 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _rgb(panel: np.ndarray) -> np.ndarray:
-    """A uint8 (S, S, 3) view of a (C, S, S) uint8 image or an (S, S) bool mask (white = anomaly)."""
+def _rgb(panel: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 (h, w, 3) picture of a (C, H, W) uint8 image or an (H, W) bool mask (white = anomaly), shrunk so its
+    longer side is at most ``side``."""
     if panel.dtype == np.bool_:
-        grey = panel.astype(np.uint8) * 255
-        return np.repeat(grey[..., None], 3, axis=2)
-    img = panel.transpose(1, 2, 0)
-    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+        rgb = np.repeat((panel.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    else:
+        img = panel.transpose(1, 2, 0)
+        rgb = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+    h, w = rgb.shape[:2]
+    if max(h, w) > side:
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.Resampling.BOX))
+    return rgb
 
 
-def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 4) -> np.ndarray:
+def contact_sheet(
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 4, max_side: int = 256
+) -> np.ndarray:
     """One row per test image: image | ground truth | prediction, on a grey background: uint8 (H, W, 3).
+
+    Images may differ in size; each cell is as large as the largest panel (longer side at most ``max_side``).
 
     >>> sheet = contact_sheet([(np.zeros((1, 8, 8), np.uint8), np.ones((8, 8), bool), np.zeros((8, 8), bool))])
     >>> sheet.shape
@@ -152,11 +175,13 @@ def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: in
     """
     if not rows:
         raise ValueError("contact_sheet needs at least one row")
-    s = rows[0][1].shape[0]
-    height, width = len(rows) * (s + gap) + gap, 3 * (s + gap) + gap
+    pictures = [[_rgb(panel, max_side) for panel in panels] for panels in rows]
+    ch = max(p.shape[0] for row in pictures for p in row)
+    cw = max(p.shape[1] for row in pictures for p in row)
+    height, width = len(rows) * (ch + gap) + gap, 3 * (cw + gap) + gap
     sheet = np.full((height, width, 3), 96, np.uint8)
-    for r, panels in enumerate(rows):
-        for c, panel in enumerate(panels):
-            y, x = gap + r * (s + gap), gap + c * (s + gap)
-            sheet[y : y + s, x : x + s] = _rgb(panel)
+    for r, panels in enumerate(pictures):
+        for c, picture in enumerate(panels):
+            y, x = gap + r * (ch + gap), gap + c * (cw + gap)
+            sheet[y : y + picture.shape[0], x : x + picture.shape[1]] = picture
     return sheet

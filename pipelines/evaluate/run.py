@@ -45,6 +45,24 @@ def _eval_device(cfg: EvaluateConfig) -> torch.device:
     return torch.device("cuda") if cfg.scaling.use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
+def _resolution_text(cfg: EvaluateConfig) -> str:
+    """How images were sized for training and testing (copied into metrics.json)."""
+    if cfg.resolution == "resize":
+        return (
+            f"{cfg.image_size}x{cfg.image_size}: predictions and ground truth compared at the segmenter input size "
+            "(images bicubic-, masks nearest-neighbour-resized), not upsampled to the original size"
+        )
+    geometry = (
+        "synthetic pairs resized back to their normal image's size"
+        if cfg.synthetic_geometry == "source"
+        else "synthetic pairs at their stored size"
+    )
+    return (
+        f"native: trained on {cfg.crop_size}x{cfg.crop_size} crops at each image's own pixel size ({geometry}); "
+        f"tested on whole images at their own size (tiles of {cfg.inference_tile} above that side)"
+    )
+
+
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Train the segmenter on ``cfg.train_sources`` (+ normal images) and test it on the dataset's test set.
 
@@ -75,7 +93,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         t_test = time.perf_counter()
         device = _eval_device(cfg)
         outcome = score_segmenter(
-            fitted.model.to(device), test.pairs, cfg.threshold, cfg.eval_batch_size, device, cfg.num_preview
+            fitted.model.to(device),
+            test.pairs,
+            cfg.threshold,
+            cfg.eval_batch_size,
+            device,
+            cfg.num_preview,
+            cfg.inference_tile,
         )
         test_s = time.perf_counter() - t_test
         model = fitted.model.cpu()
@@ -88,12 +112,12 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     report = {
         **outcome.metrics,
         "threshold": cfg.threshold,
-        "resolution": f"{cfg.image_size}x{cfg.image_size}: predictions and ground truth compared at the segmenter "
-        "input size (images bicubic-, masks nearest-neighbour-resized), not upsampled to the original size",
+        "resolution": _resolution_text(cfg),
         "definitions": DEFINITIONS,
         "segmenter": {
             "arch": cfg.arch,
-            "encoder": "resnet18 (no pretrained weights)",
+            "encoder": cfg.encoder,
+            "pretrained": "ImageNet weights of the packaged file" if cfg.pretrained else "none (from scratch)",
             "in_channels": cfg.in_channels,
             "parameters": count_parameters(model),
             "loss": "BCE-with-logits + soft Dice (smooth 1, pooled over the batch)",
@@ -102,6 +126,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "train": {
             "sources": [s.describe() for s in cfg.train_sources],
             "pairs": train.counts,
+            "pairs_by_key": train.key_counts,
             "images": len(train.pairs.keys),
             "normal_requested": train.normal_requested,
             "normal_available": train.normal_available,

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from fast_core.data.layout import read_mvtec, split_anomalies
 from fast_core.data.transforms import decode_png
@@ -29,7 +30,17 @@ def _one_thread() -> None:
 
 
 def _cfg(root: Path, out: Path, sources: list[TrainSource], **kw: object) -> EvaluateConfig:
-    base: dict = dict(steps=4, batch_size=4, image_size=32, in_channels=1, log_every=2, num_preview=3)
+    """The from-scratch ResNet-18 at one resized size (``resolution: resize``); tests of the default pass overrides."""
+    base: dict = dict(
+        steps=4, batch_size=4, image_size=32, in_channels=1, log_every=2, num_preview=3, resolution="resize",
+        encoder="resnet18", pretrained=False,
+    )  # fmt: skip
+    return EvaluateConfig(dataset_root=str(root), out=str(out), train_sources=sources, **{**base, **kw})
+
+
+def _native(root: Path, out: Path, sources: list[TrainSource], **kw: object) -> EvaluateConfig:
+    """The default segmenter (pretrained EfficientNet-Lite0, native resolution) with tiny crops and budget."""
+    base: dict = dict(steps=3, batch_size=2, crop_size=32, log_every=1, num_preview=3)
     return EvaluateConfig(dataset_root=str(root), out=str(out), train_sources=sources, **{**base, **kw})
 
 
@@ -56,6 +67,18 @@ def test_bad_config_fails_naming_the_key(tmp_path: Path) -> None:
         load_config(EvaluateConfig, path, ["normal_fraction=1.0"])
     with pytest.raises(ValueError, match="cpus_per_worker = 0"):
         load_config(EvaluateConfig, path, ["scaling.cpus_per_worker=0"])
+    default = load_config(EvaluateConfig, path)
+    assert (default.encoder, default.pretrained, default.resolution, default.in_channels) == (
+        "efficientnet_lite0", True, "native", 3,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="efficientnet_lite0 needs in_channels = 3"):
+        load_config(EvaluateConfig, path, ["in_channels=1"])
+    with pytest.raises(ValueError, match="no pretrained weights for encoder 'resnet18'"):
+        load_config(EvaluateConfig, path, ["encoder=resnet18"])
+    with pytest.raises(ValueError, match="crop_size = 100 must be a positive multiple of 32"):
+        load_config(EvaluateConfig, path, ["crop_size=100"])
+    with pytest.raises(ValueError, match="resolution = 'half'"):
+        load_config(EvaluateConfig, path, ["resolution=half"])
 
 
 def test_missing_inputs_fail_before_work(tmp_path: Path) -> None:
@@ -82,8 +105,9 @@ def test_synthetic_rows_corrupt_png_are_skipped_with_reason(tmp_path: Path) -> N
         corrupt_masks={"widget__hole__000003"},
     )
     pairs, skipped = read_synthetic_pairs(TrainSource(kind="synthetic", uri=str(syn)), 32, 1)
-    assert len(pairs.keys) == 8 and pairs.images.shape == (8, 1, 32, 32) and pairs.masks.shape == (8, 32, 32)
-    assert pairs.images.dtype == np.uint8 and pairs.masks.dtype == np.bool_
+    images, masks = np.stack(pairs.images), np.stack(pairs.masks)
+    assert len(pairs.keys) == 8 and images.shape == (8, 1, 32, 32) and masks.shape == (8, 32, 32)
+    assert images.dtype == np.uint8 and masks.dtype == np.bool_
     assert {s.item: s.reason.split(":")[0] for s in skipped} == {
         "widget__scratch__000001": "image",
         "widget__hole__000003": "mask",
@@ -109,11 +133,48 @@ def test_train_and_test_sets_follow_the_split(tmp_path: Path) -> None:
     # real third: floor(6/3) + floor(4/3) = 3 anomalies; normal_fraction 0.5 → as many normals
     assert train.counts == {"real_third": 3, "normal": 3}
     assert train.pairs.keys == ["widget/hole"] + ["widget/scratch"] * 2 + ["widget/good"] * 3
-    assert train.pairs.masks[:3].any(axis=(1, 2)).all() and not train.pairs.masks[3:].any()
+    masks = np.stack(train.pairs.masks)
+    assert masks[:3].any(axis=(1, 2)).all() and not masks[3:].any()
     assert build_train_set(cfg, split).pairs.items == train.pairs.items  # seeded choice of normals
     test = build_eval_set(cfg, split)
     assert len(test.pairs.keys) == (4 + 3 - 1) + 2
     assert [s.item.endswith("scratch/003.png") for s in test.skipped] == [True]
+
+
+def test_native_sets_keep_each_image_at_its_own_size_and_colour(tmp_path: Path) -> None:
+    root = make_dummy_mvtec(tmp_path / "ds", mode="RGB", vary_size=True, defects={"scratch": 6}, n_test_good=3)
+    split = split_anomalies(read_mvtec(root))
+    cfg = _native(root, tmp_path / "out", [TrainSource(kind="real_third")], normal_fraction=0.5)
+    train, test = build_train_set(cfg, split), build_eval_set(cfg, split)
+    for pairs in (train.pairs, test.pairs):
+        for image, mask, item in zip(pairs.images, pairs.masks, pairs.items, strict=True):
+            original = np.asarray(Image.open(item))
+            assert image.shape == (3, *original.shape[:2]) and mask.shape == original.shape[:2]
+            assert np.array_equal(image.transpose(1, 2, 0), original)  # RGB end to end, not a grey copy
+    assert len({im.shape for im in test.pairs.images}) > 1
+
+
+def test_synthetic_pairs_return_to_their_normal_image_size_and_equal_counts_per_key(tmp_path: Path) -> None:
+    syn = make_synthetic_version(
+        tmp_path / "syn",
+        defect_types=("hole", "scratch"),
+        n_per_defect=5,
+        normals_root=tmp_path / "normals",
+        corrupt_images={"widget__hole__000001"},
+    )
+    normal0 = tmp_path / "normals" / "widget" / "train" / "good" / "000.png"
+    Image.fromarray(np.full((50, 70), 40, np.uint8)).save(normal0)  # the normal image row 0 was painted on
+    (tmp_path / "normals" / "widget" / "train" / "good" / "002.png").unlink()  # rows 2 lose their normal image
+    src = TrainSource(kind="synthetic", uri=str(syn), pairs_per_key=3)
+    pairs, skipped = read_synthetic_pairs(src, None, 3, source_geometry=True)
+    assert pairs.keys == ["widget/hole"] * 3 + ["widget/scratch"] * 3  # 3 per key although hole lost two rows
+    assert [i[-1] for i in pairs.items] == ["0", "3", "4", "0", "1", "3"]
+    assert pairs.images[0].shape == (3, 50, 70) and pairs.masks[0].shape == (50, 70) and pairs.masks[0].any()
+    assert pairs.images[1].shape == (3, 32, 40)
+    assert [s.item for s in skipped] == ["widget__hole__000001", "widget__hole__000002", "widget__scratch__000002"]
+    assert "source image" in skipped[1].reason and "unreadable" in skipped[1].reason
+    stored, _ = read_synthetic_pairs(TrainSource(kind="synthetic", uri=str(syn)), None, 3)
+    assert stored.images[0].shape == (3, 32, 40)  # without source geometry: the stored size
 
 
 def test_metric_plumbing_with_a_known_predictor() -> None:
@@ -130,7 +191,7 @@ def test_metric_plumbing_with_a_known_predictor() -> None:
     masks[1, 10:12, 10:12] = True  # anomaly that is not bright: 4 false negatives
     images[2, 0, 0, 0] = 250  # normal image with one bright pixel: 1 false positive
     keys = ["c/a", "c/b", "c/good"]
-    test = PairSet(images, masks, keys, ["test"] * 3, ["i0", "i1", "i2"])
+    test = PairSet(list(images), list(masks), keys, ["test"] * 3, ["i0", "i1", "i2"])
     m = score_segmenter(Bright(), test, threshold=0.5, batch_size=2, num_preview=2).metrics
     assert (m["overall"]["tp"], m["overall"]["fp"], m["overall"]["fn"]) == (16, 1, 4)
     assert m["overall"]["anomaly_iou"] == pytest.approx(16 / 21)
@@ -187,3 +248,21 @@ def test_same_config_gives_same_metrics(tmp_path: Path, ray_local: None) -> None
         r["train"].pop("wall_s")
         r["train"]["final"].pop("seconds_per_step")
     assert reports[0] == reports[1]
+
+
+@pytest.mark.ray
+def test_native_pretrained_evaluation_end_to_end(tmp_path: Path, ray_local: None) -> None:
+    """The default segmenter: pretrained EfficientNet-Lite0 on native crops, whole RGB test images at their size."""
+    root = make_dummy_mvtec(tmp_path / "ds", mode="RGB", vary_size=True, n_good=4, n_test_good=2, defects={"a": 6})
+    syn = make_synthetic_version(tmp_path / "syn", n_per_defect=4, mode="RGB", normals_root=tmp_path / "normals")
+    sources = [TrainSource(kind="synthetic", uri=str(syn)), TrainSource(kind="real_third")]
+    report = run_evaluation(_native(root, tmp_path / "out", sources))
+    split = split_anomalies(read_mvtec(root))
+    sizes = [Image.open(r.image_path).size for r in [*split.test_anomalies, *split.test_good]]
+    assert report["overall"]["pixels"] == sum(w * h for w, h in sizes)  # every test pixel at native size
+    assert report["train"]["pairs"] == {f"synthetic:{syn}": 4, "real_third": 2, "normal": 2}
+    assert report["train"]["pairs_by_key"][f"synthetic:{syn}"] == {"widget/scratch": 4}
+    assert report["segmenter"]["encoder"] == "efficientnet_lite0" and report["resolution"].startswith("native")
+    model = load_segmenter(tmp_path / "out" / "segmenter")
+    assert model.encoder_name == "efficientnet_lite0" and model.in_channels == 3
+    assert decode_png((tmp_path / "out" / "predictions.png").read_bytes()).shape[2] == 3
