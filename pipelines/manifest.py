@@ -16,6 +16,10 @@ of each defect's ground-truth masks; test-split anomalies are never read. ``shar
 Every source mask is decoded once; an unreadable or empty one is skipped with a warning and counted in
 ``manifest.json``. A defect key without any usable mask is a configuration error raised before anything is written.
 
+Rows name files inside their sources: ``image_uri`` (and a real ``mask_uri``) an absolute path under the resolved
+dataset root, a shard ``mask_uri`` a side file under ``shards_uri``. :func:`read_manifest` refuses a manifest with a
+row that points anywhere else (``..`` segments, another folder), when ``manifest.json`` names the dataset root.
+
 Immutability: writing to an ``out`` that already holds a manifest with the same rows is a no-op; different rows are
 an error. Bytes are deterministic (fixed row order and Parquet options, no timestamps), and ``manifest.json`` carries
 a hash of the content-relevant config (everything but ``out`` and ``storage``).
@@ -28,6 +32,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,11 +164,13 @@ def _dataset_plans(cfg: ManifestConfig) -> tuple[dict[tuple[str, str], KeyPlan],
     """A key plan per defect type of the test split (with its real training-third masks for source "real"), and
     the sorted normal images per category."""
     d = cfg.dataset
-    index = read_dataset(d.local_root, d.layout, d.categories)
+    # Listed under the resolved root, so every path is absolute and lexically inside it (symlinks inside the dataset
+    # are kept as they are, not followed out of it).
+    index = read_dataset(Path(d.local_root).resolve(), d.layout, d.categories)
     split = split_anomalies(index.records)
     normals: dict[str, list[str]] = defaultdict(list)
     for r in split.train_good:
-        normals[r.category].append(str(r.image_path.resolve()))
+        normals[r.category].append(str(r.image_path))
     plans: dict[tuple[str, str], KeyPlan] = {}
     for r in index.records:  # every defect type of the test split gets a key, with or without training masks
         if r.split == "test" and r.is_anomaly:
@@ -186,7 +193,7 @@ def _dataset_plans(cfg: ManifestConfig) -> tuple[dict[tuple[str, str], KeyPlan],
             if cfg.masks.embed:
                 plan.masks.append(MaskCandidate(source, png=encode_png(mask)))
             else:
-                plan.masks.append(MaskCandidate(source, uri=str(r.mask_path.resolve())))
+                plan.masks.append(MaskCandidate(source, uri=str(r.mask_path)))
     return plans, {c: sorted(v) for c, v in normals.items()}
 
 
@@ -349,8 +356,9 @@ def build_table(plan: ManifestPlan, job_seed: int, model_uri: str) -> pa.Table:
 
 
 def resolved_model_uri(uri: str) -> str:
-    """``uri`` as rows store it: a plain local path made absolute (workers may run elsewhere), URIs unchanged."""
-    return uri if "://" in uri else os.path.abspath(uri)
+    """``uri`` as rows store it: a plain local path made absolute (workers may run elsewhere), URIs and "" (no
+    model: a manifest for baseline generators only) unchanged."""
+    return uri if not uri or "://" in uri else os.path.abspath(uri)
 
 
 def config_hash(cfg: ManifestConfig) -> str:
@@ -459,18 +467,51 @@ def _first(mask: pa.ChunkedArray) -> int | None:
     return int(idx[0].as_py()) if len(idx) else None
 
 
+def _normal_uri(uri: str) -> str:
+    """``uri`` with ``.`` and ``..`` segments resolved lexically: an absolute local path, or ``s3://bucket/key``."""
+    if uri.startswith("s3://"):
+        return "s3://" + posixpath.normpath(uri[len("s3://") :])
+    return os.path.normpath(os.path.abspath(uri.removeprefix("file://")))
+
+
+def _inside(uri: str, roots: list[str]) -> bool:
+    """Whether ``uri`` is one of ``roots`` or lies under one of them (lexically, after ``..`` is resolved)."""
+    path = _normal_uri(uri)
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in map(_normal_uri, roots))
+
+
+def _source_roots(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """Column → the folders its URIs must lie in, from ``manifest.json`` (none when it names no dataset root)."""
+    root = summary.get("dataset_root")
+    if not isinstance(root, str) or not root:
+        return {}
+    source = summary.get("mask_source")
+    shards = source.get("shards_uri") if isinstance(source, dict) else None
+    masks = [root, shards] if isinstance(shards, str) and shards else [root]
+    return {IMAGE_URI: [root], MASK_URI: masks}
+
+
 def read_manifest(uri: str, storage: StorageConfig | None = None) -> pa.Table:
     """Read and validate the manifest at the directory ``uri``; returns its rows as a table of ``MANIFEST_SCHEMA``.
 
     Checks: ``manifest.json`` present (the manifest is complete), columns and types, no nulls in required columns,
-    exactly one of ``mask_uri`` / ``mask_png`` per row, unique ``sample_id``, ``seed >= 0``. Every error names the
-    manifest and, for row problems, the row index and its sample_id.
+    exactly one of ``mask_uri`` / ``mask_png`` per row, unique ``sample_id``, ``seed >= 0``, and, when
+    ``manifest.json`` names its ``dataset_root``, every ``image_uri`` under that root and every ``mask_uri`` under it
+    or under the mask shards' ``shards_uri`` (a manifest cannot make synthesis read files from elsewhere). Every error
+    names the manifest and, for row problems, the row index and its sample_id.
     """
     parquet_uri = join(uri, MANIFEST_FILE)
     if not exists(parquet_uri, storage):
         raise FileNotFoundError(f"no manifest at {uri} ({MANIFEST_FILE} missing)")
-    if not exists(join(uri, SUMMARY_FILE), storage):
+    summary_uri = join(uri, SUMMARY_FILE)
+    if not exists(summary_uri, storage):
         raise ValueError(f"manifest {uri} is incomplete ({SUMMARY_FILE} missing); rerun fastgen manifest")
+    try:
+        summary = json.loads(read_bytes(summary_uri, storage))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{summary_uri}: not valid JSON ({exc})") from exc
+    if not isinstance(summary, dict):
+        raise ValueError(f"{summary_uri}: expected a JSON object, got {type(summary).__name__}")
     try:
         table = pq.read_table(io.BytesIO(read_bytes(parquet_uri, storage)))
     except pa.ArrowException as exc:
@@ -497,4 +538,8 @@ def read_manifest(uri: str, storage: StorageConfig | None = None) -> pa.Table:
             if sid in seen:
                 raise row_error(row, "duplicate sample_id")
             seen.add(sid)
+    for column, roots in _source_roots(summary).items():
+        for row, value in enumerate(table[column].to_pylist()):
+            if value is not None and not _inside(value, roots):
+                raise row_error(row, f"{column} {value!r} is outside the manifest's sources ({', '.join(roots)})")
     return table

@@ -101,14 +101,12 @@ class ManifestConfig:
     masks: ManifestMasksConfig = field(default_factory=ManifestMasksConfig)
     counts: ManifestCountsConfig = field(default_factory=ManifestCountsConfig)
     job_seed: int = 0  # every pairing and per-row seed derives from it (>= 0)
-    model_uri: str = ""  # the published model each row is synthesized with (written into every row)
+    model_uri: str = ""  # the published model each row is synthesized with (every row); "" for baseline-only use
     out: str = ""  # manifest directory URI: manifest.parquet + manifest.json; immutable once written
     storage: StorageConfig = field(default_factory=StorageConfig)  # S3 settings for out and shards_uri
 
     def __post_init__(self) -> None:
         if self.job_seed < 0:
             raise ValueError(f"ManifestConfig.job_seed = {self.job_seed} must be >= 0")
-        if not self.model_uri:
-            raise ValueError("ManifestConfig.model_uri is empty; give the published model's URI")
         if not self.out:
             raise ValueError("ManifestConfig.out is empty; give a new manifest directory (local or s3://)")

@@ -19,8 +19,10 @@ from pipelines.storage import StorageConfig
 
 DType = Literal["float32", "float16", "bfloat16"]
 #: What paints the anomaly: the FAST model, or a baseline of FAST_SPEC §8.5 (fast_core.baselines) that makes its own
-#: mask (the manifest's mask is not used by a baseline; the manifest still fixes the normal image and the seed).
-Generator = Literal["fast", "cutpaste", "cutpaste_scar", "perlin"]
+#: mask. cutpaste, cutpaste_scar and perlin ignore the manifest's mask (the manifest still fixes the normal image and
+#: the seed); realpaste pastes the row's real mask, cut with the defect image it belongs to, onto the normal image, at
+#: a random flip / quarter turn / position, so it needs a manifest of real masks (``masks.source: real``).
+Generator = Literal["fast", "cutpaste", "cutpaste_scar", "perlin", "realpaste"]
 
 
 def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
@@ -80,14 +82,25 @@ class BaselineSettings:
     """Settings of the baseline generators (used only when ``generator`` is not ``fast``).
 
     Pairs are made at the published model's geometry (``image_size``, channels) so every method of a comparison is
-    at one resolution; CutPaste cuts from the row's own normal image (the CutPaste paper's self-supervised setting).
+    at one resolution. A baseline run without any model (a manifest written without ``model_uri``) names the
+    geometry itself: ``image_size`` and ``image_channels``, both set; then no model is read. CutPaste cuts from the
+    row's own normal image (the CutPaste paper's self-supervised setting).
+    Realpaste finds each row's defect image in the dataset named by the manifest's ``manifest.json``
+    (``dataset_root``, ``layout``) and uses the defaults of :class:`fast_core.baselines.RealPasteConfig`.
     """
 
     texture_dir: str | None = None  # perlin: a local folder of texture images; null: the manifest's normal images
     max_textures: int = 256  # perlin: at most this many textures (the first in sorted order) are used
+    image_size: int | None = None  # with image_channels: pairs at S × S without reading a model; null: the model's
+    image_channels: int | None = None  # 1 or 3, with image_size; null: the model's
 
     def __post_init__(self) -> None:
         _positive_int("baseline.max_textures", self.max_textures)
+        _positive_int("baseline.image_size", self.image_size, allow_none=True)
+        if (self.image_size is None) != (self.image_channels is None):
+            raise ValueError("baseline.image_size and baseline.image_channels go together: set both or neither")
+        if self.image_channels not in (None, 1, 3):
+            raise ValueError(f"baseline.image_channels = {self.image_channels!r} must be 1 or 3")
         if self.texture_dir is not None and "://" in self.texture_dir:
             raise ValueError(f"baseline.texture_dir = {self.texture_dir!r} must be a local folder")
 
@@ -100,7 +113,7 @@ class SynthesizeConfig:
     out: str  # output dataset URI (a new folder or s3:// prefix per dataset version)
     model_uri: str | None = None  # null: the manifest's model_uri (one model per manifest)
     shard_size: int = 256  # manifest rows per output shard: shard k = rows [k·S, (k+1)·S)
-    generator: Generator = "fast"  # "fast" (the model + sampler) or a baseline: "cutpaste", "cutpaste_scar", "perlin"
+    generator: Generator = "fast"  # "fast" (model + sampler) or a baseline: cutpaste, cutpaste_scar, perlin, realpaste
     baseline: BaselineSettings = field(default_factory=BaselineSettings)  # baseline generators only
     sampler: SynthesisConfig = field(default_factory=SynthesisConfig)  # sampler, NFE, FARM, background window
     qc: QCConfig = field(default_factory=QCConfig)  # output checks
@@ -112,6 +125,8 @@ class SynthesizeConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.generator == "fast" and self.baseline.image_size is not None:
+            raise ValueError("baseline.image_size / image_channels are for baseline generators; fast uses its model's")
         for name in ("manifest", "out"):
             if not getattr(self, name):
                 raise ValueError(f"SynthesizeConfig.{name} is empty; give a URI")
@@ -133,7 +148,11 @@ class SynthesizeConfig:
         }
         if self.generator != "fast":  # only then: outputs made before the field existed keep their fingerprint
             content["generator"] = self.generator
-            content["baseline"] = to_dict(self.baseline)
+            baseline = to_dict(self.baseline)
+            for name in ("image_size", "image_channels"):  # unset geometry: fingerprints made before it stay valid
+                if baseline[name] is None:
+                    baseline.pop(name)
+            content["baseline"] = baseline
         return content
 
     @property

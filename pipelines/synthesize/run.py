@@ -6,7 +6,8 @@ Pipeline (see :mod:`pipelines.synthesize.stages`)::
       → repartition(target_num_rows_per_block=batch_size)   streaming re-blocking: one actor batch per block
       → map_batches(load_inputs)           CPU tasks: drop rows of committed shards, fetch + decode + resize inputs
       → map_batches(FastSynthesizer)       actor pool: model loaded once per actor; num_gpus/concurrency/batch_size
-                                           (BaselineSynthesizer instead for generator cutpaste/cutpaste_scar/perlin)
+                                           (BaselineSynthesizer instead for a baseline generator: cutpaste,
+                                           cutpaste_scar, perlin, realpaste)
       → map_batches(encode_and_qc)         CPU tasks: QC, PNG encoding
       → iter_batches on the driver         the shard writer: buffer rows per shard, commit each complete shard
 
@@ -34,6 +35,7 @@ files as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -46,11 +48,11 @@ import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.config import dump_config
-from pipelines.manifest import MANIFEST_FILE, read_manifest
+from pipelines.manifest import MANIFEST_FILE, SUMMARY_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
 from pipelines.ray_utils import check_cpu_budget, ensure_ray
 from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
-from pipelines.synthesize.baseline_stage import BaselineSynthesizer, texture_uris
+from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
 from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
@@ -94,9 +96,23 @@ class SynthesisSummary:
 
 # ------------------------------------------------------------------------------------------------ manifest
 def read_manifest_index(uri: str, storage_cfg: storage.StorageConfig | None) -> pa.Table:
-    """``sample_id``, ``model_uri`` and ``image_uri`` of every manifest row, in manifest order, after
+    """``sample_id``, ``model_uri``, ``image_uri`` and ``prompt`` of every manifest row, in manifest order, after
     :func:`read_manifest` checked the whole manifest (schema, nulls, one mask per row, unique ids)."""
-    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri", "image_uri"])
+    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri", "image_uri", "prompt"])
+
+
+def _model(cfg: SynthesizeConfig, index: pa.Table) -> tuple[str, ModelInfo]:
+    """(model URI, its info); for a baseline with its own geometry, no model is read: the manifest's URI (possibly
+    empty) is only recorded, and the keys are the manifest's prompts."""
+    if cfg.generator != "fast" and cfg.baseline.image_size is not None and cfg.baseline.image_channels is not None:
+        uris = pc.unique(index.column("model_uri")).to_pylist()
+        model_uri = cfg.model_uri or (str(uris[0]) if len(uris) == 1 else "")
+        keys = sorted(str(k) for k in pc.unique(index.column("prompt")).to_pylist())
+        return model_uri, ModelInfo(
+            image_size=cfg.baseline.image_size, image_channels=cfg.baseline.image_channels, keys=keys or ["none"]
+        )
+    model_uri = _model_uri(cfg, index)
+    return model_uri, read_model_info(model_uri, cfg.storage)
 
 
 def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:
@@ -105,7 +121,10 @@ def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:
         return cfg.model_uri
     uris = pc.unique(index.column("model_uri")).to_pylist()
     if len(uris) != 1 or not uris[0]:
-        raise ValueError(f"{cfg.manifest}: the manifest names {len(uris)} model URIs {uris[:3]}; set model_uri")
+        raise ValueError(
+            f"{cfg.manifest}: the manifest names {len(uris)} model URIs {uris[:3]}; set model_uri (a baseline "
+            "generator can instead set baseline.image_size and baseline.image_channels)"
+        )
     return str(uris[0])
 
 
@@ -173,8 +192,30 @@ def shard_tables(
 
 
 # ------------------------------------------------------------------------------------------------ run
+def _defect_images(cfg: SynthesizeConfig, pending: pa.Table) -> dict[str, str]:
+    """Realpaste: ``sample_id`` → defect image path of the pending rows, from the dataset that ``manifest.json``
+    names (``dataset_root``, ``layout``); see :func:`pipelines.synthesize.baseline_stage.defect_image_uris`."""
+    summary = json.loads(storage.read_bytes(storage.join(cfg.manifest, SUMMARY_FILE), cfg.storage))
+    root = summary.get("dataset_root")
+    if not root:
+        raise ValueError(
+            f"generator realpaste: {cfg.manifest}/{SUMMARY_FILE} names no dataset_root, so the defect images of its "
+            "masks cannot be found; use a manifest written by fastgen manifest with masks.source real"
+        )
+    kind = (summary.get("mask_source") or {}).get("kind")
+    if kind not in (None, "real"):
+        logger.warning("generator realpaste on a manifest of %r masks: rows without a real defect image fail", kind)
+    rows = read_manifest(cfg.manifest, cfg.storage)
+    rows = rows.filter(pc.is_in(rows.column("sample_id"), value_set=pending.column("sample_id")))
+    return defect_image_uris(rows, str(root), summary.get("layout") or "mvtec")
+
+
 def _painter(
-    cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, textures: list[str]
+    cfg: SynthesizeConfig,
+    model_uri: str,
+    info: ModelInfo,
+    textures: list[str],
+    defect_images: dict[str, str] | None = None,
 ) -> tuple[type, dict[str, Any]]:
     """(actor class, its constructor kwargs) of stage 2: the FAST model, or the configured baseline generator."""
     c = cfg.compute
@@ -185,6 +226,7 @@ def _painter(
                 "image_size": info.image_size,
                 "image_channels": info.image_channels,
                 "textures": textures,
+                "defect_images": defect_images,
                 "num_cpus": c.num_cpus,
                 "storage_cfg": cfg.storage,
             }
@@ -205,7 +247,12 @@ def _painter(
 
 
 def _build_dataset(
-    cfg: SynthesizeConfig, model_uri: str, info: ModelInfo, pending: pa.Table, textures: list[str]
+    cfg: SynthesizeConfig,
+    model_uri: str,
+    info: ModelInfo,
+    pending: pa.Table,
+    textures: list[str],
+    defect_images: dict[str, str] | None = None,
 ) -> Any:
     """The lazy Ray Data pipeline over the manifest (see the module docstring)."""
     import ray.data
@@ -230,7 +277,7 @@ def _build_dataset(
             "storage_cfg": cfg.storage,
         },
     )
-    painter, painter_kwargs = _painter(cfg, model_uri, info, textures)
+    painter, painter_kwargs = _painter(cfg, model_uri, info, textures, defect_images)
     ds = ds.map_batches(
         painter,
         batch_format="numpy",
@@ -265,8 +312,7 @@ def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
     """
     start = time.perf_counter()
     index = read_manifest_index(cfg.manifest, cfg.storage)
-    model_uri = _model_uri(cfg, index)
-    info = read_model_info(model_uri, cfg.storage)
+    model_uri, info = _model(cfg, index)
     n_rows = index.num_rows
     n_shards = num_shards(n_rows, cfg.shard_size)
     content, run_id = job_identity(cfg, model_uri, info, n_rows)
@@ -369,7 +415,8 @@ def _run_pipeline(
     if cfg.generator == "perlin":
         normals = index.column("image_uri").to_pylist()
         textures = texture_uris(cfg.baseline.texture_dir, normals, cfg.baseline.max_textures)
-    ds = _build_dataset(cfg, model_uri, info, pending, textures)
+    defect_images = _defect_images(cfg, pending) if cfg.generator == "realpaste" else None
+    ds = _build_dataset(cfg, model_uri, info, pending, textures, defect_images)
     return commit_stream(
         ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2),
         expected,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,13 @@ import torch
 from PIL import Image
 
 from fast_core import qc
-from fast_core.data.transforms import decode_png
-from pipelines.manifest import MANIFEST_SCHEMA
+from fast_core.baselines.foreground import dilate
+from fast_core.data.transforms import decode_png, to_model_image
+from pipelines.manifest import MANIFEST_SCHEMA, SUMMARY_FILE
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
-from pipelines.synthesize.baseline_stage import BaselineSynthesizer, texture_uris
+from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import BaselineSettings
-from pipelines.synthesize.stages import load_inputs
+from pipelines.synthesize.stages import load_inputs, to_model_uint8
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.manifests import pair_rows, write_manifest_rows
 from tests.helpers.tiny_models import publish_tiny_model
@@ -116,3 +119,131 @@ def test_baseline_dataset_version_end_to_end(setup: dict, ray_local: None) -> No
     assert pq.read_table(outs[0] / "rejected").column("reason").to_pylist() == [qc.MASK_EMPTY]
     for part in ("data/part-00000.parquet", "data/part-00001.parquet"):
         assert (outs[0] / part).read_bytes() == (outs[1] / part).read_bytes()  # same config and seed, same bytes
+
+
+def _defects(setup: dict, rows: list[dict]) -> dict[str, str]:
+    return defect_image_uris(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), str(setup["root"]))
+
+
+def test_defect_image_uris_by_mask_uri_and_by_embedded_stem(setup: dict, tmp_path: Path) -> None:
+    root = Path(setup["root"]).resolve()
+    expected = {
+        r["sample_id"]: str(root / "tiny" / "test" / "crack" / Path(r["mask_uri"]).name.replace("_mask", ""))
+        for r in setup["rows"]
+    }
+    assert _defects(setup, setup["rows"]) == expected
+    embedded = pair_rows(setup["root"], setup["model"], {("tiny", "crack"): 6}, embed_png=True)
+    assert _defects(setup, embedded) == expected  # mask_png rows: matched by mask_source "real:<mask stem>"
+    foreign = [dict(r) for r in setup["rows"][:3]]
+    copy = tmp_path / "000_mask.png"
+    shutil.copy(foreign[0]["mask_uri"], copy)
+    foreign[0]["mask_uri"] = str(copy)  # same file name, outside the dataset
+    foreign[1]["mask_uri"], foreign[1]["mask_png"] = None, Path(foreign[1]["mask_uri"]).read_bytes()
+    foreign[1]["mask_source"] = "shards:masks-v1/000007"  # a mask-stage mask
+    assert set(_defects(setup, foreign)) == {foreign[2]["sample_id"]}
+    with pytest.raises(ValueError, match="cannot list the manifest's dataset"):
+        defect_image_uris(pa.Table.from_pylist(foreign, schema=MANIFEST_SCHEMA), str(tmp_path / "missing"))
+
+
+def test_realpaste_rows_paste_their_own_real_defect(setup: dict) -> None:
+    batch = _loaded(setup["rows"])
+    defects = _defects(setup, setup["rows"])
+    stage = BaselineSynthesizer(generator="realpaste", image_size=32, image_channels=3, defect_images=defects)
+    whole = stage(batch)
+    alone = stage(_take(batch, [3]))
+    assert (whole["status"] == "").all()
+    np.testing.assert_array_equal(whole["image"][3], alone["image"][0])
+    np.testing.assert_array_equal(whole["mask"][3], alone["mask"][0])
+    feather = stage.realpaste.config.feather
+    for i in range(len(whole["status"])):
+        mask, src_mask = whole["mask"][i] > 0, batch["mask"][i] > 0
+        assert set(np.unique(whole["mask"][i])) <= {0, 255} and whole["mask_source"][i] == "realpaste"
+        assert mask.sum() == src_mask.sum()  # the row's own real mask, flipped / turned / moved
+        far = ~dilate(mask, feather)
+        np.testing.assert_array_equal(whole["image"][i][far], batch["image"][i][far])  # outside the feather band
+    # Without the intensity shift the pasted pixels are exactly the defect image's, loaded as the normal image is.
+    stage.realpaste.config.intensity_match = False
+    plain = stage(batch)
+    for i in range(len(plain["status"])):
+        defect = to_model_uint8(to_model_image(np.asarray(Image.open(defects[str(batch["sample_id"][i])])), 32, 3))
+        pasted, original = plain["image"][i][plain["mask"][i] > 0], defect[batch["mask"][i] > 0]
+        np.testing.assert_array_equal(np.sort(pasted, axis=0), np.sort(original, axis=0))
+    assert any((whole["image"][i] != plain["image"][i]).any() for i in range(len(whole["status"])))
+
+
+def test_realpaste_unknown_or_unreadable_defect_is_a_row_rejection(setup: dict, tmp_path: Path) -> None:
+    batch = _loaded(setup["rows"][:3])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    ids = [str(s) for s in batch["sample_id"]]
+    defects = {ids[1]: str(bad), ids[2]: _defects(setup, setup["rows"][:3])[ids[2]]}
+    stage = BaselineSynthesizer(generator="realpaste", image_size=32, image_channels=3, defect_images=defects)
+    out = stage(batch)
+    assert list(out["status"]) == [qc.GENERATOR_FAILED, qc.INPUT_UNREADABLE, ""]
+    assert "no defect image is known" in out["detail"][0] and "bad.png" in out["detail"][1]
+    assert list(out["mask_source"][:2]) == list(batch["mask_source"][:2])  # rejected rows keep their inputs
+
+
+@pytest.mark.ray
+def test_realpaste_dataset_version_end_to_end(setup: dict, ray_local: None) -> None:
+    rows = [dict(r) for r in setup["rows"]]
+    foreign = setup["tmp"] / "foreign" / "000_mask.png"
+    foreign.parent.mkdir(exist_ok=True)
+    shutil.copy(rows[1]["mask_uri"], foreign)
+    rows[1]["mask_uri"] = str(foreign)  # a readable mask with no known defect image: generator_failed
+    manifest = write_manifest_rows(str(setup["tmp"] / "manifest-realpaste"), rows)
+    cfg = SynthesizeConfig(
+        manifest=manifest,
+        out=str(setup["tmp"] / "realpaste-no-root"),
+        generator="realpaste",
+        compute=ComputeConfig(batch_size=2),
+    )
+    with pytest.raises(ValueError, match="names no dataset_root"):
+        run_synthesis(cfg)
+    summary_file = Path(manifest) / SUMMARY_FILE
+    summary = json.loads(summary_file.read_text())
+    summary.update(dataset_root=str(setup["root"]), layout="mvtec", mask_source={"kind": "real"})
+    summary_file.write_text(json.dumps(summary))
+    outs = []
+    for name in ("a", "b"):
+        cfg = SynthesizeConfig(
+            manifest=manifest,
+            out=str(setup["tmp"] / f"realpaste-{name}"),
+            shard_size=4,
+            generator="realpaste",
+            compute=ComputeConfig(batch_size=2),
+            preview_pairs=2,
+        )
+        summary = run_synthesis(cfg)
+        assert summary.written == 5 and summary.rejected == 1
+        outs.append(Path(cfg.out))
+    data = pq.read_table(outs[0] / "data").to_pylist()
+    assert {r["sampler"] for r in data} == {"realpaste"} and {r["mask_source"] for r in data} == {"realpaste"}
+    assert all(decode_png(r["mask"]["bytes"]).any() for r in data)
+    rejected = pq.read_table(outs[0] / "rejected").to_pylist()
+    assert [r["reason"] for r in rejected] == [qc.GENERATOR_FAILED] and "no defect image" in rejected[0]["detail"]
+    for part in ("data/part-00000.parquet", "data/part-00001.parquet"):
+        assert (outs[0] / part).read_bytes() == (outs[1] / part).read_bytes()  # same config and seed, same bytes
+
+
+@pytest.mark.ray
+def test_baselines_without_any_model_use_their_own_geometry_and_stay_rgb(setup: dict, ray_local: None) -> None:
+    rows = [{**r, "model_uri": ""} for r in setup["rows"][:4]]  # a manifest written without a model
+    manifest = write_manifest_rows(str(setup["tmp"] / "manifest-no-model"), rows)
+    out = setup["tmp"] / "cutpaste-no-model"
+
+    def cfg(**kw: object) -> SynthesizeConfig:
+        return SynthesizeConfig(manifest=manifest, out=str(out), generator="cutpaste", preview_pairs=0, **kw)
+
+    with pytest.raises(ValueError, match="set model_uri \\(a baseline generator can instead set baseline.image_size"):
+        run_synthesis(cfg())
+    with pytest.raises(ValueError, match="set both or neither"):
+        BaselineSettings(image_size=32)
+    with pytest.raises(ValueError, match="are for baseline generators"):
+        SynthesizeConfig(manifest=manifest, out=str(out), baseline=BaselineSettings(image_size=32, image_channels=3))
+    summary = run_synthesis(cfg(baseline=BaselineSettings(image_size=36, image_channels=3)))
+    assert summary.written == 4 and summary.rejected == 0
+    data = pq.read_table(out / "data").to_pylist()
+    images = [decode_png(r["image"]["bytes"]) for r in data]
+    assert all(im.shape == (36, 36, 3) for im in images) and {r["model_uri"] for r in data} == {""}
+    assert any(not np.array_equal(im[..., 0], im[..., 1]) for im in images)  # colour kept, not a grey copy
