@@ -3,24 +3,30 @@
 One run, one dataset, every method side by side, the same segmenter budget for each::
 
     generator   train (or reuse) the FAST model on the dataset (generators see the training third only)
-    manifest    N pairs per defect type: train/good images × real training-third masks, seeded
+    manifest    ⌈N·(1 + headroom)⌉ rows per defect type: train/good images × real training-third masks, seeded
     synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · DDPM-T (T = 200 on CPU, 1000 on GPU) ·
-                  DDIM-50 · CutPaste · DRAEM-style Perlin (baselines paint their own masks)
-    evaluate    one segmenter per training set (each method's pairs, "real third only", "real third + FAST"), all
-                with the same seed, steps, batch, augmentation, normal fraction; tested on the real test set
-                (the last 2/3 of each defect type + test/good)
+                  DDIM-50 · CutPaste · DRAEM-style Perlin (these two paint their own masks) · real-defect paste
+                  (the row's real training-third defect cut out and pasted elsewhere on the normal image)
+    evaluate    one segmenter per training set and segmenter seed (each method's pairs, "real third only", "real
+                third + FAST"): every synthetic method trains on exactly N pairs per defect type (the first N it
+                made; the headroom covers rejected rows, and a shortfall is reported with its reasons), with the
+                same seeds, steps, batch, crops, augmentation and normal fraction; the segmenter is the pretrained
+                EfficientNet-Lite0 U-Net at native resolution; tested on the real test set (the last 2/3 of each
+                defect type + test/good)
     diagnose    ring contrast |mean in M − mean around M| of each method's pairs next to the real defects'
                 (benchmarks.quality_contrast): is the painted anomaly visible at all?
-    report      results.json, results.md (tables), miou.png (bar chart of mIoU by method)
+    report      results.json (every seed's metrics, mean and std per method), results.md (mean ± std tables, the
+                targets under the 2σ rule of benchmarks.quality_stats), miou.png (bar chart with ± std whiskers)
 
 Every step is resumable: a finished model, manifest, dataset version (``_SUCCESS``) or evaluation (``metrics.json``
 with the same resolved config) is reused, so an interrupted benchmark continues where it stopped.
 
 Runbook (repository root, project venv active)::
 
-    python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-small
-    python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-small \\
+    python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-quick   # 1 seed, 5 training sets
+    python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-full    # 3 seeds, every training set
+    python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-full \\
         --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-small/model     # reuse a trained model
     python -m benchmarks.quality /data/mvtec --preset gpu-full --methods fast fast_no_farm cutpaste
 
@@ -44,8 +50,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.quality_contrast import dataset_contrast, real_third_contrast
 from benchmarks.quality_report import METHOD_ORDER, render_markdown, render_miou_chart, targets
+from benchmarks.quality_stats import aggregate_seeds
 from fast_core.data.layout import read_dataset, split_anomalies
 from fast_core.qc import QCConfig
 from fast_core.synthesis import SynthesisConfig
@@ -58,6 +67,7 @@ from pipelines.manifest_config import ManifestConfig, ManifestCountsConfig, Mani
 from pipelines.model_store import read_model_info
 from pipelines.ray_utils import ensure_ray
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
+from pipelines.synthesize.config import BaselineSettings
 from pipelines.train import TrainConfig, run_training
 
 logger = logging.getLogger("benchmarks.quality")
@@ -66,31 +76,61 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Preset:
-    """Budget of one benchmark preset: generator training, pairs, samplers, segmenter and compute."""
+    """Budget of one benchmark preset: generator, pairs, samplers, segmenter, seeds and compute."""
 
     train_config: str  # TrainConfig YAML (repository-relative) for a generator the benchmark trains itself
+    generator_name: str  # the generator's run name suffix: presets with one train_config share one generator
     pairs_per_defect: int  # N pairs per defect type (FAST_SPEC §8.2; paper: 500)
     min_pairs: int  # at least this many pairs per method in all (N is raised for datasets with few defect types)
     ddpm_nfe: int  # steps of the many-step DDPM reference
     seg_steps: int  # segmenter optimiser steps (the same for every method)
     seg_batch: int
-    seg_size: int  # segmenter input side
+    seg_crop: int  # native-resolution training crop side of the segmenter
+    seeds: tuple[int, ...]  # segmenter seeds: every training set is evaluated once per seed
+    methods: tuple[str, ...]  # the training sets compared by default
     synth_cpus: float  # CPUs per synthesizer actor (its torch threads on CPU)
     synth_gpus: float
     use_gpu: bool  # segmenter training on GPU
     seg_cpus: float  # CPUs (torch threads on CPU) of the segmenter's Ray Train worker
     dtype: str = "float32"
+    headroom: float = 0.25  # the manifest asks ⌈N·(1 + headroom)⌉ rows per type, so rejected rows leave N pairs
+    contrast_size: int = 128  # side at which ring contrast is measured (the CPU generator's size)
 
+
+#: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
+ALL_METHODS = (
+    "fast", "fast_no_farm", "ddpm", "ddim", "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
+)  # fmt: skip
+QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 
 PRESETS: dict[str, Preset] = {
-    "cpu-small": Preset(
+    "cpu-quick": Preset(
         train_config="jobs/configs/train-cpu-small.yaml",
+        generator_name="cpu-small",
         pairs_per_defect=16,
         min_pairs=64,
         ddpm_nfe=200,
-        seg_steps=200,
-        seg_batch=16,
-        seg_size=128,
+        seg_steps=750,
+        seg_batch=8,
+        seg_crop=128,
+        seeds=(0,),
+        methods=QUICK_METHODS,
+        synth_cpus=2,
+        synth_gpus=0,
+        use_gpu=False,
+        seg_cpus=2,
+    ),
+    "cpu-full": Preset(
+        train_config="jobs/configs/train-cpu-small.yaml",
+        generator_name="cpu-small",
+        pairs_per_defect=16,
+        min_pairs=64,
+        ddpm_nfe=200,
+        seg_steps=500,
+        seg_batch=8,
+        seg_crop=128,
+        seeds=(0, 1, 2),
+        methods=ALL_METHODS,
         synth_cpus=2,
         synth_gpus=0,
         use_gpu=False,
@@ -98,17 +138,21 @@ PRESETS: dict[str, Preset] = {
     ),
     "gpu-full": Preset(
         train_config="jobs/configs/train-gpu-full.yaml",
+        generator_name="gpu-full",
         pairs_per_defect=500,
         min_pairs=500,
         ddpm_nfe=1000,
         seg_steps=4000,
         seg_batch=16,
-        seg_size=256,
+        seg_crop=256,
+        seeds=(0, 1, 2),
+        methods=ALL_METHODS,
         synth_cpus=4,
         synth_gpus=1,
         use_gpu=True,
         seg_cpus=4,
         dtype="bfloat16",
+        contrast_size=256,
     ),
 }
 
@@ -134,12 +178,12 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "cutpaste": Method("cutpaste", "cutpaste"),
         "cutpaste_scar": Method("cutpaste_scar", "cutpaste_scar"),
         "perlin": Method("perlin", "perlin"),
+        "realpaste": Method("realpaste", "realpaste"),
     }
 
 
 #: Training sets that are not one synthetic method alone.
 REAL_SETS = ("real_third", "real_third_fast")
-DEFAULT_METHODS = ("fast", "fast_no_farm", "ddpm", "ddim", "cutpaste", "perlin", "real_third", "real_third_fast")
 
 
 @dataclass
@@ -173,13 +217,22 @@ def pairs_per_key(preset: Preset, n_keys: int, override: int | None) -> int:
     return override if override is not None else max(preset.pairs_per_defect, math.ceil(preset.min_pairs / n_keys))
 
 
+def requested_per_key(preset: Preset, n: int) -> int:
+    """Manifest rows per defect type: ⌈N·(1 + headroom)⌉, so that N pairs remain after rejections.
+
+    >>> requested_per_key(PRESETS["cpu-quick"], 16)
+    20
+    """
+    return math.ceil(n * (1.0 + preset.headroom))
+
+
 def ensure_generator(args: argparse.Namespace, preset: Preset, name: str, work: Path, timings: Timings) -> str:
     """The published FAST model: ``--model-uri`` when given, else trained (or resumed) under ``<work>/train``."""
     if args.model_uri:
         return str(args.model_uri)
     overrides = [
         f"dataset.root={args.dataset_root}",
-        f"run_name={name}-{args.preset}",
+        f"run_name={name}-{preset.generator_name}",
         f"storage_path={work / 'train'}",
         "publish_uri=null",
         *args.train_set,
@@ -195,19 +248,33 @@ def ensure_generator(args: argparse.Namespace, preset: Preset, name: str, work: 
 
 
 def synthesize_all(
-    methods: list[Method], manifest: str, preset: Preset, work: Path, timings: Timings
+    methods: list[Method],
+    manifest: str,
+    preset: Preset,
+    work: Path,
+    timings: Timings,
+    geometry: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One dataset version per synthetic method under ``<work>/datasets/<method>``; returns their summaries."""
+    """One dataset version per synthetic method under ``<work>/datasets/<method>``; returns their summaries.
+
+    ``geometry`` (S, C): baseline-only runs make their pairs at S × S with C channels without any model, under
+    ``<work>/datasets-<S>px-<C>ch/<method>``; None: the model's geometry.
+    """
     out: dict[str, dict[str, Any]] = {}
+    folder = work / ("datasets" if geometry is None else f"datasets-{geometry[0]}px-{geometry[1]}ch")
+    baseline = (
+        BaselineSettings() if geometry is None else BaselineSettings(image_size=geometry[0], image_channels=geometry[1])
+    )
     for method in methods:
         fast = method.generator == "fast"
         cfg = SynthesizeConfig(
             manifest=manifest,
-            out=str(work / "datasets" / method.name),
+            out=str(folder / method.name),
             shard_size=64,
             generator=method.generator,  # type: ignore[arg-type]
             sampler=SynthesisConfig(sampler=method.sampler, nfe=method.nfe, use_farm=method.use_farm),  # type: ignore[arg-type]
             qc=QCConfig(min_mask_area_px=4),
+            baseline=baseline if not fast else BaselineSettings(),
             compute=ComputeConfig(
                 concurrency=1,
                 num_cpus=preset.synth_cpus,
@@ -235,13 +302,43 @@ def synthesize_all(
     return out
 
 
-def train_sources(name: str, datasets: dict[str, dict[str, Any]]) -> list[TrainSource]:
-    """The training set of one row of the table."""
+def train_sources(name: str, datasets: dict[str, dict[str, Any]], n: int) -> list[TrainSource]:
+    """The training set of one row of the table: a synthetic method's first ``n`` pairs per defect type."""
     if name == "real_third":
         return [TrainSource(kind="real_third")]
     if name == "real_third_fast":
-        return [TrainSource(kind="synthetic", uri=datasets["fast"]["uri"]), TrainSource(kind="real_third")]
-    return [TrainSource(kind="synthetic", uri=datasets[name]["uri"])]
+        fast = TrainSource(kind="synthetic", uri=datasets["fast"]["uri"], pairs_per_key=n)
+        return [fast, TrainSource(kind="real_third")]
+    return [TrainSource(kind="synthetic", uri=datasets[name]["uri"], pairs_per_key=n)]
+
+
+def evaluation_config(
+    name: str,
+    seed: int,
+    datasets: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    preset: Preset,
+    n: int,
+    work: Path,
+) -> EvaluateConfig:
+    """The segmenter run of one training set and seed (everything but the sources and the seed is shared)."""
+    pretrained = args.encoder == "efficientnet_lite0"
+    return EvaluateConfig(
+        dataset_root=args.dataset_root,
+        out=str(work / "eval" / name / f"seed{seed}"),
+        train_sources=train_sources(name, datasets, n),
+        seed=seed,
+        steps=args.seg_steps or preset.seg_steps,
+        batch_size=preset.seg_batch,
+        resolution="native",
+        crop_size=preset.seg_crop,
+        in_channels=3 if pretrained else args.channels,
+        encoder=args.encoder,
+        pretrained=pretrained,
+        arch=args.arch,
+        scaling=ScalingSettings(num_workers=1, use_gpu=preset.use_gpu, cpus_per_worker=preset.seg_cpus),
+        log_every=50,
+    )
 
 
 def evaluate_all(
@@ -249,59 +346,94 @@ def evaluate_all(
     datasets: dict[str, dict[str, Any]],
     args: argparse.Namespace,
     preset: Preset,
-    channels: int,
+    n: int,
     work: Path,
     timings: Timings,
 ) -> dict[str, dict[str, Any]]:
-    """Train and test one segmenter per training set; reuse ``metrics.json`` written with the same config."""
+    """Train and test one segmenter per training set and seed; reuse ``metrics.json`` written with the same config.
+
+    Returns, per training set, ``{"seeds": {seed: metrics.json}}`` or ``{"error": why}``.
+    """
     results: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names, 1):
+    total, done = len(names) * len(args.seeds), 0
+    for name in names:
         source = "fast" if name == "real_third_fast" else name
         if source in datasets and datasets[source]["written"] == 0:
             reasons = datasets[source]["rejected_by_reason"]
             results[name] = {"error": f"{source} wrote no pair (rejected: {reasons}); no segmenter trained"}
-            logger.error("[%d/%d] evaluate %s: %s", i, len(names), name, results[name]["error"])
+            logger.error("evaluate %s: %s", name, results[name]["error"])
+            done += len(args.seeds)
             continue
-        cfg = EvaluateConfig(
-            dataset_root=args.dataset_root,
-            out=str(work / "eval" / name),
-            train_sources=train_sources(name, datasets),
-            seed=args.seed,
-            steps=args.seg_steps or preset.seg_steps,
-            batch_size=preset.seg_batch,
-            image_size=preset.seg_size,
-            in_channels=channels,
-            arch=args.arch,
-            scaling=ScalingSettings(num_workers=1, use_gpu=preset.use_gpu, cpus_per_worker=preset.seg_cpus),
-            log_every=50,
-        )
-        metrics_path = Path(cfg.out) / METRICS_NAME
-        resolved_path = Path(cfg.out) / "config.resolved.yaml"
-        if metrics_path.exists() and resolved_path.exists() and resolved_path.read_text() == dump_config(cfg):
-            logger.info("[%d/%d] evaluate %s: reusing %s", i, len(names), name, metrics_path)
-            results[name] = json.loads(metrics_path.read_text())
-            continue
-        logger.info("[%d/%d] evaluate %s: %s", i, len(names), name, [s.describe() for s in cfg.train_sources])
-        start = time.perf_counter()
-        results[name] = run_evaluation(cfg)
-        timings.add(f"evaluate_{name}", time.perf_counter() - start)
+        results[name] = {"seeds": {}}
+        for seed in args.seeds:
+            done += 1
+            cfg = evaluation_config(name, seed, datasets, args, preset, n, work)
+            metrics_path = Path(cfg.out) / METRICS_NAME
+            resolved_path = Path(cfg.out) / "config.resolved.yaml"
+            if metrics_path.exists() and resolved_path.exists() and resolved_path.read_text() == dump_config(cfg):
+                logger.info("[%d/%d] evaluate %s seed %d: reusing %s", done, total, name, seed, metrics_path)
+                results[name]["seeds"][seed] = json.loads(metrics_path.read_text())
+                continue
+            logger.info(
+                "[%d/%d] evaluate %s seed %d: %s", done, total, name, seed, [s.describe() for s in cfg.train_sources]
+            )
+            start = time.perf_counter()
+            results[name]["seeds"][seed] = run_evaluation(cfg)
+            timings.add(f"evaluate_{name}", time.perf_counter() - start)
     return results
+
+
+def method_summary(name: str, seeds: dict[int, dict[str, Any]], n: int, n_keys: int) -> dict[str, Any]:
+    """Mean ± std over seeds, every seed's metrics, the pairs used and how many of the N per type were not made."""
+    first = seeds[min(seeds)]
+    pairs = {s: c for s, c in first["train"]["pairs"].items() if s != "normal"}
+    synthetic = [s for s in pairs if s.startswith("synthetic:")]
+    shortfall = sum(max(0, n * n_keys - pairs[s]) for s in synthetic)
+    return {
+        **aggregate_seeds(seeds),
+        "anomaly_pairs": sum(pairs.values()),
+        "pairs": first["train"]["pairs"],
+        "pairs_by_key": first["train"].get("pairs_by_key", {}),
+        "shortfall": shortfall,
+        "per_seed": {
+            str(seed): {
+                "overall": ev["overall"],
+                "per_defect_type": ev["per_defect_type"],
+                "mean_over_defect_types": ev["mean_over_defect_types"],
+                "train": ev["train"],
+                "timing_s": ev["timing_s"],
+            }
+            for seed, ev in sorted(seeds.items())
+        },
+    }
+
+
+def dataset_channels(root: str) -> int:
+    """3 when any of the first train/good images is colour (an RGB file whose channels differ), else 1."""
+    from fast_core.data.layout import load_image
+
+    index = read_dataset(root)
+    goods = [r for r in index.records if r.defect_type == "good"][:8]
+    for record in goods:
+        image = load_image(record.image_path, "RGB")
+        if not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
+            return 3
+    return 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality",
         description="FAST_SPEC §8 quality benchmark: segmenters trained on each method's pairs, tested on real "
-        "held-out defects.",
+        "held-out defects, with error bars over segmenter seeds.",
     )
     parser.add_argument("dataset_root", help="MVTec-layout dataset root (a category folder or a folder of them)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-quick")
     parser.add_argument(
         "--methods",
         nargs="+",
         choices=[*METHOD_ORDER],
-        default=list(DEFAULT_METHODS),
-        help="training sets to compare (default: the eight of FAST_SPEC §8.5)",
+        help="training sets to compare (default: the preset's; cpu-quick: fast cutpaste perlin realpaste real_third)",
     )
     parser.add_argument("--model-uri", help="reuse this published FAST model instead of training one")
     parser.add_argument(
@@ -309,8 +441,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pairs-per-defect", type=int, help="N pairs per defect type (default: the preset's rule)")
     parser.add_argument("--seg-steps", type=int, help="segmenter steps (default: the preset's)")
-    parser.add_argument("--arch", choices=["unet", "fpn"], default="unet", help="segmenter architecture")
-    parser.add_argument("--seed", type=int, default=0, help="manifest job seed and segmenter seed")
+    parser.add_argument("--seeds", type=int, nargs="+", help="segmenter seeds (default: the preset's)")
+    parser.add_argument("--arch", choices=["unet", "fpn"], default="unet", help="segmenter decoder")
+    parser.add_argument(
+        "--encoder",
+        choices=["efficientnet_lite0", "resnet18"],
+        default="efficientnet_lite0",
+        help="segmenter encoder: the pretrained EfficientNet-Lite0 (default) or a ResNet-18 trained from scratch",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="manifest job seed (which normal images, masks, seeds)")
     parser.add_argument("--work", type=Path, help="working folder (default runs/quality/<dataset folder name>)")
     parser.add_argument("--results", type=Path, help="report folder (default <work>/report)")
     args = parser.parse_args(argv)
@@ -319,6 +458,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.dataset_root = str(Path(args.dataset_root).resolve())  # every stage gets the absolute path
     if args.pairs_per_defect is not None and args.pairs_per_defect < 1:
         parser.error("--pairs-per-defect must be >= 1")
+    if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
+        parser.error("--seeds must be distinct non-negative integers")
+    preset = PRESETS[args.preset]
+    args.methods = list(args.methods or preset.methods)
+    args.seeds = list(args.seeds or preset.seeds)
     return args
 
 
@@ -340,37 +484,45 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in METHOD_ORDER if m in args.methods]
     available = synthetic_methods(preset)
     needed = {m for m in names if m in available} | ({"fast"} if "real_third_fast" in names else set())
-    logger.info("%s: %d defect types × %d pairs; training sets: %s", name, len(keys), n, ", ".join(names))
+    args.channels = dataset_channels(root)  # the ResNet-18 option's input; the pretrained encoder takes 3
+    logger.info(
+        "%s: %d defect types × %d pairs; training sets: %s; segmenter seeds %s",
+        name, len(keys), n, ", ".join(names), args.seeds,
+    )  # fmt: skip
 
     # Logical CPUs of a local Ray: the synthesizer actor takes synth_cpus (its torch threads) and the read/encode
     # tasks need room beside it, so advertise twice the cores (ignored when RAY_ADDRESS names a cluster).
     ensure_ray(max(4, 2 * (os.cpu_count() or 1)))
-    model_uri = ensure_generator(args, preset, name, work, timings) if needed else ""
+    # FAST methods need the generator; a baseline-only run needs no model and paints at contrast_size × channels.
+    uses_model = any(available[m].generator == "fast" for m in needed) or bool(args.model_uri)
+    model_uri = ensure_generator(args, preset, name, work, timings) if uses_model else ""
     # Read once, before any work: a missing or incomplete --model-uri fails here.
-    channels = read_model_info(model_uri).image_channels if model_uri else 1
+    contrast_size = read_model_info(model_uri).image_size if model_uri else preset.contrast_size
+    geometry = None if model_uri else (preset.contrast_size, args.channels)
     datasets: dict[str, dict[str, Any]] = {}
     if needed:
+        requested = requested_per_key(preset, n)
         manifest_cfg = ManifestConfig(
             dataset=ManifestDatasetConfig(root=root),
-            counts=ManifestCountsConfig(default=n),
+            counts=ManifestCountsConfig(default=requested),
             job_seed=args.seed,
             model_uri=model_uri,
-            out=str(work / f"manifest-n{n}-seed{args.seed}"),
+            out=str(work / f"manifest-n{requested}-seed{args.seed}{'' if model_uri else '-nomodel'}"),
         )
         t0 = time.perf_counter()
         manifest = write_manifest(manifest_cfg)
         timings.add("manifest", time.perf_counter() - t0)
         methods = [available[m] for m in available if m in needed]
-        datasets = synthesize_all(methods, manifest.uri, preset, work, timings)
-    contrast = {"real_third": real_third_contrast(root, preset.seg_size)}
-    contrast.update({m: dataset_contrast(d["uri"], preset.seg_size) for m, d in datasets.items()})
-    evaluations = evaluate_all(names, datasets, args, preset, channels, work, timings)
+        datasets = synthesize_all(methods, manifest.uri, preset, work, timings, geometry)
+    contrast = {"real_third": real_third_contrast(root, contrast_size)}
+    contrast.update({m: dataset_contrast(d["uri"], contrast_size) for m, d in datasets.items()})
+    evaluations = evaluate_all(names, datasets, args, preset, n, work, timings)
 
     report = {
         "dataset_root": root,
         "dataset": name,
         "preset": args.preset,
-        "preset_settings": preset.__dict__,
+        "preset_settings": {**preset.__dict__, "seg_steps": args.seg_steps or preset.seg_steps},
         "command": " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])]),
         "commit": _commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -380,22 +532,18 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
         },
         "model_uri": model_uri,
+        "baseline_geometry": None if geometry is None else {"image_size": geometry[0], "image_channels": geometry[1]},
+        "segmenter": f"{args.encoder}{' (ImageNet-pretrained)' if args.encoder == 'efficientnet_lite0' else ''} "
+        f"{args.arch}, native resolution, {preset.seg_crop}² crops",
+        "seeds": args.seeds,
         "defect_types": keys,
         "pairs_per_defect": n,
+        "requested_per_defect": requested_per_key(preset, n) if needed else None,
         "datasets": datasets,
         "ring_contrast": contrast,
         "failed": {m: ev["error"] for m, ev in evaluations.items() if "error" in ev},
         "methods": {
-            m: {
-                "overall": ev["overall"],
-                "mean_over_categories": ev["mean_over_categories"],
-                "per_defect_type": ev["per_defect_type"],
-                "mean_over_defect_types": ev["mean_over_defect_types"],
-                "train": ev["train"],
-                "timing_s": ev["timing_s"],
-            }
-            for m, ev in evaluations.items()
-            if "error" not in ev
+            m: method_summary(m, ev["seeds"], n, len(keys)) for m, ev in evaluations.items() if "error" not in ev
         },
         "timing_s": {**timings.phases, "total": round(time.perf_counter() - start, 2)},
     }

@@ -1,4 +1,5 @@
-"""The quality benchmark end to end on a tiny dataset and model: every training set, the report, and a resumed rerun."""
+"""The quality benchmark end to end on a tiny dataset and model: training sets × two segmenter seeds, equal pair
+counts, mean ± std and the 2σ targets in the report, and a resumed rerun."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from benchmarks import quality
-from benchmarks.quality_report import METHOD_ORDER, anomaly_pairs
+from benchmarks.quality_report import METHOD_ORDER
+from fast_core.data.transforms import decode_png
+from fast_core.segmentation import load_segmenter
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.tiny_models import publish_tiny_model
 
@@ -26,10 +30,10 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
         mask[8:20, 10:26] = 255
         Image.fromarray(mask).save(mask_file)
     model = publish_tiny_model(str(tmp_path / "model"), image_channels=1)
-    # A small segmenter input keeps the trainings short; everything else is the cpu-small preset.
-    small = quality.Preset(**{**quality.PRESETS["cpu-small"].__dict__, "seg_size": 32, "synth_cpus": 1})
-    monkeypatch.setitem(quality.PRESETS, "cpu-small", small)
-    methods = ["fast", "cutpaste", "perlin", "real_third", "real_third_fast"]  # the other samplers: same code path
+    # Small segmenter crops keep the trainings short; everything else is the cpu-quick preset.
+    small = quality.Preset(**{**quality.PRESETS["cpu-quick"].__dict__, "seg_crop": 32, "seg_batch": 2, "synth_cpus": 1})
+    monkeypatch.setitem(quality.PRESETS, "cpu-quick", small)
+    methods = ["fast", "cutpaste", "realpaste", "real_third", "real_third_fast"]  # other samplers: same code path
     argv = [
         str(root),
         "--model-uri",
@@ -38,6 +42,9 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
         "2",
         "--seg-steps",
         "2",
+        "--seeds",
+        "0",
+        "1",
         "--work",
         str(tmp_path / "w"),
         "--methods",
@@ -48,18 +55,33 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
     report = json.loads((report_dir / "results.json").read_text())
     assert set(report["methods"]) == set(methods) and report["failed"] == {}
     for name, method in report["methods"].items():
+        assert method["n_seeds"] == 2 and set(method["per_seed"]) == {"0", "1"}, name
+        mious = [s["overall"]["miou"] for s in method["per_seed"].values()]
+        assert method["overall"]["miou"] == pytest.approx(np.mean(mious)), name
+        assert method["overall_std"]["miou"] == pytest.approx(np.std(mious, ddof=1)), name
         assert 0.0 <= method["overall"]["miou"] <= 1.0, name
-    pairs = {name: anomaly_pairs(m) for name, m in report["methods"].items()}
-    assert pairs["fast"] == 4 and pairs["real_third"] == 2 and pairs["real_third_fast"] == 6  # 2 types × 2, 1 + 1
-    assert report["datasets"]["perlin"]["written"] == 4 and report["pairs_per_defect"] == 2
+    # equal footing: the manifest asked ⌈2 · 1.25⌉ = 3 rows per type, every synthetic method trains on 2 per type
+    assert report["requested_per_defect"] == 3 and report["datasets"]["cutpaste"]["written"] == 6
+    pairs = {name: m["anomaly_pairs"] for name, m in report["methods"].items()}
+    assert pairs == {"fast": 4, "cutpaste": 4, "realpaste": 4, "real_third": 2, "real_third_fast": 6}
+    assert all(m["shortfall"] == 0 for m in report["methods"].values())
+    assert report["methods"]["realpaste"]["pairs_by_key"] == {
+        next(s for s in report["methods"]["realpaste"]["pairs"] if s.startswith("synthetic:")): {
+            "tiny/crack": 2,
+            "tiny/scratch": 2,
+        }
+    }
     assert report["targets"]["fast_minus_no_farm"]["met"] is None  # FAST w/o FARM was not run
-    assert report["targets"]["fast_minus_best_baseline"]["points"] is not None
+    best = report["targets"]["fast_minus_best_baseline"]
+    assert best["against"] == "cutpaste" and best["points"] is not None and best["sigma"] is not None
+    assert best["met"] == (best["points"] >= 5.0 and best["points"] > 2 * best["sigma"])
     contrast = report["ring_contrast"]
-    assert set(contrast) == {"real_third", "fast", "cutpaste", "perlin"}
+    assert set(contrast) == {"real_third", "fast", "cutpaste", "realpaste"}
     assert contrast["real_third"]["pairs"] == {"tiny/crack": 1, "tiny/scratch": 1}
     assert all(v >= 0 for v in contrast["cutpaste"]["median_per_defect_type"].values())
     markdown = (report_dir / "results.md").read_text()
-    assert "| FAST (AIAS-10 + FARM) | 4 |" in markdown and "| real third + FAST | 6 |" in markdown
+    assert "| FAST (AIAS-10 + FARM) | 4 | 0 |" in markdown and "| real third + FAST | 6 | 0 |" in markdown
+    assert " ± " in markdown
     chart = np.asarray(Image.open(report_dir / "miou.png"))
     assert chart.ndim == 3 and chart.shape[0] > 100
     assert [m for m in METHOD_ORDER if m in report["methods"]] == list(report["methods"])
@@ -68,7 +90,40 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
     assert quality.main(argv) == 0
     again = json.loads((report_dir / "results.json").read_text())
     assert all(d["already_complete"] for d in again["datasets"].values())
-    assert {k: m["overall"] for k, m in again["methods"].items()} == {
-        k: m["overall"] for k, m in report["methods"].items()
+    assert {k: m["per_seed"] for k, m in again["methods"].items()} == {
+        k: m["per_seed"] for k, m in report["methods"].items()
     }
     assert not any(k.startswith("evaluate_") for k in again["timing_s"])
+
+
+def test_baseline_only_run_on_rgb_data_stays_rgb(
+    tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No FAST method: no generator is trained or read, baselines paint at the preset's size in colour, and the
+    segmenter sees colour images."""
+    torch.set_num_threads(1)
+    root = make_dummy_mvtec(tmp_path / "data", categories=("rgb",), defects={"spot": 3}, n_good=4, mode="RGB")
+    small = quality.Preset(
+        **{
+            **quality.PRESETS["cpu-quick"].__dict__,
+            "seg_crop": 32,
+            "seg_batch": 2,
+            "synth_cpus": 1,
+            "contrast_size": 32,
+        }
+    )
+    monkeypatch.setitem(quality.PRESETS, "cpu-quick", small)
+    argv = [str(root), "--pairs-per-defect", "2", "--seg-steps", "1", "--work", str(tmp_path / "w")]
+    argv += ["--methods", "cutpaste", "realpaste", "real_third"]
+    assert quality.main(argv) == 0
+    report = json.loads((tmp_path / "w" / "report" / "results.json").read_text())
+    assert report["model_uri"] == "" and report["baseline_geometry"] == {"image_size": 32, "image_channels": 3}
+    assert not (tmp_path / "w" / "train").exists()  # no generator was trained
+    for method in ("cutpaste", "realpaste"):
+        version = Path(report["datasets"][method]["uri"])
+        assert version.parent.name == "datasets-32px-3ch" and report["datasets"][method]["written"] == 3
+        for row in pq.read_table(version / "data").to_pylist():
+            image = decode_png(row["image"]["bytes"])
+            assert image.shape == (32, 32, 3) and not np.array_equal(image[..., 0], image[..., 1])
+    segmenter = load_segmenter(tmp_path / "w" / "eval" / "cutpaste" / "seed0" / "segmenter")
+    assert segmenter.in_channels == 3 and report["methods"]["cutpaste"]["anomaly_pairs"] == 2
