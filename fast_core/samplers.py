@@ -1,10 +1,11 @@
 """The sampler registry of the synthesis loop: AIAS and the diffusers baselines behind one factory.
 
-:func:`make_scheduler` builds the scheduler a :class:`~fast_core.synthesis.SynthesisConfig` names, with its grid set, so
-that every sampler runs through the same loop in :mod:`fast_core.synthesis`. :func:`target_timestep` tells the loop
-where a step lands (the t_e whose ᾱ the background re-injection uses) and :func:`scheduler_step` hides the small
-differences between the ``step`` signatures. All samplers share the FAST noise schedule (FAST_SPEC §1):
-T = 1000, β_t = linspace(√0.00085, √0.012, T)² (diffusers ``scaled_linear``), epsilon prediction, no clipping.
+:func:`make_scheduler` builds the scheduler a :class:`~fast_core.synthesis_config.SynthesisConfig` names, with its grid
+set, so that every sampler runs through the same loop in :mod:`fast_core.synthesis`. :func:`target_timestep` tells
+the loop where a step lands (the t_e whose ᾱ the background re-injection uses) and :func:`scheduler_step` hides the
+small differences between the ``step`` signatures. All samplers share the FAST noise schedule (FAST_SPEC §1, its
+constants in :mod:`fast_core.synthesis_config`): T = 1000, β_t = linspace(√0.00085, √0.012, T)² (diffusers
+``scaled_linear``), epsilon prediction, no clipping.
 
 Baseline choices (documented, not defaults of diffusers):
 
@@ -24,28 +25,22 @@ Baseline choices (documented, not defaults of diffusers):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Union
+from typing import Union
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from fast_core.schedulers.scheduling_aias import AIASScheduler
+from fast_core.synthesis_config import (
+    BETA_END,
+    BETA_SCHEDULE,
+    BETA_START,
+    NUM_TRAIN_TIMESTEPS,
+    SamplerName,
+    SynthesisConfig,
+)
 
-if TYPE_CHECKING:
-    from fast_core.synthesis import SynthesisConfig
-
-SamplerName = Literal["aias", "ddpm", "ddim", "plms"]
 Scheduler = Union[AIASScheduler, DDPMScheduler, DDIMScheduler, PNDMScheduler]
-
-NUM_TRAIN_TIMESTEPS = 1000  # T
-BETA_START = 0.00085  # β_0
-BETA_END = 0.012  # β_{T−1}
-BETA_SCHEDULE = "scaled_linear"  # β_t = linspace(√β_0, √β_{T−1}, T)²
-
-# Smallest NFE each sampler can run: AIAS needs K = nfe − 2 >= 1 segments, PLMS n = nfe − 1 >= 2 steps.
-MIN_NFE: dict[str, int] = {"aias": 3, "ddpm": 1, "ddim": 1, "plms": 3}
-# Largest NFE: every integer timestep at most once (PLMS: 1000 steps plus the warm-up evaluation).
-MAX_NFE: dict[str, int] = {"aias": 1000, "ddpm": 1000, "ddim": 1000, "plms": 1001}
 
 
 def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = None) -> Scheduler:
@@ -60,7 +55,6 @@ def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = Non
     Returns:
         An :class:`AIASScheduler`, or a diffusers DDPM / DDIM / PNDM(PLMS) scheduler (see the module docstring).
 
-    >>> from fast_core.synthesis import SynthesisConfig
     >>> make_scheduler(SynthesisConfig(sampler="ddim", nfe=5)).timesteps.tolist()
     [999, 799, 599, 399, 199]
     """

@@ -32,23 +32,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from fast_core.configbase import check_choices
-from fast_core.samplers import (
-    MAX_NFE,
-    MIN_NFE,
-    NUM_TRAIN_TIMESTEPS,
-    SamplerName,
-    Scheduler,
-    alpha_bar,
-    make_scheduler,
-    scheduler_step,
-    target_timestep,
-)
+from fast_core.samplers import Scheduler, alpha_bar, make_scheduler, scheduler_step, target_timestep
+from fast_core.synthesis_config import SynthesisConfig
 
 if TYPE_CHECKING:
     from fast_core.models.ldm import FastLDM
@@ -58,47 +48,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["SynthesisConfig", "SynthesisResult", "make_scheduler", "masks_to_uint8", "synthesize", "to_uint8"]
 
 PHASES = ("encode", "loop", "decode", "paste")  # keys of SynthesisResult.timings
-
-
-@dataclass(kw_only=True)
-class SynthesisConfig:
-    """How one sampling pass runs: the sampler and its NFE, FARM, the background window, the start, the mask."""
-
-    sampler: SamplerName = "aias"  # aias (FAST) or a diffusers baseline: ddpm, ddim (η = 0), plms
-    nfe: int = 10  # UNet evaluations per sample; for ddpm/ddim/plms the step count (e.g. 1000 / 50 / 50)
-    coefficients: Literal["exact", "release"] = "exact"  # AIAS segment coefficients: closed form or authors' release
-    spacing: Literal["uniform", "quadratic", "logsnr"] = "uniform"  # AIAS segment boundary placement
-    use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
-    bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
-    start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
-    mask_downsample: Literal["bilinear", "any"] = "bilinear"  # pixel → latent mask: resize then >= 0.5, or max-pool
-    batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
-
-    def __post_init__(self) -> None:
-        """Check the choices and the ranges; raise ``ValueError`` naming the field."""
-        check_choices(self)
-        if not isinstance(self.use_farm, bool):
-            raise ValueError(f"SynthesisConfig.use_farm must be true or false, got {self.use_farm!r}")
-        lo_nfe, hi_nfe = MIN_NFE[self.sampler], MAX_NFE[self.sampler]
-        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or not lo_nfe <= self.nfe <= hi_nfe:
-            raise ValueError(
-                f"SynthesisConfig.nfe must be an integer in [{lo_nfe}, {hi_nfe}] for sampler={self.sampler!r}, "
-                f"got {self.nfe!r}"
-            )
-        window = tuple(self.bg_window) if isinstance(self.bg_window, list | tuple) else None
-        if (
-            window is None
-            or len(window) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in window)
-            or not 0 <= window[0] <= window[1] <= NUM_TRAIN_TIMESTEPS
-        ):
-            raise ValueError(
-                f"SynthesisConfig.bg_window must be two integers 0 <= lo <= hi <= {NUM_TRAIN_TIMESTEPS} "
-                f"(re-inject when lo < t_e < hi; (0, 0) disables), got {self.bg_window!r}"
-            )
-        self.bg_window = window
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"SynthesisConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
 
 
 @dataclass

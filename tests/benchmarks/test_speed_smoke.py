@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import speed
+from benchmarks import speed, speed_gpu, speed_report
 
 
 @pytest.mark.s3
@@ -62,14 +62,14 @@ def test_quick_defaults_and_validation() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the record made without a GPU")
 def test_gpu_part_is_recorded_as_not_run_without_cuda() -> None:
-    part = speed.run_gpu(speed.parse_args(["--parts", "gpu"]))
+    part = speed_gpu.run_gpu(speed.parse_args(["--parts", "gpu"]))
     assert part == {"not_run": "no GPU (torch.cuda.is_available() is False)"}
 
 
 def test_gpu_benchmark_logic_on_the_tiny_model() -> None:
     """The GPU part's measurements (FLOP count, sweep, variants, rates) on the CPU with the tiny preset."""
     torch.set_num_threads(1)
-    g = speed.gpu_benchmark(
+    g = speed_gpu.gpu_benchmark(
         preset="tiny",
         device=torch.device("cpu"),
         dtype=torch.float32,
@@ -92,6 +92,6 @@ def test_gpu_benchmark_logic_on_the_tiny_model() -> None:
         assert row["unet_tflops"] == pytest.approx(expected) and row["unet_fraction_of_peak"] == row["unet_tflops"]
         assert row["peak_memory_bytes"] is None  # CPU: no CUDA allocator statistics
     assert g["best"]["pairs_per_s"] == max(r["pairs_per_s"] for r in g["sweep"] + g["variants"])
-    assert speed.headline({"gpu": g})["gpu_best_pairs_per_s_nfe10"] == g["best"]["pairs_per_s"]
-    md = speed.md_gpu(g)
+    assert speed_report.headline({"gpu": g})["gpu_best_pairs_per_s_nfe10"] == g["best"]["pairs_per_s"]
+    md = speed_gpu.md_gpu(g)
     assert "Batch sweep" in md and "| channels_last | 10 | 2 |" in md

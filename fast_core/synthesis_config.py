@@ -1,0 +1,86 @@
+"""What one sampling pass is set up with: the shared noise schedule, the sampler names and NFE ranges, the config.
+
+A leaf of the synthesis code: :mod:`fast_core.samplers` builds schedulers from a :class:`SynthesisConfig` and
+:mod:`fast_core.synthesis` runs the loop it describes; both import this module, which imports neither.
+
+Every sampler shares the FAST noise schedule (FAST_SPEC §1): T = 1000, β_t = linspace(√β_0, √β_{T−1}, T)² with
+β_0 = 0.00085, β_{T−1} = 0.012 (diffusers ``scaled_linear``), ᾱ_t = ∏_{s≤t} (1 − β_s), ᾱ_{−1} = 1.
+
+NFE (UNet evaluations per sample) each sampler can run:
+
+    aias   3 .. 1000   K = nfe − 2 >= 1 closed-form segments, then the two plain steps t = 1 → 0 → −1
+    ddpm   1 .. 1000   one evaluation per step, every integer timestep at most once
+    ddim   1 .. 1000   likewise
+    plms   3 .. 1001   n = nfe − 1 >= 2 steps plus diffusers' warm-up evaluation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fast_core.configbase import check_choices
+
+__all__ = [
+    "BETA_END",
+    "BETA_SCHEDULE",
+    "BETA_START",
+    "MAX_NFE",
+    "MIN_NFE",
+    "NUM_TRAIN_TIMESTEPS",
+    "SamplerName",
+    "SynthesisConfig",
+]
+
+SamplerName = Literal["aias", "ddpm", "ddim", "plms"]
+
+NUM_TRAIN_TIMESTEPS = 1000  # T
+BETA_START = 0.00085  # β_0
+BETA_END = 0.012  # β_{T−1}
+BETA_SCHEDULE = "scaled_linear"  # β_t = linspace(√β_0, √β_{T−1}, T)²
+
+# Smallest NFE each sampler can run: AIAS needs K = nfe − 2 >= 1 segments, PLMS n = nfe − 1 >= 2 steps.
+MIN_NFE: dict[str, int] = {"aias": 3, "ddpm": 1, "ddim": 1, "plms": 3}
+# Largest NFE: every integer timestep at most once (PLMS: 1000 steps plus the warm-up evaluation).
+MAX_NFE: dict[str, int] = {"aias": 1000, "ddpm": 1000, "ddim": 1000, "plms": 1001}
+
+
+@dataclass(kw_only=True)
+class SynthesisConfig:
+    """How one sampling pass runs: the sampler and its NFE, FARM, the background window, the start, the mask."""
+
+    sampler: SamplerName = "aias"  # aias (FAST) or a diffusers baseline: ddpm, ddim (η = 0), plms
+    nfe: int = 10  # UNet evaluations per sample; for ddpm/ddim/plms the step count (e.g. 1000 / 50 / 50)
+    coefficients: Literal["exact", "release"] = "exact"  # AIAS segment coefficients: closed form or authors' release
+    spacing: Literal["uniform", "quadratic", "logsnr"] = "uniform"  # AIAS segment boundary placement
+    use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
+    bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
+    start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
+    mask_downsample: Literal["bilinear", "any"] = "bilinear"  # pixel → latent mask: resize then >= 0.5, or max-pool
+    batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
+
+    def __post_init__(self) -> None:
+        """Check the choices and the ranges; raise ``ValueError`` naming the field."""
+        check_choices(self)
+        if not isinstance(self.use_farm, bool):
+            raise ValueError(f"SynthesisConfig.use_farm must be true or false, got {self.use_farm!r}")
+        lo_nfe, hi_nfe = MIN_NFE[self.sampler], MAX_NFE[self.sampler]
+        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or not lo_nfe <= self.nfe <= hi_nfe:
+            raise ValueError(
+                f"SynthesisConfig.nfe must be an integer in [{lo_nfe}, {hi_nfe}] for sampler={self.sampler!r}, "
+                f"got {self.nfe!r}"
+            )
+        window = tuple(self.bg_window) if isinstance(self.bg_window, list | tuple) else None
+        if (
+            window is None
+            or len(window) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in window)
+            or not 0 <= window[0] <= window[1] <= NUM_TRAIN_TIMESTEPS
+        ):
+            raise ValueError(
+                f"SynthesisConfig.bg_window must be two integers 0 <= lo <= hi <= {NUM_TRAIN_TIMESTEPS} "
+                f"(re-inject when lo < t_e < hi; (0, 0) disables), got {self.bg_window!r}"
+            )
+        self.bg_window = window
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"SynthesisConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
