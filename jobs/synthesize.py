@@ -16,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "synthesize",
         help="synthesize the pairs of a manifest into a sharded dataset version (Ray Data)",
         description="Read MANIFEST/manifest.parquet, synthesize each row with the FAST model on an actor pool and "
-        "write OUT/data/part-*.parquet, images/, masks/, rejected/, stats.json, preview.png and _SUCCESS. Rerunning "
+        "write OUT/data/part-*.parquet, images/, masks/, rejected/, stats.json, preview.png (contact sheet), "
+        "README.md (dataset card), report.html and _SUCCESS. Rerunning "
         "the same command resumes an interrupted run (committed shards are skipped) and leaves a finished one as it "
         "is. Connects to RAY_ADDRESS when set, else starts a local Ray.",
     )

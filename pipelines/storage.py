@@ -323,6 +323,13 @@ def glob(pattern: str, storage: StorageConfig | None = None) -> list[str]:
     return sorted(_to_uri(pattern, p) for p in matches)
 
 
+def sizes(pattern: str, storage: StorageConfig | None = None) -> dict[str, int]:
+    """URI → size in bytes of every file matching ``pattern`` (as :func:`glob`), with one listing, sorted by URI."""
+    fs, path = filesystem(pattern, storage)
+    found = _call("glob", pattern, storage, lambda: fs.glob(path, detail=True))
+    return {_to_uri(pattern, p): int(d.get("size") or 0) for p, d in sorted(found.items()) if d.get("type") == "file"}
+
+
 def info(uri: str, storage: StorageConfig | None = None) -> dict:
     """fsspec's ``info`` of the file, object or directory at ``uri`` (size, type, modification time)."""
     fs, path = filesystem(uri, storage)

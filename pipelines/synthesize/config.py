@@ -120,7 +120,7 @@ class SynthesizeConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)  # for s3:// manifest, model and output
     model_cache_dir: str | None = None  # where s3:// models are cached locally (null: ~/.cache/fastgen/models)
-    preview_pairs: int = 16  # pairs on the preview.png contact sheet
+    preview_pairs: int = 4  # pairs per defect type on the preview.png contact sheet, first in sample order (0: none)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:

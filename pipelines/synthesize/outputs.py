@@ -1,8 +1,11 @@
 """The dataset-level files of a synthesis output, written once every shard is committed.
 
-``stats.json`` (counts, rejections by reason, throughput, versions), ``config.resolved.yaml``, ``preview.png`` (a
-contact sheet: each tile is the synthesized image next to the same image with its mask overlaid in red), and
-``_SUCCESS``, always last: a reader that sees ``_SUCCESS`` sees a complete dataset version.
+In this order: ``stats.json`` (counts, rejections by reason, throughput, versions, provenance),
+``config.resolved.yaml``, ``preview.png`` (the contact sheet: per defect type the first ``preview_pairs`` pairs as
+normal | synthesized | mask outline tiles, :mod:`.sheet`; only when there is a pair and ``preview_pairs`` > 0),
+``README.md`` (the Hugging Face dataset card, :mod:`.card`), ``report.html`` (the card, the stats and the contact
+sheet as one static page, :mod:`.report`), and ``_SUCCESS``, always last: a reader that sees ``_SUCCESS`` sees a
+complete dataset version, card included. Every file goes through :mod:`pipelines.storage` (local or ``s3://``).
 """
 
 from __future__ import annotations
@@ -12,25 +15,25 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
-from fast_core.data.transforms import decode_png, encode_png
+from fast_core.data.transforms import encode_png
 from pipelines import storage
 from pipelines.shards import ShardCommit, ShardStore
 from pipelines.storage import StorageConfig
+from pipelines.synthesize.card import CARD, CardFacts, card_markdown, version_title
+from pipelines.synthesize.preview import SheetInput, sheet_input
+from pipelines.synthesize.report import REPORT, report_html
+from pipelines.synthesize.sheet import render_sheet
 
 logger = logging.getLogger(__name__)
 
 STATS = "stats.json"
 PREVIEW = "preview.png"
 SUCCESS = "_SUCCESS"
-OVERLAY_ALPHA = 0.5  # overlay = (1 − α) · image + α · red inside the mask
-PREVIEW_COLUMNS = 4  # pairs per contact-sheet row
-PREVIEW_PAD = 2  # pixels between tiles
 
 
 def versions() -> dict[str, str]:
@@ -68,54 +71,29 @@ def build_stats(commits: Mapping[int, ShardCommit], run: Mapping[str, Any]) -> d
     }
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3): ``image`` with mask pixels blended towards red, (1 − α)·x + α·(255, 0, 0)."""
-    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-    out = rgb.astype(np.float32)
-    sel = mask > 0
-    out[sel] = (1.0 - OVERLAY_ALPHA) * out[sel] + OVERLAY_ALPHA * np.array([255.0, 0.0, 0.0], np.float32)
-    return out.round().clip(0, 255).astype(np.uint8)
-
-
-def contact_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray]], columns: int = PREVIEW_COLUMNS) -> np.ndarray:
-    """A grid of tiles ``[image | overlay]``, ``columns`` pairs per row, on black; RGB uint8.
-
-    >>> sheet = contact_sheet([(np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8))] * 3, columns=2)
-    >>> sheet.shape
-    (14, 26, 3)
-    """
-    if not pairs:
-        raise ValueError("contact_sheet needs at least one pair")
-    h, w = pairs[0][0].shape[:2]
-    cols = min(columns, len(pairs))
-    rows = -(-len(pairs) // cols)
-    tile_w = 2 * w + PREVIEW_PAD
-    sheet = np.zeros((rows * (h + PREVIEW_PAD) + PREVIEW_PAD, cols * (tile_w + PREVIEW_PAD) + PREVIEW_PAD, 3), np.uint8)
-    for i, (image, mask) in enumerate(pairs):
-        r, c = divmod(i, cols)
-        y = PREVIEW_PAD + r * (h + PREVIEW_PAD)
-        x = PREVIEW_PAD + c * (tile_w + PREVIEW_PAD)
-        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-        sheet[y : y + h, x : x + w] = rgb
-        sheet[y : y + h, x + w + PREVIEW_PAD : x + 2 * w + PREVIEW_PAD] = overlay(image, mask)
-    return sheet
-
-
-def preview_pairs(store: ShardStore, commits: Mapping[int, ShardCommit], count: int) -> list[tuple[np.ndarray, ...]]:
-    """The first ``count`` pairs of the dataset in shard order, decoded from the data parts."""
-    pairs: list[tuple[np.ndarray, ...]] = []
+def rejected_by_key(store: ShardStore, commits: Mapping[int, ShardCommit]) -> dict[str, int]:
+    """Rejected rows per ``<category>/<defect>``, read from the rejected parts of the shards that have any."""
+    total: Counter[str] = Counter()
     for k in sorted(commits):
-        if len(pairs) >= count:
-            break
-        if not commits[k].sample_ids:
+        if not commits[k].rejected_ids:
             continue
-        data = storage.read_bytes(store.uri(store.data_path(k)), store.storage)
-        table = pq.read_table(io.BytesIO(data), columns=["image", "mask"])
-        for image, mask in zip(table.column("image").to_pylist(), table.column("mask").to_pylist(), strict=True):
-            pairs.append((decode_png(image["bytes"]), decode_png(mask["bytes"], "L")))
-            if len(pairs) >= count:
-                break
-    return pairs
+        data = storage.read_bytes(store.uri(store.rejected_path(k)), store.storage)
+        table = pq.read_table(io.BytesIO(data), columns=["category", "defect_type"])
+        cats, defects = table.column("category").to_pylist(), table.column("defect_type").to_pylist()
+        total.update(f"{c}/{d}" for c, d in zip(cats, defects, strict=True))
+    return dict(sorted(total.items()))
+
+
+def write_preview(
+    store: ShardStore, commits: Mapping[int, ShardCommit], per_key: int, title: str, storage_cfg: StorageConfig | None
+) -> SheetInput | None:
+    """Draw and write ``preview.png`` (:mod:`.sheet`, pairs chosen by :mod:`.preview`); None when it has no pair."""
+    chosen = sheet_input(store, commits, per_key, storage_cfg)
+    if not any(g.pairs for g in chosen.groups):
+        return None
+    sheet = render_sheet(chosen.groups, title)
+    storage.write_bytes_atomic(store.uri(PREVIEW), encode_png(sheet.pixels), storage_cfg)
+    return chosen
 
 
 def write_outputs(
@@ -127,14 +105,34 @@ def write_outputs(
     preview_count: int,
     storage_cfg: StorageConfig | None,
 ) -> dict[str, Any]:
-    """Write ``stats.json``, ``config.resolved.yaml``, ``preview.png`` (when there are pairs), then ``_SUCCESS``."""
+    """Write the dataset-level files of the module docstring, ``_SUCCESS`` last; returns the stats.
+
+    ``preview_count`` is the pairs per defect type on the contact sheet (0: no sheet).
+    """
     stats = build_stats(commits, run)
     storage.write_text_atomic(store.uri(STATS), json.dumps(stats, indent=2, sort_keys=True) + "\n", storage_cfg)
     storage.write_text_atomic(store.uri("config.resolved.yaml"), resolved_config, storage_cfg)
-    pairs = preview_pairs(store, commits, preview_count) if preview_count else []
-    if pairs:
-        storage.write_bytes_atomic(store.uri(PREVIEW), encode_png(contact_sheet(pairs)), storage_cfg)
+    title = version_title(store.root)
+    chosen = write_preview(store, commits, preview_count, title, storage_cfg) if preview_count else None
+    facts = CardFacts(
+        title=title,
+        stats=stats,
+        data_bytes=sum(storage.sizes(store.uri("data", "part-*.parquet"), storage_cfg).values()),
+        rejected_by_key=rejected_by_key(store, commits),
+        preview=PREVIEW if chosen else None,
+        preview_per_key=preview_count,
+        unreadable_normals=chosen.unreadable_normals if chosen else (),
+    )
+    storage.write_text_atomic(store.uri(CARD), card_markdown(facts), storage_cfg)
+    storage.write_text_atomic(store.uri(REPORT), report_html(facts), storage_cfg)
     success = {"run_id": run.get("run_id"), "written": stats["written"], "rejected": stats["rejected"]}
     storage.write_text_atomic(store.uri(SUCCESS), json.dumps(success, sort_keys=True) + "\n", storage_cfg)
-    logger.info("wrote %s, %s, %s and %s", STATS, "config.resolved.yaml", PREVIEW if pairs else "(no preview)", SUCCESS)
+    logger.info(
+        "wrote %s, config.resolved.yaml, %s, %s, %s and %s",
+        STATS,
+        PREVIEW if chosen else "(no preview)",
+        CARD,
+        REPORT,
+        SUCCESS,
+    )
     return stats

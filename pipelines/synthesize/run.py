@@ -55,6 +55,7 @@ from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shard
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
+from pipelines.synthesize.provenance import provenance
 from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
 from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
 
@@ -368,6 +369,13 @@ def run_synthesis(cfg: SynthesizeConfig) -> SynthesisSummary:
             "sampler": cfg.method,
             "nfe": cfg.sampler.nfe,
             "image_size": info.image_size,
+            "provenance": provenance(
+                config_sha256=content_hash(content),
+                generator=cfg.generator,
+                manifest_uri=cfg.manifest,
+                model_uri=model_uri,
+                storage_cfg=cfg.storage,
+            ),
             "last_run": {
                 "rows": rows_run,
                 "shards_written": len(pending_shards),

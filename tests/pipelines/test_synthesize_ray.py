@@ -93,6 +93,9 @@ def test_outputs_and_consumers(job: dict, ray_local: None) -> None:
     assert stats["written_by_key"] == {"tiny/crack": 7, "tiny/scratch": 7}
     assert json.loads((out / "_SUCCESS").read_text())["written"] == N_ROWS - 2
     assert decode_png((out / "preview.png").read_bytes()).shape[2] == 3
+    assert stats["run_id"] == "synth-" + stats["provenance"]["config_sha256"][:16]
+    assert stats["provenance"]["model"]["uri"] == stats["model_uri"] and (out / "README.md").is_file()
+    assert "| tiny | crack | 7 | 1 |" in (out / "README.md").read_text() and (out / "report.html").is_file()
     assert "shard_size: 6" in (out / "config.resolved.yaml").read_text()
 
 

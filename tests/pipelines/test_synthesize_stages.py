@@ -15,7 +15,6 @@ from fast_core.synthesis import SynthesisConfig
 from pipelines.config import load_config
 from pipelines.manifest import MANIFEST_SCHEMA
 from pipelines.synthesize.config import SynthesizeConfig
-from pipelines.synthesize.outputs import contact_sheet, overlay
 from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
 from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
 from tests.helpers.manifests import pair_rows
@@ -155,17 +154,6 @@ def test_grayscale_rows_encode_as_l_png() -> None:
     }
     out = encode_and_qc(batch, qc_cfg=qc.QCConfig())
     assert decode_png(out["image_png"][0]).shape == (4, 4)
-
-
-def test_contact_sheet_overlays_mask_in_red() -> None:
-    image = np.full((4, 4, 3), 100, np.uint8)
-    mask = np.zeros((4, 4), np.uint8)
-    mask[0, 0] = 255
-    assert overlay(image, mask)[0, 0].tolist() == [178, 50, 50] and overlay(image, mask)[1, 1].tolist() == [100] * 3
-    sheet = contact_sheet([(image, mask)] * 5, columns=4)
-    assert sheet.shape == (2 * (4 + 2) + 2, 4 * (2 * 4 + 2 + 2) + 2, 3)  # rows, columns of [image | overlay]
-    with pytest.raises(ValueError):
-        contact_sheet([])
 
 
 @pytest.mark.parametrize("name", ["synthesize-cpu.yaml", "synthesize-gpu.yaml", "synthesize-baseline.yaml"])
