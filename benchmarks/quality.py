@@ -37,6 +37,7 @@ Outputs under ``--work`` (default ``runs/quality/<dataset folder name>``); ``--r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -106,39 +107,26 @@ QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 #: (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on 2 cores) + ~16 min of synthesis (DDPM-200 most).
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m != "ddim")
 
+CPU_QUICK = Preset(
+    train_config="jobs/configs/train-cpu-small.yaml",
+    generator_name="cpu-small",
+    pairs_per_defect=16,
+    min_pairs=64,
+    ddpm_nfe=200,
+    seg_steps=750,
+    seg_batch=8,
+    seg_crop=128,
+    seeds=(0,),
+    methods=QUICK_METHODS,
+    synth_cpus=2,
+    synth_gpus=0,
+    use_gpu=False,
+    seg_cpus=2,
+)
+
 PRESETS: dict[str, Preset] = {
-    "cpu-quick": Preset(
-        train_config="jobs/configs/train-cpu-small.yaml",
-        generator_name="cpu-small",
-        pairs_per_defect=16,
-        min_pairs=64,
-        ddpm_nfe=200,
-        seg_steps=750,
-        seg_batch=8,
-        seg_crop=128,
-        seeds=(0,),
-        methods=QUICK_METHODS,
-        synth_cpus=2,
-        synth_gpus=0,
-        use_gpu=False,
-        seg_cpus=2,
-    ),
-    "cpu-full": Preset(
-        train_config="jobs/configs/train-cpu-small.yaml",
-        generator_name="cpu-small",
-        pairs_per_defect=16,
-        min_pairs=64,
-        ddpm_nfe=200,
-        seg_steps=400,
-        seg_batch=8,
-        seg_crop=128,
-        seeds=(0, 1, 2),
-        methods=CPU_FULL_METHODS,
-        synth_cpus=2,
-        synth_gpus=0,
-        use_gpu=False,
-        seg_cpus=2,
-    ),
+    "cpu-quick": CPU_QUICK,
+    "cpu-full": dataclasses.replace(CPU_QUICK, seg_steps=400, seeds=(0, 1, 2), methods=CPU_FULL_METHODS),
     "gpu-full": Preset(
         train_config="jobs/configs/train-gpu-full.yaml",
         generator_name="gpu-full",
