@@ -185,12 +185,14 @@ def test_realpaste_unknown_or_unreadable_defect_is_a_row_rejection(setup: dict, 
 
 
 @pytest.mark.ray
-def test_realpaste_dataset_version_end_to_end(setup: dict, ray_local: None) -> None:
+def test_realpaste_dataset_version_end_to_end(setup: dict, ray_local: None, request: pytest.FixtureRequest) -> None:
     rows = [dict(r) for r in setup["rows"]]
-    foreign = setup["tmp"] / "foreign" / "000_mask.png"
-    foreign.parent.mkdir(exist_ok=True)
+    # A readable mask inside the dataset root (manifests refuse rows outside it) that belongs to no image: a stray
+    # mask has no known defect image, so its row is generator_failed. Removed at the end (the fixture is shared).
+    foreign = Path(setup["root"]) / "tiny" / "ground_truth" / "crack" / "999_mask.png"
     shutil.copy(rows[1]["mask_uri"], foreign)
-    rows[1]["mask_uri"] = str(foreign)  # a readable mask with no known defect image: generator_failed
+    request.addfinalizer(foreign.unlink)
+    rows[1]["mask_uri"] = str(foreign.resolve())
     manifest = write_manifest_rows(str(setup["tmp"] / "manifest-realpaste"), rows)
     cfg = SynthesizeConfig(
         manifest=manifest,
