@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.quality_contrast import dataset_contrast, real_third_contrast
-from benchmarks.quality_report import METHOD_ORDER, render_markdown, render_miou_chart, targets
+from benchmarks.quality_report import METHOD_ORDER, anomaly_pairs, render_markdown, render_miou_chart, targets
 from benchmarks.quality_stats import aggregate_seeds
-from fast_core.data.layout import read_dataset, split_anomalies
+from fast_core.data.layout import load_image, read_dataset, split_anomalies
 from fast_core.qc import QCConfig
 from fast_core.synthesis import SynthesisConfig
 from pipelines.config import dump_config, load_config
@@ -377,12 +377,11 @@ def evaluate_all(
 def method_summary(name: str, seeds: dict[int, dict[str, Any]], n: int, n_keys: int) -> dict[str, Any]:
     """Mean ± std over seeds, every seed's metrics, the pairs used and how many of the N per type were not made."""
     first = seeds[min(seeds)]
-    pairs = {s: c for s, c in first["train"]["pairs"].items() if s != "normal"}
-    synthetic = [s for s in pairs if s.startswith("synthetic:")]
-    shortfall = sum(max(0, n * n_keys - pairs[s]) for s in synthetic)
+    pairs = first["train"]["pairs"]
+    shortfall = sum(max(0, n * n_keys - c) for s, c in pairs.items() if s.startswith("synthetic:"))
     return {
         **aggregate_seeds(seeds),
-        "anomaly_pairs": sum(pairs.values()),
+        "anomaly_pairs": anomaly_pairs(first),
         "pairs": first["train"]["pairs"],
         "pairs_by_key": first["train"].get("pairs_by_key", {}),
         "shortfall": shortfall,
@@ -401,8 +400,6 @@ def method_summary(name: str, seeds: dict[int, dict[str, Any]], n: int, n_keys: 
 
 def dataset_channels(root: str) -> int:
     """3 when any of the first train/good images is colour (an RGB file whose channels differ), else 1."""
-    from fast_core.data.layout import load_image
-
     index = read_dataset(root)
     goods = [r for r in index.records if r.defect_type == "good"][:8]
     for record in goods:
@@ -491,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     contrast_size = read_model_info(model_uri).image_size if model_uri else preset.contrast_size
     geometry = None if model_uri else (preset.contrast_size, args.channels)
     datasets: dict[str, dict[str, Any]] = {}
+    requested = requested_per_key(preset, n)
     if needed:
-        requested = requested_per_key(preset, n)
         manifest_cfg = ManifestConfig(
             dataset=ManifestDatasetConfig(root=root),
             counts=ManifestCountsConfig(default=requested),
@@ -529,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "defect_types": keys,
         "pairs_per_defect": n,
-        "requested_per_defect": requested_per_key(preset, n) if needed else None,
+        "requested_per_defect": requested if needed else None,
         "datasets": datasets,
         "ring_contrast": contrast,
         "failed": {m: ev["error"] for m, ev in evaluations.items() if "error" in ev},

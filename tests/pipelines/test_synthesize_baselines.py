@@ -100,13 +100,20 @@ def test_baseline_dataset_version_end_to_end(setup: dict, ray_local: None) -> No
     Image.fromarray(np.zeros((40, 48), np.uint8)).save(empty)
     rows[0]["mask_uri"] = str(empty)  # a bad input row is still rejected at load, with its reason
     manifest = write_manifest_rows(str(setup["tmp"] / "manifest"), rows)
+    out = _synthesize_twice(setup, manifest, "perlin")
+    assert pq.read_table(out / "rejected").column("reason").to_pylist() == [qc.MASK_EMPTY]
+
+
+def _synthesize_twice(setup: dict, manifest: str, generator: str) -> Path:
+    """Two runs of ``generator`` over the 6-row ``manifest`` (5 pairs + 1 rejection each) with byte-identical data
+    parts and every row painted by the generator; returns the first run's folder."""
     outs = []
     for name in ("a", "b"):
         cfg = SynthesizeConfig(
             manifest=manifest,
-            out=str(setup["tmp"] / f"perlin-{name}"),
+            out=str(setup["tmp"] / f"{generator}-{name}"),
             shard_size=4,
-            generator="perlin",
+            generator=generator,  # type: ignore[arg-type]
             compute=ComputeConfig(batch_size=2),
             preview_pairs=2,
         )
@@ -114,11 +121,11 @@ def test_baseline_dataset_version_end_to_end(setup: dict, ray_local: None) -> No
         assert summary.written == 5 and summary.rejected == 1
         outs.append(Path(cfg.out))
     data = pq.read_table(outs[0] / "data").to_pylist()
-    assert {r["sampler"] for r in data} == {"perlin"} and {r["mask_source"] for r in data} == {"perlin"}
+    assert {r["sampler"] for r in data} == {generator} and {r["mask_source"] for r in data} == {generator}
     assert all(decode_png(r["mask"]["bytes"]).any() for r in data)
-    assert pq.read_table(outs[0] / "rejected").column("reason").to_pylist() == [qc.MASK_EMPTY]
     for part in ("data/part-00000.parquet", "data/part-00001.parquet"):
         assert (outs[0] / part).read_bytes() == (outs[1] / part).read_bytes()  # same config and seed, same bytes
+    return outs[0]
 
 
 def _defects(setup: dict, rows: list[dict]) -> dict[str, str]:
@@ -206,26 +213,9 @@ def test_realpaste_dataset_version_end_to_end(setup: dict, ray_local: None, requ
     summary = json.loads(summary_file.read_text())
     summary.update(dataset_root=str(setup["root"]), layout="mvtec", mask_source={"kind": "real"})
     summary_file.write_text(json.dumps(summary))
-    outs = []
-    for name in ("a", "b"):
-        cfg = SynthesizeConfig(
-            manifest=manifest,
-            out=str(setup["tmp"] / f"realpaste-{name}"),
-            shard_size=4,
-            generator="realpaste",
-            compute=ComputeConfig(batch_size=2),
-            preview_pairs=2,
-        )
-        summary = run_synthesis(cfg)
-        assert summary.written == 5 and summary.rejected == 1
-        outs.append(Path(cfg.out))
-    data = pq.read_table(outs[0] / "data").to_pylist()
-    assert {r["sampler"] for r in data} == {"realpaste"} and {r["mask_source"] for r in data} == {"realpaste"}
-    assert all(decode_png(r["mask"]["bytes"]).any() for r in data)
-    rejected = pq.read_table(outs[0] / "rejected").to_pylist()
+    out = _synthesize_twice(setup, manifest, "realpaste")
+    rejected = pq.read_table(out / "rejected").to_pylist()
     assert [r["reason"] for r in rejected] == [qc.GENERATOR_FAILED] and "no defect image" in rejected[0]["detail"]
-    for part in ("data/part-00000.parquet", "data/part-00001.parquet"):
-        assert (outs[0] / part).read_bytes() == (outs[1] / part).read_bytes()  # same config and seed, same bytes
 
 
 @pytest.mark.ray
