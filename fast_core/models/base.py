@@ -4,6 +4,7 @@ A base model directory follows the diffusers layout of ``CompVis/ldm-text2im-lar
 
     model_index.json
     vqvae/      AutoencoderKL            config.json + diffusion_pytorch_model.safetensors
+    taef2/      TAEF2 (instead of vqvae) config.json + encoder/decoder.safetensors + LICENSE   (pretrained first stage)
     unet/       UNet2DConditionModel     config.json + diffusion_pytorch_model.safetensors
     scheduler/  DDIMScheduler            scheduler_config.json (the training noise schedule)
     bert/       LDMBertModel             config.json + model.safetensors       (pretrained variant)
@@ -34,6 +35,7 @@ from torch import nn
 
 from fast_core.configbase import check_choices, from_dict, to_dict
 from fast_core.models.conditioning import LearnedPromptEncoder, PromptEncoderConfig
+from fast_core.models.taef2 import TAEF2
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ class BaseComponents:
     """The parts of a base LDM, with one conditioning source: ``text_encoder`` + ``tokenizer``, or ``prompt_encoder``.
 
     Attributes:
-        vae: the first-stage autoencoder.
+        vae: the first-stage autoencoder (a trained ``AutoencoderKL`` or the pretrained :class:`TAEF2`).
         unet: the ε-prediction UNet.
         scheduler_config: the training noise schedule (DDIMScheduler kwargs).
         text_encoder: a pretrained text encoder (LDMBertModel), or None.
@@ -212,7 +214,7 @@ class BaseComponents:
         prompt_encoder: a from-scratch :class:`LearnedPromptEncoder`, or None.
     """
 
-    vae: AutoencoderKL
+    vae: AutoencoderKL | TAEF2
     unet: UNet2DConditionModel
     scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER_CONFIG))
     text_encoder: nn.Module | None = None
@@ -236,9 +238,15 @@ class BaseComponents:
 
 
 def build_base_components(
-    vae: VAEConfig, unet: UNetConfig, prompt_encoder: PromptEncoderConfig, seed: int = 0
+    vae: VAEConfig,
+    unet: UNetConfig,
+    prompt_encoder: PromptEncoderConfig,
+    seed: int = 0,
+    first_stage: TAEF2 | None = None,
 ) -> BaseComponents:
     """A randomly initialised from-scratch base: VAE, UNet and a :class:`LearnedPromptEncoder`.
+
+    With a pretrained ``first_stage`` (TAEF2) no VAE is built: the UNet works on that first stage's latents.
 
     diffusers initialises its modules from torch's global RNG, so the builds run inside ``torch.random.fork_rng``
     seeded with ``seed``: the same seed gives the same weights, and the caller's global RNG state is untouched.
@@ -251,8 +259,8 @@ def build_base_components(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae_model = build_vae(vae)
-        unet_model = build_unet(unet, vae.latent_channels)
+        vae_model = build_vae(vae) if first_stage is None else first_stage
+        unet_model = build_unet(unet, int(vae_model.config.latent_channels))
     generator = torch.Generator().manual_seed(seed + 1)
     encoder = LearnedPromptEncoder(prompt_encoder, generator=generator)
     return BaseComponents(vae=vae_model.eval(), unet=unet_model.eval(), prompt_encoder=encoder.eval())
@@ -389,18 +397,25 @@ def load_base_model(
     root = Path(path)
     _check_dir(root, "base model")
     index = read_json(root / MODEL_INDEX)
-    for name in ("vqvae", "unet", "scheduler"):
+    first = "taef2" if "taef2" in index else "vqvae"
+    for name in (first, "unet", "scheduler"):
         if name not in index:
             raise ValueError(f"base model: {root / MODEL_INDEX} does not list the {name!r} component")
 
-    vae_dir, unet_dir, sched_dir = root / "vqvae", root / "unet", root / "scheduler"
-    _check_weights(vae_dir, "vqvae", "diffusion_pytorch_model.safetensors")
+    vae_dir, unet_dir, sched_dir = root / first, root / "unet", root / "scheduler"
+    _check_dir(vae_dir, first)
+    if first == "vqvae":
+        _check_weights(vae_dir, "vqvae", "diffusion_pytorch_model.safetensors")
     _check_weights(unet_dir, "unet", "diffusion_pytorch_model.safetensors")
     _check_dir(sched_dir, "scheduler")
     scheduler_config = read_json(sched_dir / "scheduler_config.json")
     _check_schedule(scheduler_config, sched_dir / "scheduler_config.json")
     vae = _wrap_load(
-        "vqvae", vae_dir, lambda: AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, low_cpu_mem_usage=False)
+        first,
+        vae_dir,
+        (lambda: TAEF2.from_folder(vae_dir))
+        if first == "taef2"
+        else (lambda: AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, low_cpu_mem_usage=False)),
     )
     unet = _wrap_load(
         "unet",
@@ -455,7 +470,11 @@ def save_base_model(components: BaseComponents, path: str | Path) -> Path:
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    components.vae.save_pretrained(root / "vqvae", safe_serialization=True)
+    first = "taef2" if isinstance(components.vae, TAEF2) else "vqvae"
+    if first == "taef2":
+        components.vae.save(root / "taef2")
+    else:
+        components.vae.save_pretrained(root / "vqvae", safe_serialization=True)
     components.unet.save_pretrained(root / "unet", safe_serialization=True)
     DDIMScheduler.from_config(components.scheduler_config).save_pretrained(root / "scheduler")
     index: dict[str, Any] = {"_diffusers_version": diffusers.__version__}
@@ -473,9 +492,9 @@ def save_base_model(components: BaseComponents, path: str | Path) -> Path:
         {
             "scheduler": ["diffusers", "DDIMScheduler"],
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "vqvae": ["diffusers", "AutoencoderKL"],
         }
     )
+    index[first] = ["fast_core", "TAEF2"] if first == "taef2" else ["diffusers", "AutoencoderKL"]
     (root / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     logger.info("saved base model (%s conditioning) to %s", components.kind, root)
     return root

@@ -4,6 +4,8 @@
 
     z_0 = encode(x) = s · E(x).mean            # x ∈ [−1, 1]^(B, 3|1, H, W), s = scaling_factor, z_0: (B, C, H/f, W/f)
     x   = decode(z) = clamp(D(z / s), −1, 1)
+                                               # first stage: a KL VAE trained from scratch ("kl", f = 2^(n−1), C = 4)
+                                               # or the pretrained, frozen TAEF2 ("taef2", f = 8, C = 32)
     ε̂   = predict_eps(z, t, keys, m) = Adaptor(UNet(z, t, c(keys)), m)
     m   = latent_mask(M)                       # "bilinear": resize then ≥ 0.5 [release];  "any": max-pool [ours]
 
@@ -47,6 +49,7 @@ from fast_core.models.conditioning import (
     TextualInversionConfig,
 )
 from fast_core.models.farm import FARM, FARMConfig
+from fast_core.models.taef2 import TAEF2, TAEF2Config
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ FAST_WEIGHTS = "fast.safetensors"
 FAST_CONFIG = "fast_config.json"
 MaskDownsample = Literal["bilinear", "any"]
 Stage = Literal["fast", "base", "frozen"]
+FirstStage = Literal["kl", "taef2"]
 
 
 @dataclass(kw_only=True)
@@ -62,9 +66,13 @@ class FastModelConfig:
 
     ``vae``, ``unet`` and ``prompt_encoder`` shape a base built from scratch; when a base is loaded they are replaced
     by the loaded model's values. ``textual_inversion`` applies to a base with a pretrained text encoder (bert).
+    ``first_stage`` picks the autoencoder: ``kl`` (``vae``, trained) or ``taef2`` (``taef2``, pretrained, frozen;
+    see :func:`with_taef2`).
     """
 
-    vae: VAEConfig = field(default_factory=VAEConfig)  # first stage (AutoencoderKL kwargs)
+    first_stage: FirstStage = "kl"  # "kl": AutoencoderKL of shape ``vae``; "taef2": the pretrained TAEF2
+    vae: VAEConfig = field(default_factory=VAEConfig)  # first stage (AutoencoderKL kwargs) when first_stage = "kl"
+    taef2: TAEF2Config = field(default_factory=TAEF2Config)  # first stage when first_stage = "taef2"
     unet: UNetConfig = field(default_factory=UNetConfig)  # ε-prediction UNet (UNet2DConditionModel kwargs)
     prompt_encoder: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)  # from-scratch conditioner
     textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)  # pretrained text
@@ -74,12 +82,43 @@ class FastModelConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        c = self.vae.latent_channels
+        c = self.latent_channels
         if self.farm.latent_channels != c or self.adaptor.latent_channels != c:
             raise ValueError(
                 f"FastModelConfig: farm.latent_channels ({self.farm.latent_channels}) and adaptor.latent_channels "
-                f"({self.adaptor.latent_channels}) must equal vae.latent_channels ({c})"
+                f"({self.adaptor.latent_channels}) must equal the {self.first_stage} first stage's latent channels "
+                f"({c})"
             )
+
+    @property
+    def latent_channels(self) -> int:
+        """C of the latent z (the first stage's)."""
+        return self.taef2.latent_channels if self.first_stage == "taef2" else self.vae.latent_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """f = H / h of the first stage."""
+        return self.taef2.downsample_factor if self.first_stage == "taef2" else self.vae.downsample_factor
+
+
+def with_taef2(cfg: FastModelConfig, image_size: int) -> FastModelConfig:
+    """``cfg`` on the pretrained TAEF2 first stage at ``image_size``² images: 32 latent channels at 1/8 size.
+
+    The UNet, FARM and Adaptor keep their widths; the latent size h = image_size / 8 and C = 32 change, so a 128²
+    window gives a 32 × 16 × 16 latent (the ``kl`` presets' f = 4 gives 4 × 32 × 32).
+    """
+    f = TAEF2Config().downsample_factor
+    if image_size % (4 * f):
+        raise ValueError(f"with_taef2: image_size must be a multiple of {4 * f} (FARM needs h % 4), got {image_size}")
+    h, c = image_size // f, TAEF2Config().latent_channels
+    return dataclasses.replace(
+        cfg,
+        first_stage="taef2",
+        taef2=TAEF2Config(image_channels=cfg.vae.image_channels),
+        unet=dataclasses.replace(cfg.unet, sample_size=h),
+        farm=dataclasses.replace(cfg.farm, latent_channels=c, latent_size=h),
+        adaptor=dataclasses.replace(cfg.adaptor, latent_channels=c),
+    )
 
 
 def _with_keys(cfg: FastModelConfig, keys: Sequence[str]) -> FastModelConfig:
@@ -199,7 +238,7 @@ class FastLDM(nn.Module):
     """VAE + UNet + conditioner (frozen base) and FARM + Adaptor (trained in the FAST stage).
 
     Attributes:
-        vae: diffusers ``AutoencoderKL``.
+        vae: the first stage: a diffusers ``AutoencoderKL`` or the pretrained :class:`TAEF2` (frozen).
         unet: diffusers ``UNet2DConditionModel``.
         conditioner: ``keys -> (B, L, D)`` context (textual inversion over a text encoder, or a learned encoder).
         farm: :class:`FARM`.
@@ -222,6 +261,10 @@ class FastLDM(nn.Module):
     ) -> None:
         super().__init__()
         c = int(vae.config.latent_channels)
+        if isinstance(vae, TAEF2) != (config.first_stage == "taef2"):
+            raise ValueError(
+                f"FastLDM: config.first_stage is {config.first_stage!r} but the first stage is a {type(vae).__name__}"
+            )
         channels = {
             "unet in_channels": int(unet.config.in_channels),
             "unet out_channels": int(unet.config.out_channels),
@@ -230,7 +273,7 @@ class FastLDM(nn.Module):
         }
         bad = {k: v for k, v in channels.items() if v != c}
         if bad:
-            raise ValueError(f"FastLDM: latent channels {bad} differ from the VAE's latent_channels ({c})")
+            raise ValueError(f"FastLDM: latent channels {bad} differ from the first stage's latent_channels ({c})")
         dim = _conditioner_dim(conditioner)
         if dim is not None and dim != int(unet.config.cross_attention_dim):
             raise ValueError(
@@ -252,7 +295,9 @@ class FastLDM(nn.Module):
 
     @property
     def image_channels(self) -> int:
-        """Channels of the images the VAE takes: 3 (RGB) or 1 (grayscale)."""
+        """Channels of the images the first stage takes: 3 (RGB) or 1 (grayscale)."""
+        if isinstance(self.vae, TAEF2):
+            return self.vae.image_channels
         return int(self.vae.config.in_channels)
 
     @property
@@ -263,6 +308,8 @@ class FastLDM(nn.Module):
     @property
     def downsample_factor(self) -> int:
         """f = H / h."""
+        if isinstance(self.vae, TAEF2):
+            return self.vae.config.downsample_factor
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -282,8 +329,15 @@ class FastLDM(nn.Module):
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"FastLDM: {name} height and width must be multiples of {f}, got {tuple(x.shape[2:])}")
 
+    def encode_unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x): the VAE posterior mean, or TAEF2's latent, before the scale s (deterministic)."""
+        self._check_image(x, "x", self.image_channels)
+        if isinstance(self.vae, TAEF2):
+            return self.vae.encode_unscaled(x)
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z_0 = s · mean of the VAE posterior (deterministic).
+        """z_0 = s · E(x) (deterministic).
 
         Args:
             x: (B, image_channels, H, W) images in [−1, 1]; H and W multiples of ``downsample_factor``.
@@ -291,9 +345,7 @@ class FastLDM(nn.Module):
         Returns:
             (B, C, H/f, W/f) scaled latent.
         """
-        self._check_image(x, "x", self.image_channels)
-        posterior = self.vae.encode(x.to(self.vae.dtype)).latent_dist
-        return posterior.mean * self.scaling_factor
+        return self.encode_unscaled(x) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x = clamp(D(z / s), −1, 1): (B, C, h, w) latent → (B, image_channels, f·h, f·w) image in [−1, 1]."""
@@ -301,6 +353,8 @@ class FastLDM(nn.Module):
             raise ValueError(
                 f"FastLDM.decode: z must have shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}"
             )
+        if isinstance(self.vae, TAEF2):
+            return self.vae.decode_unscaled(z / self.scaling_factor)
         x = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample
         return x.clamp(-1.0, 1.0)
 
@@ -414,11 +468,13 @@ class FastLDM(nn.Module):
                 components.text_encoder, components.tokenizer, config.textual_inversion, generator=generator
             )
             prompt_cfg = config.prompt_encoder
+        first: dict[str, Any] = (
+            {"first_stage": "taef2", "taef2": dataclasses.replace(components.vae.config)}
+            if isinstance(components.vae, TAEF2)
+            else {"first_stage": "kl", "vae": VAEConfig.from_model(components.vae)}
+        )
         config = dataclasses.replace(
-            config,
-            vae=VAEConfig.from_model(components.vae),
-            unet=UNetConfig.from_model(components.unet),
-            prompt_encoder=prompt_cfg,
+            config, **first, unet=UNetConfig.from_model(components.unet), prompt_encoder=prompt_cfg
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
@@ -445,9 +501,24 @@ class FastLDM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         seed: int = 0,
+        first_stage: TAEF2 | None = None,
     ) -> FastLDM:
-        """A randomly initialised model (from-scratch base + FAST modules) of shape ``config``, from ``seed``."""
-        components = build_base_components(config.vae, config.unet, config.prompt_encoder, seed=seed)
+        """A randomly initialised model (from-scratch base + FAST modules) of shape ``config``, from ``seed``.
+
+        A ``taef2`` config needs the loaded pretrained ``first_stage`` (:meth:`TAEF2.from_folder`); its scaling
+        factor is taken from ``config.taef2``.
+        """
+        if (config.first_stage == "taef2") != (first_stage is not None):
+            raise ValueError(
+                f"FastLDM.from_scratch: a {config.first_stage!r} config "
+                + ("needs the loaded TAEF2 weights (first_stage=TAEF2.from_folder(...))" if first_stage is None
+                   else "takes no pretrained first_stage")
+            )  # fmt: skip
+        if first_stage is not None:
+            first_stage.config = dataclasses.replace(config.taef2)
+        components = build_base_components(
+            config.vae, config.unet, config.prompt_encoder, seed=seed, first_stage=first_stage
+        )
         return cls.from_base(components, config, device=device, dtype=dtype, seed=seed)
 
     def base_components(self) -> BaseComponents:
@@ -504,7 +575,7 @@ class FastLDM(nn.Module):
         """Rebuild a model saved by :meth:`save_fast` on top of ``base`` (a base directory or components)."""
         config = from_dict(FastModelConfig, read_json(Path(path) / FAST_CONFIG, "FAST checkpoint"), FAST_CONFIG)
         model = cls.from_base(base, config, device=device, dtype=dtype)
-        for part in ("vae", "unet", "prompt_encoder"):  # the base must be the one the checkpoint was trained on
+        for part in ("first_stage", "vae", "taef2", "unet", "prompt_encoder"):  # the checkpoint's own base
             if getattr(model.config, part) != getattr(config, part):
                 raise ValueError(
                     f"FAST checkpoint {path}: trained on a base with {part} = {getattr(config, part)}, but the given "

@@ -73,6 +73,9 @@ class ModelConfig:
 
     preset: Preset = "tiny"  # shapes of a from-scratch model (fast_core.models.ldm.model_preset)
     base_model_uri: str | None = None  # a base LDM dir (local or s3://): vae/base stages are skipped, FAST fine-tunes
+    # A folder (local or s3://) with the pretrained TAEF2 first stage (taef2_encoder.pth, taef2_decoder.pth, LICENSE):
+    # the first stage is then frozen, and stage "vae" only measures the latent scale s = 1 / std(E(x)) on the data.
+    first_stage_uri: str | None = None
     adaptor_mode: Literal["replace", "residual_zero_init", "none"] | None = None  # override the preset's Adaptor mode
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
 
@@ -80,6 +83,12 @@ class ModelConfig:
         check_choices(self)
         if self.base_model_uri is not None and not self.base_model_uri:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
+        if self.first_stage_uri is not None and not self.first_stage_uri:
+            raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
+        if self.first_stage_uri is not None and self.base_model_uri is not None:
+            raise ValueError(
+                "TrainConfig.model: first_stage_uri and base_model_uri are exclusive (a base has its own first stage)"
+            )
 
 
 @dataclass(kw_only=True)

@@ -2,9 +2,10 @@
 
     from scratch:  model = FastLDM.from_scratch(model_preset(preset, keys, C), seed)
     given base:    model = FastLDM.from_base(<local copy of base_model_uri>, model_preset(...), seed)
+    pretrained first stage:  model = FastLDM.from_scratch(with_taef2(preset), first_stage=TAEF2.from_folder(...))
     then, for each earlier stage of the run (vae → base → fast):  model ← that stage's final weights
                    (vae also sets the latent scaling factor s it measured, vae.config.scaling_factor = s,
-                   recorded in stages/vae.json)
+                   recorded in stages/vae.json; with a pretrained first stage it has no weights, only s)
 
 The weights a stage owns (what its checkpoints hold) are named as in ``FastLDM.state_dict()``:
 vae ``vae.*``; base ``unet.*`` + ``conditioner.*``; fast :meth:`FastLDM.fast_state_dict` (prompt vectors, FARM,
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 from fast_core.models.base import check_state
-from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset
+from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset, with_taef2
+from fast_core.models.taef2 import LICENSE_NAME, TAEF2
 from pipelines import storage as st
 from pipelines.storage import StorageConfig
 from pipelines.train.checkpoint import RunStore
@@ -30,7 +32,9 @@ from pipelines.train.config import STAGE_ORDER, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-BASE_CACHE = Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen")) / "bases"
+CACHE = Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen"))
+BASE_CACHE = CACHE / "bases"
+FIRST_STAGE_CACHE = CACHE / "first_stages"
 
 
 def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
@@ -40,27 +44,40 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc.adaptor = dataclasses.replace(mc.adaptor, mode=cfg.model.adaptor_mode)
     if cfg.model.mask_downsample is not None:
         mc.mask_downsample = cfg.model.mask_downsample
+    if cfg.model.first_stage_uri is not None:
+        mc = with_taef2(mc, cfg.dataset.image_size)
     return mc
+
+
+def _local_dir(uri: str, storage: StorageConfig | None, field: str, cache: Path, marker: str) -> Path:
+    """A local directory holding ``uri``: a local path as is, an ``s3://`` folder copied once into ``cache``
+    (complete when ``marker`` is there; it is copied last)."""
+    if not uri.startswith("s3://"):
+        _, path = st.filesystem(uri, storage)
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model.{field}: {uri} is not a directory")
+        return Path(path)
+    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if not (target / marker).is_file():
+        st.get_dir(uri, target, storage)
+    return target
 
 
 def local_base_dir(uri: str, storage: StorageConfig | None = None) -> Path:
     """A local directory holding the base model at ``uri`` (an ``s3://`` base is copied once into a cache)."""
-    if not uri.startswith("s3://"):
-        _, path = st.filesystem(uri, storage)
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"model.base_model_uri: {uri} is not a directory")
-        return Path(path)
-    target = BASE_CACHE / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if not (target / "model_index.json").is_file():
-        st.get_dir(uri, target, storage)
-    return target
+    return _local_dir(uri, storage, "base_model_uri", BASE_CACHE, "model_index.json")
+
+
+def load_first_stage(uri: str, storage: StorageConfig | None = None) -> TAEF2:
+    """The pretrained TAEF2 at ``uri`` (a local folder, or ``s3://`` copied once into a cache), loaded strictly."""
+    return TAEF2.from_folder(_local_dir(uri, storage, "first_stage_uri", FIRST_STAGE_CACHE, LICENSE_NAME))
 
 
 def stage_state_names(model: FastLDM, stage: str) -> list[str]:
     """Names (in ``model.state_dict()``) of the tensors ``stage`` trains and checkpoints."""
     names = list(model.state_dict())
     if stage == "vae":
-        return [n for n in names if n.startswith("vae.")]
+        return [] if isinstance(model.vae, TAEF2) else [n for n in names if n.startswith("vae.")]
     if stage == "base":
         return [n for n in names if n.startswith(("unet.", "conditioner."))]
     if stage == "fast":
@@ -78,9 +95,13 @@ def set_scaling_factor(model: FastLDM, s: float) -> None:
     """z = s · E(x): set the latent scaling factor on the model and in the VAE's config (saved with the base)."""
     if not s > 0 or s != s:
         raise ValueError(f"latent scaling factor must be a positive number, got {s}")
-    model.vae.register_to_config(scaling_factor=float(s))
+    if isinstance(model.vae, TAEF2):
+        model.vae.config.scaling_factor = float(s)
+        model.config.taef2.scaling_factor = float(s)
+    else:
+        model.vae.register_to_config(scaling_factor=float(s))
+        model.config.vae.scaling_factor = float(s)
     model.scaling_factor = float(s)
-    model.config.vae.scaling_factor = float(s)
 
 
 def load_stage_weights(model: FastLDM, stage: str, weights: dict[str, torch.Tensor], where: str) -> None:
@@ -109,9 +130,15 @@ def build_model(cfg: TrainConfig, keys: list[str], store: RunStore, upto: str | 
     mc = model_config(cfg, keys)
     if cfg.model.base_model_uri is not None:
         model = FastLDM.from_base(local_base_dir(cfg.model.base_model_uri, cfg.storage), mc, seed=cfg.seed)
+    elif cfg.model.first_stage_uri is not None:
+        first = load_first_stage(cfg.model.first_stage_uri, cfg.storage)
+        model = FastLDM.from_scratch(mc, seed=cfg.seed, first_stage=first)
     else:
         model = FastLDM.from_scratch(mc, seed=cfg.seed)
     for stage in required_stages(cfg, upto):
+        if stage == "vae" and cfg.model.first_stage_uri is not None:  # pretrained: only the measured scale
+            set_scaling_factor(model, float(store.done("vae")["scaling_factor"]))
+            continue
         ckpt = store.stage_weights(stage)
         load_stage_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")
         if stage == "vae":

@@ -4,6 +4,7 @@
     run.json: a new run records what it trains; a rerun (same run_name + storage_path) must match it, and resumes
     for stage in vae, base, fast, mask (those configured):
         finished (stages/<stage>.json)          → skipped
+        vae on a pretrained first stage         → nothing trained: s = 1 / std(E(x)) measured, stages/vae.json
         else validate the latest checkpoint     → TorchTrainer(<stage>_loop, ScalingConfig, datasets={"train": …})
         the final checkpoint                    → metrics.jsonl, curves.png (every stage's loss), stages/<stage>.json
     publish_model(model, publish_uri or <run>/model)   (when the run has a FAST stage)
@@ -78,6 +79,9 @@ class TrainSummary:
         """Human-readable lines for the CLI."""
         lines = [f"run: {self.run_uri}", f"keys: {', '.join(self.keys)}"]
         for s in self.stages:
+            if s.stage == "vae" and s.steps == 0:
+                lines.append(f"  {s.stage:5s} pretrained first stage (frozen), latent scale measured, {s.wall_s:.0f} s")
+                continue
             state = "skipped (finished earlier)" if s.skipped else f"trained from step {s.resumed_from}"
             loss = f"{s.final_loss:.5f}" if s.final_loss is not None else "n/a"
             lines.append(f"  {s.stage:5s} {s.steps} steps, {state}, final loss {loss}, {s.wall_s:.0f} s")
@@ -232,6 +236,9 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
 
     summaries = []
     for stage in cfg.stages:
+        if stage == "vae" and cfg.model.first_stage_uri is not None:
+            summaries.append(_pretrained_first_stage(cfg, store, data))
+            continue
         scfg = cfg.stage_config(stage)
         done = store.done(stage)
         if done is not None:
@@ -297,6 +304,33 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         skipped_files=len(data.skipped),
         wall_s=time.perf_counter() - t0,
     )
+
+
+def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingData) -> StageSummary:
+    """Stage "vae" on a pretrained, frozen first stage: nothing is trained; s = 1 / std(E(x)) is measured once on the
+    training images (driver, CPU, deterministic) and recorded in ``stages/vae.json``."""
+    done = store.done("vae")
+    if done is not None:
+        logger.info("stage vae: pretrained first stage, latent scale s = %.5f measured earlier", done["scaling_factor"])
+        return StageSummary("vae", 0, True, 0, done["wall_s"], None)
+    t0 = time.perf_counter()
+    model = build_model(cfg, data.keys, store, "vae")
+    s = measure_scaling_factor(model.eval(), _scale_images(data), torch.device("cpu"), cfg.stage.vae.batch_size)
+    wall = time.perf_counter() - t0
+    logger.info("stage vae: pretrained first stage %s, latent scale s = 1/std = %.5f", cfg.model.first_stage_uri, s)
+    info = {
+        "stage": "vae",
+        "steps": 0,
+        "pretrained": cfg.model.first_stage_uri,
+        "checkpoint": None,
+        "final_loss": None,
+        "wall_s": wall,
+        "scaling_factor": s,
+        "grids": [],
+        "finished": time.time(),
+    }
+    store.mark_done("vae", info)
+    return StageSummary("vae", 0, False, 0, wall, None)
 
 
 def _measure_scaling_factor(cfg: TrainConfig, store: RunStore, data: TrainingData, ckpt: Checkpoint) -> float:

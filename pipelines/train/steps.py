@@ -120,11 +120,11 @@ def configure_trainable(model: FastLDM, stage: str) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.device, batch: int) -> float:
-    """s = 1 / std of the unscaled posterior means E(x) over ``images`` (N, C, S, S) uint8 (the LDM's rule)."""
+    """s = 1 / std of the unscaled latents E(x) (VAE: posterior means) of ``images`` (N, C, S, S) uint8 (LDM rule)."""
     latents = []
     for lo in range(0, len(images), batch):
         x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
-        latents.append(model.vae.encode(x).latent_dist.mean.float().cpu())
+        latents.append(model.encode_unscaled(x).float().cpu())
     std = float(torch.cat(latents).std())
     if not std > 0 or not math.isfinite(std):
         raise NonFiniteLossError(f"stage 'vae': latent std is {std}; cannot set the scaling factor")

@@ -15,6 +15,7 @@ import torch
 
 from fast_core.models.base import BaseComponents, build_base_components, save_base_model
 from fast_core.models.ldm import FastLDM, FastModelConfig, tiny_config
+from fast_core.models.taef2 import LICENSE_NAME, PTH_NAMES, TAEF2
 from pipelines.model_store import ModelInfo, publish_model
 from pipelines.storage import StorageConfig
 
@@ -42,6 +43,19 @@ def tiny_base_model_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) 
 def tiny_fast_ldm(image_channels: int = 3, seed: int = 0) -> FastLDM:
     """A tiny FastLDM (from-scratch base + FARM + Adaptor), all weights from ``seed``; builds in well under a second."""
     return FastLDM.from_scratch(tiny_fast_config(image_channels), seed=seed)
+
+
+def write_taef2_folder(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised TAEF2 written as the published files (two ``.pth`` state dicts + ``LICENSE``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TAEF2()
+    for part, name in PTH_NAMES.items():
+        torch.save(getattr(model, part).state_dict(), folder / name)
+    (folder / LICENSE_NAME).write_text("MIT License (test copy)\n")
+    return folder
 
 
 def write_tiny_vocab(folder: Path) -> Path:

@@ -23,7 +23,9 @@ from pipelines.train import TrainConfig, TrainingFailed, run_training
 from pipelines.train.checkpoint import RunStore
 from pipelines.train.curves import CURVES, PANEL_HEIGHT, WIDTH, render_curves
 from tests.helpers.dummy_data import make_dummy_mvtec
-from tests.helpers.tiny_models import tiny_base_model_dir
+from fast_core.models.taef2 import TAEF2
+from pipelines.model_store import BASE_DIR
+from tests.helpers.tiny_models import tiny_base_model_dir, write_taef2_folder
 
 pytestmark = pytest.mark.ray
 
@@ -92,6 +94,32 @@ def test_full_chain_two_workers_local_then_rerun_skips(ray_local: None, tiny_dat
 
 
 @pytest.mark.s3
+def test_pretrained_first_stage_is_measured_not_trained_then_base_and_fast_train(
+    ray_local: None, tiny_data: tuple[Path, Path], tmp_path
+) -> None:
+    root, _ = tiny_data
+    first = write_taef2_folder(tmp_path / "taef2", seed=3)
+    steps = ["stage.base.steps=2", "stage.fast.steps=2", "stage.base.checkpoint_every=2"]
+    cfg = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps)
+    summary = run_training(cfg)
+    store = RunStore(cfg.run_uri)
+    vae = store.done("vae")
+    assert vae["steps"] == 0 and vae["pretrained"] == str(first) and vae["checkpoint"] is None
+    assert vae["scaling_factor"] > 0 and metric_steps(store, "vae") == []
+    assert "pretrained first stage (frozen), latent scale measured" in summary.format()
+    assert metric_steps(store, "base") == [1, 2] and metric_steps(store, "fast") == [1, 2]
+
+    model, _ = load_model(summary.model_uri)
+    assert model.config.first_stage == "taef2" and model.latent_channels == 32
+    assert model.scaling_factor == pytest.approx(vae["scaling_factor"])
+    assert (Path(summary.model_uri) / BASE_DIR / "taef2" / "LICENSE").is_file()
+    source = TAEF2.from_folder(first).state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in model.vae.state_dict().items())  # frozen: the published weights
+
+    again = run_training(cfg)
+    assert all(s.skipped for s in again.stages)
+
+
 def test_fast_stage_to_s3_and_load_published_model(
     ray_local: None, tiny_data: tuple[Path, Path], s3_bucket, tmp_path: Path
 ) -> None:
