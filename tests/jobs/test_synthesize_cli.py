@@ -68,7 +68,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
 @pytest.mark.ray
 def test_driver_killed_after_first_commit_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 3, "scratch": 3}, mode="RGB")

@@ -16,15 +16,14 @@ import torch
 
 from fast_core.data.transforms import decode_png
 from fast_core.masks.diffusion import MaskDiffusionModel
+from fast_core.models.taef2 import TAEF2
 from pipelines import storage as st
 from pipelines.config import load_config
-from pipelines.model_store import load_model
+from pipelines.model_store import BASE_DIR, load_model
 from pipelines.train import TrainConfig, TrainingFailed, run_training
 from pipelines.train.checkpoint import RunStore
 from pipelines.train.curves import CURVES, PANEL_HEIGHT, WIDTH, render_curves
 from tests.helpers.dummy_data import make_dummy_mvtec
-from fast_core.models.taef2 import TAEF2
-from pipelines.model_store import BASE_DIR
 from tests.helpers.tiny_models import tiny_base_model_dir, write_taef2_folder
 
 pytestmark = pytest.mark.ray
