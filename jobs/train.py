@@ -27,13 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, metavar="YAML", help="a TrainConfig YAML file (see jobs/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. stage.fast.steps=50")
     p.add_argument("--resume", action="store_true", help="continue an existing run (error if there is none)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="logical CPUs of a local Ray (ignored with RAY_ADDRESS)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, connect to Ray, train, print the summary."""
     cfg = load_config(TrainConfig, args.config, args.set)
-    print(ensure_ray())
+    print(ensure_ray(args.num_cpus))
     try:
         summary = run_training(cfg, resume=args.resume)
     except TrainingFailed as exc:

@@ -184,6 +184,10 @@ class ScalingSettings:
     cpus_per_worker: int = 1  # logical CPUs Ray reserves per worker
     torch_threads: int | None = None  # torch intra-op threads per worker (None: cpus_per_worker)
     mixed_precision: Precision = "none"  # autocast dtype of the networks on GPU: none, bf16, fp16 (+ grad scaling)
+    # Worker failures (a lost worker process or node, any error raised in a worker) Ray Train recovers from per stage
+    # by restarting the workers from the stage's latest checkpoint; 0 fails at the first one. A deterministic error
+    # (a NaN loss) repeats on the restart and then fails with its own message.
+    max_failures: int = 1
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -191,6 +195,8 @@ class ScalingSettings:
         _positive_int("TrainConfig.scaling.cpus_per_worker", self.cpus_per_worker)
         if self.torch_threads is not None:
             _positive_int("TrainConfig.scaling.torch_threads", self.torch_threads)
+        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ValueError(f"TrainConfig.scaling.max_failures must be an integer >= 0, got {self.max_failures!r}")
         if self.mixed_precision != "none" and not self.use_gpu:
             raise ValueError(
                 f"TrainConfig.scaling.mixed_precision = {self.mixed_precision!r} needs use_gpu: true "
@@ -210,10 +216,11 @@ class FaultConfig:
     stage: StageName | None = None  # the stage the faults apply to (None: every stage)
     stop_after_steps: int | None = None  # raise an interruption right after this step (and its checkpoint, if any)
     inject_nan_at_step: int | None = None  # make the loss NaN at this step
+    kill_worker_after_step: int | None = None  # SIGKILL worker rank 0 right after this step (and its checkpoint), once
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("stop_after_steps", "inject_nan_at_step"):
+        for name in ("stop_after_steps", "inject_nan_at_step", "kill_worker_after_step"):
             if getattr(self, name) is not None:
                 _positive_int(f"TrainConfig.fault.{name}", getattr(self, name))
 

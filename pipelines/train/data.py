@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Columns of the Ray datasets (``key_id`` indexes TrainingData.keys).
 IMAGE, MASK, KEY_ID = "image", "mask", "key_id"
+ROW_ID = "row_id"  # the row's index in the stage's columns: workers order and split the rows by it
 
 
 def defect_key(record: ImageRecord) -> str:
@@ -190,8 +191,8 @@ def check_stage_rows(data: TrainingData, stage: str, batch_size: int, num_worker
 
 
 def to_ray_dataset(columns: dict[str, np.ndarray]) -> ray.data.Dataset:
-    """A Ray dataset with one row per array index (tensor columns for images and masks)."""
+    """A Ray dataset with one row per array index (tensor columns for images and masks, and ``row_id`` = i)."""
     import ray.data
 
     n = len(columns[KEY_ID])
-    return ray.data.from_items([{name: col[i] for name, col in columns.items()} for i in range(n)])
+    return ray.data.from_items([{ROW_ID: i, **{name: col[i] for name, col in columns.items()}} for i in range(n)])

@@ -3,8 +3,11 @@
 Each worker builds the stage's starting model (:func:`pipelines.train.models.build_model`), resumes from the stage's
 latest checkpoint when there is one (weights, optimizer state, step, epoch, metrics so far), wraps the stage's
 objective in DDP with ``ray.train.torch.prepare_model`` and iterates its Ray Data shard
-(``ray.train.get_dataset_shard("train").iter_torch_batches``) epoch after epoch until ``steps`` optimizer steps are
-done. One step::
+epoch after epoch until ``steps`` optimizer steps are done. Every worker reads the whole (unsplit) dataset once,
+keeps the rows with ``row_id ≡ rank (mod world)`` and draws each epoch's order from (seed, stage, rank, epoch)
+(:class:`WorkerRows`). Step k uses batch k of that sequence (epoch ⌊k / n_batches⌋), so a resumed stage — after a
+driver kill and ``--resume``, or after Ray Train restarts a lost worker (``scaling.max_failures``) — continues at the
+same data position and ends with the same weights as an uninterrupted run. One step::
 
     g      = Generator(seed = H(seed, stage, rank, step))       # every random draw of the step, resume-exact
     batch  = prepare_batch(batch, g)                            # augmented (pipelines.train.steps)
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +42,7 @@ from pipelines import storage as st
 from pipelines.train import grid
 from pipelines.train.checkpoint import Checkpoint, RunStore
 from pipelines.train.config import StageConfig, TrainConfig
-from pipelines.train.data import KEY_ID
+from pipelines.train.data import KEY_ID, ROW_ID
 from pipelines.train.models import set_scaling_factor, stage_state
 from pipelines.train.steps import (
     FaultInjected,
@@ -151,23 +156,47 @@ class _Progress:
         return self.wall0 + time.perf_counter() - self.t0
 
 
-def _batches(
-    shard: Any, batch_size: int, buffer: int, seed: int, stage: str, rank: int, epoch: int
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """(epoch, batch) forever: each epoch one pass over the shard, locally shuffled with a per-epoch seed."""
-    while True:
-        n = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=buffer,
-            local_shuffle_seed=step_seed(seed, f"{stage}/epoch", rank, epoch) % (2**31),
-        ):
-            n += 1
-            yield epoch, batch
-        if n == 0:
-            raise ValueError(f"stage {stage!r}: worker {rank} got no full batch of {batch_size} from its data shard")
-        epoch += 1
+class WorkerRows:
+    """One worker's share of a stage's rows, in a reproducible order: row ids ≡ rank (mod world), all in memory.
+
+    Epoch e visits them in the order ``randperm(n, seed = H(seed, stage/epoch, rank, e))``, in ``n // batch_size``
+    full batches; :meth:`batches` starts after any number of steps, which is how a resumed stage continues.
+    """
+
+    def __init__(self, shard: Any, rank: int, world: int, batch_size: int, seed: int, stage: str) -> None:
+        parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
+        if not parts:
+            raise ValueError(f"stage {stage!r}: worker {rank} got no rows")
+        columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.argsort(columns.pop(ROW_ID), kind="stable")[rank::world]
+        self.columns = {k: v[order] for k, v in columns.items()}
+        self.n = len(order)
+        self.batch_size, self.seed, self.stage, self.rank = batch_size, seed, stage, rank
+        self.per_epoch = self.n // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"stage {stage!r}: worker {rank} has {self.n} rows, fewer than one batch of {batch_size}")
+
+    def batches(self, done_steps: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(epoch, batch) forever, for steps ``done_steps + 1, done_steps + 2, …``."""
+        epoch, start = divmod(done_steps, self.per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(step_seed(self.seed, f"{self.stage}/epoch", self.rank, epoch))
+            perm = torch.randperm(self.n, generator=g).numpy()
+            for b in range(start, self.per_epoch):
+                idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+                yield epoch, {k: torch.from_numpy(v[idx]) for k, v in self.columns.items()}
+            epoch, start = epoch + 1, 0
+
+
+def _kill_once(store: RunStore, cfg: TrainConfig, stage: str, step: int) -> None:
+    """Test fault: SIGKILL this worker process after ``step``, once per run (a marker in the run keeps a restarted
+    attempt from killing itself again)."""
+    marker = store.uri(f"fault-killed-{stage}-step{step}")
+    if st.exists(marker, cfg.storage):
+        return
+    st.write_text_atomic(marker, f"{time.time()}\n", cfg.storage)
+    logger.info("[%s] fault.kill_worker_after_step: SIGKILL after step %d", stage, step)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_metrics(store: RunStore, stage: str, history: list[dict[str, Any]]) -> None:
@@ -241,10 +270,10 @@ def run_stage_loop(config: dict[str, Any]) -> None:
     objective = ray.train.torch.prepare_model(StageObjective(model, stage, keys, autocast, cfg.loss.fg_weight))
     optimizer = torch.optim.AdamW(params, lr=scfg.lr, weight_decay=scfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
-    step, epoch, history, wall0 = 0, 0, [], 0.0
+    step, history, wall0 = 0, [], 0.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer)
-        step, epoch = ckpt.step, int(ckpt.state["epoch"]) + 1
+        step = ckpt.step
         history = [r for r in ckpt.state.get("metrics", []) if r["step"] <= step]
         wall0 = float(ckpt.state.get("wall_s", 0.0))
         if ckpt.state.get("scaler"):
@@ -256,9 +285,8 @@ def run_stage_loop(config: dict[str, Any]) -> None:
         _write_metrics(store, stage, progress.history)  # drop records logged after the checkpoint by a killed run
 
     fault = cfg.fault if cfg.fault.applies(stage) else None
-    shard = ray.train.get_dataset_shard("train")
-    buffer = max(scfg.batch_size, min(2048, config["rows"] // world))
-    stream = _batches(shard, scfg.batch_size, buffer, cfg.seed, stage, rank, epoch)
+    rows = WorkerRows(ray.train.get_dataset_shard("train"), rank, world, scfg.batch_size, cfg.seed, stage)
+    stream = rows.batches(step)  # the data position follows from the step
     while step < scfg.steps:
         epoch, batch = next(stream)
         step += 1
@@ -314,6 +342,8 @@ def run_stage_loop(config: dict[str, Any]) -> None:
             every = scfg.grid_every
             if every and (step % every == 0 or last):
                 _write_grid(store, cfg, stage, step, model, config, device)
+        if fault is not None and fault.kill_worker_after_step == step and rank == 0:
+            _kill_once(store, cfg, stage, step)
         if fault is not None and fault.stop_after_steps == step:
             _barrier(world)  # rank 0 finishes this step's checkpoint before any worker fails
             raise FaultInjected(f"stage {stage!r}: stopped after step {step} by fault.stop_after_steps")

@@ -194,9 +194,12 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"{cfg.run_name}-{stage}-{uuid.uuid4().hex[:8]}",
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
         ),
         datasets={"train": to_ray_dataset(data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0))},
+        # every worker sees every row and takes its own share by row id (loops.WorkerRows): the order is a function
+        # of (seed, stage, rank, epoch) alone, so a resumed or restarted stage continues at the same data position
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     try:
         trainer.fit()

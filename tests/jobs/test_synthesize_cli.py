@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +10,9 @@ import yaml
 from jobs.cli import main
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.manifests import pair_rows, write_manifest_rows
+from tests.helpers.processes import fastgen, kill_when, run
 from tests.helpers.synthetic_versions import content_bytes
 from tests.helpers.tiny_models import publish_tiny_model
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_config_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -36,36 +29,7 @@ def test_help_lists_synthesize(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _command(config: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "jobs.cli",
-        "synthesize",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--num-cpus",
-        "4",
-    ]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always a private local Ray
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the driver, then whatever it left in its own process group (the local Ray it started)."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    return fastgen("synthesize", "--config", str(config), "--out", str(out), "--num-cpus", "4")
 
 
 @pytest.mark.ray
@@ -88,32 +52,18 @@ def test_driver_killed_after_first_commit_then_rerun_is_byte_identical(tmp_path:
         )
     )
     reference = tmp_path / "reference"
-    done = _run(_command(config, reference))
+    done = run(_command(config, reference))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "24 pairs written, 0 rejected" in done.stdout
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _command(config, out),
-        cwd=REPO,
-        env=_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "_commits" / "part-00000.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the driver ended before its first commit"
-            time.sleep(0.02)
-    finally:
-        _kill_group(proc)
+    kill_when(_command(config, out), (out / "_commits" / "part-00000.json").exists)
     committed = sorted(p.name for p in (out / "_commits").glob("part-*.json"))
     assert 1 <= len(committed) < 6 and not (out / "_SUCCESS").exists()  # really killed mid-run
 
-    rerun = _run(_command(config, out))
+    rerun = run(_command(config, out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(committed)} already committed" in rerun.stdout
     assert content_bytes(out) == content_bytes(reference)
-    again = _run(_command(config, out))
+    again = run(_command(config, out))
     assert again.returncode == 0 and "already complete" in again.stdout

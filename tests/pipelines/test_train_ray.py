@@ -165,3 +165,22 @@ def test_corrupt_checkpoint_fails_before_any_worker_starts(tiny_data: tuple[Path
     with pytest.raises(ValueError, match=r"step-00000002: weights.safetensors is not a valid safetensors file"):
         run_training(cfg)  # no ray_local: the driver refuses before Ray is touched
     json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
+
+
+def test_worker_killed_mid_stage_is_replaced_and_the_run_ends_as_if_uninterrupted(
+    ray_local: None, tiny_data: tuple[Path, Path], tmp_path
+) -> None:
+    """A real SIGKILL of worker rank 0 after step 3: Ray Train restarts the workers (scaling.max_failures = 1) from
+    the step-2 checkpoint within the same ``run_training`` call, and the final weights equal an uninterrupted run's."""
+    root, base = tiny_data
+    runs = str(tmp_path / "runs")
+    common = [*fast_only(base, steps=6, every=2), "scaling.max_failures=1"]
+    reference = run_training(tiny_cfg(root, runs, *common, "run_name=reference"))
+    cfg = tiny_cfg(root, runs, *common, "run_name=killed", "fault.kill_worker_after_step=3")
+    summary = run_training(cfg)
+    store = RunStore(cfg.run_uri)
+    assert st.exists(store.uri("fault-killed-fast-step3"))  # the kill happened
+    assert summary.stages[0].resumed_from == 0 and metric_steps(store, "fast") == [1, 2, 3, 4, 5, 6]
+    want = RunStore(reference.run_uri).stage_weights("fast").weights
+    got = store.stage_weights("fast").weights
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
