@@ -194,7 +194,9 @@ def _synthesize_chunk(
     with timer("encode"):
         with amp():
             z_bg = model.encode(x_n).float()  # (B, C, h, w), scaled latent mean
-        m = model.latent_mask(mask_px, cfg.mask_downsample).to(torch.float32)  # (B, 1, h, w), {0, 1}
+        m = model.latent_mask(mask_px, cfg.mask_downsample).to(
+            torch.float32
+        )  # (B, 1, h, w), {0, 1}; None: trained rule
     with timer("loop"):
         scheduler = make_scheduler(cfg, device=device)
         noise = _randn(z_bg.shape[1:], generators, device)
@@ -275,7 +277,7 @@ def synthesize(
             "%d of %d masks vanish at latent resolution (mask_downsample=%r): no anomaly is synthesized for them",
             int(latent_mask_empty.sum()),
             latent_mask_empty.numel(),
-            cfg.mask_downsample,
+            cfg.mask_downsample or model.config.mask_downsample,
         )
     return SynthesisResult(
         images=torch.cat(outputs),

@@ -56,7 +56,8 @@ class SynthesisConfig:
     use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
     bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
     start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
-    mask_downsample: Literal["bilinear", "any"] = "bilinear"  # pixel → latent mask: resize then >= 0.5, or max-pool
+    # pixel → latent mask: resize then >= 0.5, or max-pool; None: the rule the model was trained with (its config)
+    mask_downsample: Literal["bilinear", "any"] | None = None
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
 
     def __post_init__(self) -> None:

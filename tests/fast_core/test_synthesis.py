@@ -255,6 +255,20 @@ def test_latent_mask_empty_for_one_pixel_mask(model):
     assert torch.equal(anyway.images[outside], images[outside])
 
 
+def test_default_mask_rule_is_the_one_the_model_was_trained_with(model):
+    images, _ = _inputs(1)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 13, 17] = 1.0
+    trained = model.config.mask_downsample
+    try:
+        for rule, vanishes in (("any", False), ("bilinear", True)):
+            model.config.mask_downsample = rule
+            out = _run(model, SynthesisConfig(nfe=3), seeds=(1,), images=images, masks=mask)
+            assert out.latent_mask_empty.tolist() == [vanishes]
+    finally:
+        model.config.mask_downsample = trained
+
+
 def test_model_mode_is_restored(model):
     model.train()
     try:
