@@ -10,6 +10,7 @@ Layout at ``<storage_path>/<run_name>`` (a local folder or an ``s3://`` prefix):
     checkpoints/<stage>/step-<N:08d>/
         weights.safetensors                    the stage's trainable tensors (names as in FastLDM.state_dict())
         optimizer.safetensors                  the optimizer's per-parameter tensors ("state.<index>.<name>")
+        ema.safetensors                        the EMA of the weights (stages with ema_decay; same names)
         state.json                             step, epoch, optimizer param groups and scalars, metrics so far,
                                                scaling factor (vae), grad-scaler state; written last in the folder
     checkpoints/<stage>/LATEST.json            {"step": N, "dir": "step-<N:08d>"}, replaced atomically after a save
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS, STAGES, SAMPLES = "checkpoints", "stages", "samples"
 LATEST = "LATEST.json"
-WEIGHTS, OPTIMIZER, STATE = "weights.safetensors", "optimizer.safetensors", "state.json"
+WEIGHTS, OPTIMIZER, STATE, EMA = "weights.safetensors", "optimizer.safetensors", "state.json", "ema.safetensors"
 METRICS = "metrics.jsonl"
 RUN_INFO = "run.json"
 FORMAT = "fastgen-train-checkpoint/1"
@@ -104,11 +105,17 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     state: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None = None  # the EMA of the weights (a stage with ema_decay), else None
 
     @property
     def step(self) -> int:
         """Optimizer steps done."""
         return int(self.state["step"])
+
+    @property
+    def final_weights(self) -> dict[str, torch.Tensor]:
+        """What later stages and the published model use: the EMA weights when the stage kept them, else the raw."""
+        return self.weights if self.ema is None else self.ema
 
 
 class RunStore:
@@ -140,6 +147,7 @@ class RunStore:
         optimizer_state: dict[str, Any],
         state: dict[str, Any],
         keep: int,
+        ema: dict[str, torch.Tensor] | None = None,
     ) -> str:
         """Write a checkpoint folder (state.json last), then point ``LATEST.json`` at it, then prune old ones."""
         folder = self.checkpoint_uri(stage, step)
@@ -147,7 +155,10 @@ class RunStore:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         st.write_bytes_atomic(st.join(folder, WEIGHTS), save_safetensors(cpu, {"format": "pt"}), self.storage)
         st.write_bytes_atomic(st.join(folder, OPTIMIZER), save_safetensors(tensors, {"format": "pt"}), self.storage)
-        body = {"format": FORMAT, "stage": stage, "step": step, "optimizer": meta, **state}
+        if ema is not None:
+            ema_cpu = {k: v.detach().to("cpu").contiguous() for k, v in ema.items()}
+            st.write_bytes_atomic(st.join(folder, EMA), save_safetensors(ema_cpu, {"format": "pt"}), self.storage)
+        body = {"format": FORMAT, "stage": stage, "step": step, "optimizer": meta, "ema": ema is not None, **state}
         st.write_text_atomic(st.join(folder, STATE), json.dumps(body, indent=1) + "\n", self.storage)
         latest = {"step": step, "dir": step_dir_name(step), "time": time.time()}
         st.write_text_atomic(self.uri(CHECKPOINTS, stage, LATEST), json.dumps(latest) + "\n", self.storage)
@@ -213,7 +224,7 @@ class RunStore:
                 f"checkpoint {folder}: {STATE} is not a valid checkpoint state ({exc}){hint}"
             ) from exc
         tensors = {}
-        for name in (WEIGHTS, OPTIMIZER):
+        for name in (WEIGHTS, OPTIMIZER, EMA) if state.get("ema") else (WEIGHTS, OPTIMIZER):
             try:
                 tensors[name] = load_safetensors(read(name))
             except CheckpointError:
@@ -223,7 +234,7 @@ class RunStore:
                     f"checkpoint {folder}: {name} is not a valid safetensors file ({exc}){hint}"
                 ) from exc
         optimizer = unflatten_optimizer_state(tensors[OPTIMIZER], state["optimizer"])
-        return Checkpoint(uri=folder, weights=tensors[WEIGHTS], optimizer=optimizer, state=state)
+        return Checkpoint(uri=folder, weights=tensors[WEIGHTS], optimizer=optimizer, state=state, ema=tensors.get(EMA))
 
     def load_latest(self, stage: str) -> Checkpoint | None:
         """The checkpoint ``LATEST.json`` names for ``stage`` (validated), or None."""

@@ -109,8 +109,13 @@ class StageConfig:
 
     steps: int = 100  # optimizer steps of this stage
     batch_size: int = 8  # images per worker per step (the global batch is batch_size × num_workers)
-    lr: float = 1e-4  # AdamW learning rate (constant after a linear warm-up)
+    lr: float = 1e-4  # AdamW learning rate (after a linear warm-up: constant, or cosine-decayed, see lr_schedule)
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine ends at lr_final · lr
+    lr_final: float = 0.1  # cosine: the last step's learning rate as a fraction of lr
+    # EMA of the stage's weights, w̄ ← d·w̄ + (1 − d)·w after every step with d = min(ema_decay, (1 + k) / (10 + k));
+    # checkpointed with the weights, and what later stages and the published model use. None: no EMA.
+    ema_decay: float | None = None
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     max_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
     checkpoint_every: int = 100  # save a checkpoint every N steps (and always at the last step)
@@ -126,6 +131,12 @@ class StageConfig:
             raise ValueError(f"{where}.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not self.lr > 0:
             raise ValueError(f"{where}.lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"{where}.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.lr_final <= 1:
+            raise ValueError(f"{where}.lr_final must be in [0, 1], got {self.lr_final!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"{where}.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
         if self.weight_decay < 0:
             raise ValueError(f"{where}.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -153,6 +164,11 @@ class StagesConfig:
     def __post_init__(self) -> None:
         for name in STAGE_ORDER:
             getattr(self, name).check(f"TrainConfig.stage.{name}")
+        if self.vae.ema_decay is not None:
+            raise ValueError(
+                "TrainConfig.stage.vae.ema_decay: the VAE stage keeps no EMA (its latent scale is measured on the "
+                "trained weights); use null"
+            )
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,8 @@ same data position and ends with the same weights as an uninterrupted run. One s
     batch  = prepare_batch(batch, g)                            # augmented (pipelines.train.steps)
     loss   = StageObjective(batch, g)                           # fast_core.training.*_training_step
     loss   ← mean over workers (all_reduce); non-finite → stop, naming stage and step (nothing is written)
-    loss.backward(); clip ‖∇‖ ≤ max_grad_norm; AdamW step (lr warm-up)
+    loss.backward(); clip ‖∇‖ ≤ max_grad_norm; AdamW step (lr: warm-up, then constant or cosine)
+    EMA (ema_decay d):  w̄ ← d_k·w̄ + (1 − d_k)·w,  d_k = min(d, (1 + k) / (10 + k))
 
 Rank 0 alone writes: a progress line and a ``metrics.jsonl`` record every ``log_every`` steps, a checkpoint every
 ``checkpoint_every`` steps and at the end, a sample grid at each checkpoint. Every worker calls
@@ -70,11 +71,35 @@ def _setup_worker_logging() -> None:
         logger.propagate = False
 
 
-def _lr_at(step: int, scfg: StageConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant."""
+def lr_at(step: int, scfg: StageConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant, or cosine from lr down to ``lr_final · lr`` at the end:
+
+    lr_k = lr · (f + (1 − f) · (1 + cos(π · (k − W) / (K − W))) / 2),   W < k ≤ K,  f = lr_final
+    """
     if scfg.warmup_steps and step <= scfg.warmup_steps:
         return scfg.lr * step / scfg.warmup_steps
-    return scfg.lr
+    if scfg.lr_schedule == "constant" or scfg.steps <= scfg.warmup_steps:
+        return scfg.lr
+    progress = (step - scfg.warmup_steps) / (scfg.steps - scfg.warmup_steps)
+    return scfg.lr * (scfg.lr_final + (1 - scfg.lr_final) * (1 + math.cos(math.pi * progress)) / 2)
+
+
+class WeightsEMA:
+    """The exponential moving average of a stage's weights (float tensors averaged, others copied)."""
+
+    def __init__(self, decay: float, weights: dict[str, torch.Tensor]) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in weights.items()}
+
+    @torch.no_grad()
+    def update(self, step: int, weights: dict[str, torch.Tensor]) -> None:
+        """w̄ ← d·w̄ + (1 − d)·w with d = min(decay, (1 + step) / (10 + step))."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, w in weights.items():
+            if w.is_floating_point():
+                self.shadow[k].mul_(d).add_(w.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(w)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -188,6 +213,11 @@ class WorkerRows:
             epoch, start = epoch + 1, 0
 
 
+def _own_weights(model: FastLDM | MaskDiffusionModel, stage: str) -> dict[str, torch.Tensor]:
+    """The tensors ``stage`` trains and checkpoints (the mask model: all of them)."""
+    return model.state_dict() if stage == "mask" else stage_state(model, stage)
+
+
 def _kill_once(store: RunStore, cfg: TrainConfig, stage: str, step: int) -> None:
     """Test fault: SIGKILL this worker process after ``step``, once per run (a marker in the run keeps a restarted
     attempt from killing itself again)."""
@@ -280,6 +310,10 @@ def run_stage_loop(config: dict[str, Any]) -> None:
             scaler.load_state_dict(ckpt.state["scaler"])
         if rank == 0:
             logger.info("[%s] resuming from %s (step %d of %d)", stage, ckpt.uri, step, scfg.steps)
+    ema = None
+    if scfg.ema_decay is not None:  # resumed: the checkpoint's EMA; new: the starting weights
+        start = ckpt.ema if ckpt is not None and ckpt.ema is not None else _own_weights(model, stage)
+        ema = WeightsEMA(scfg.ema_decay, start)
     progress = _Progress(stage, scfg.steps, step, history, wall0)
     if rank == 0 and ckpt is not None:
         _write_metrics(store, stage, progress.history)  # drop records logged after the checkpoint by a killed run
@@ -292,7 +326,7 @@ def run_stage_loop(config: dict[str, Any]) -> None:
         step += 1
         g = torch.Generator().manual_seed(step_seed(cfg.seed, stage, rank, step))
         x, mask = prepare_batch(batch, g, cfg, stage, device)
-        lr = _lr_at(step, scfg)
+        lr = lr_at(step, scfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, metrics = objective(x, mask, batch[KEY_ID], g)
@@ -314,6 +348,8 @@ def run_stage_loop(config: dict[str, Any]) -> None:
             means["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, scfg.max_grad_norm))
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(step, _own_weights(model, stage))
         if rank == 0:
             progress.add(means)
 
@@ -336,8 +372,9 @@ def run_stage_loop(config: dict[str, Any]) -> None:
                 set_scaling_factor(model, s)
                 state["scaling_factor"] = s
                 logger.info("[vae] latent scaling factor s = 1/std = %.5f", s)
-            weights = model.state_dict() if stage == "mask" else stage_state(model, stage)
-            uri = store.save(stage, step, weights, optimizer.state_dict(), state, scfg.keep_checkpoints)
+            shadow = None if ema is None else ema.shadow
+            weights = _own_weights(model, stage)
+            uri = store.save(stage, step, weights, optimizer.state_dict(), state, scfg.keep_checkpoints, shadow)
             logger.info("[%s] checkpoint %s", stage, uri)
             every = scfg.grid_every
             if every and (step % every == 0 or last):

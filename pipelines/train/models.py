@@ -140,7 +140,7 @@ def build_model(cfg: TrainConfig, keys: list[str], store: RunStore, upto: str | 
             set_scaling_factor(model, float(store.done("vae")["scaling_factor"]))
             continue
         ckpt = store.stage_weights(stage)
-        load_stage_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")
+        load_stage_weights(model, stage, ckpt.final_weights, f"stage {stage!r} checkpoint {ckpt.uri}")
         if stage == "vae":
             set_scaling_factor(model, float(store.done("vae")["scaling_factor"]))
     return model

@@ -339,7 +339,7 @@ def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingDat
 def _measure_scaling_factor(cfg: TrainConfig, store: RunStore, data: TrainingData, ckpt: Checkpoint) -> float:
     """s = 1 / std(E(x)) of the VAE in ``ckpt`` (on the driver, CPU) for a checkpoint that did not record it."""
     model = build_model(cfg, data.keys, store, "vae")
-    load_stage_weights(model, "vae", ckpt.weights, f"stage 'vae' checkpoint {ckpt.uri}")
+    load_stage_weights(model, "vae", ckpt.weights, f"stage 'vae' checkpoint {ckpt.uri}")  # the VAE keeps no EMA
     s = measure_scaling_factor(model.eval(), _scale_images(data), torch.device("cpu"), cfg.stage.vae.batch_size)
     logger.info("stage vae: latent scaling factor s = 1/std = %.5f (measured on %s)", s, ckpt.uri)
     return s
@@ -384,8 +384,8 @@ def _publish_mask(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
     """Write the finished mask stage's model (MaskDiffusionModel.save layout) to ``cfg.mask_model_uri``."""
     ckpt = store.stage_weights("mask")
     model = MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != "good"]), seed=cfg.seed)
-    check_state(model.state_dict(), ckpt.weights, f"stage 'mask' checkpoint {ckpt.uri}")
-    model.load_state_dict(ckpt.weights)
+    check_state(model.state_dict(), ckpt.final_weights, f"stage 'mask' checkpoint {ckpt.uri}")
+    model.load_state_dict(ckpt.final_weights)
     with tempfile.TemporaryDirectory(prefix="fastgen-mask-model-") as tmp:
         model.save(tmp)
         st.put_dir(tmp, cfg.mask_model_uri, cfg.storage)

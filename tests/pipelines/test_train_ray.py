@@ -171,16 +171,21 @@ def test_worker_killed_mid_stage_is_replaced_and_the_run_ends_as_if_uninterrupte
     ray_local: None, tiny_data: tuple[Path, Path], tmp_path
 ) -> None:
     """A real SIGKILL of worker rank 0 after step 3: Ray Train restarts the workers (scaling.max_failures = 1) from
-    the step-2 checkpoint within the same ``run_training`` call, and the final weights equal an uninterrupted run's."""
+    the step-2 checkpoint within the same ``run_training`` call, and the final weights and their EMA equal an
+    uninterrupted run's; the published model holds the EMA weights."""
     root, base = tiny_data
     runs = str(tmp_path / "runs")
-    common = [*fast_only(base, steps=6, every=2), "scaling.max_failures=1"]
+    hygiene = ["stage.fast.ema_decay=0.9", "stage.fast.lr_schedule=cosine"]
+    common = [*fast_only(base, steps=6, every=2), "scaling.max_failures=1", *hygiene]
     reference = run_training(tiny_cfg(root, runs, *common, "run_name=reference"))
     cfg = tiny_cfg(root, runs, *common, "run_name=killed", "fault.kill_worker_after_step=3")
     summary = run_training(cfg)
     store = RunStore(cfg.run_uri)
     assert st.exists(store.uri("fault-killed-fast-step3"))  # the kill happened
     assert summary.stages[0].resumed_from == 0 and metric_steps(store, "fast") == [1, 2, 3, 4, 5, 6]
-    want = RunStore(reference.run_uri).stage_weights("fast").weights
-    got = store.stage_weights("fast").weights
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    want, got = RunStore(reference.run_uri).stage_weights("fast"), store.stage_weights("fast")
+    for a, b in ((want.weights, got.weights), (want.ema, got.ema)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(got.ema[k], got.weights[k]) for k in got.ema)  # the EMA is not the raw weights
+    published = load_model(summary.model_uri)[0].fast_state_dict()
+    assert all(torch.equal(published[k], got.ema[k]) for k in got.ema)

@@ -12,9 +12,10 @@ import torch
 from fast_core.data.transforms import decode_png
 from pipelines.config import load_config
 from pipelines.train.checkpoint import CheckpointError, RunStore, flatten_optimizer_state, unflatten_optimizer_state
-from pipelines.train.config import TrainConfig, check_dataset
+from pipelines.train.config import StageConfig, TrainConfig, check_dataset
 from pipelines.train.data import check_stage_rows, load_training_data
 from pipelines.train.grid import compose, fast_grid, vae_grid
+from pipelines.train.loops import WeightsEMA, lr_at
 from pipelines.train.models import build_model, stage_state
 from pipelines.train.run import _check_run_info
 from pipelines.train.steps import (
@@ -73,6 +74,12 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("stages=[vae, vae]", "more than once"),
         ("loss.fg_weight=-1", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
         ("loss.fg_weight=.nan", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
+        ("stage.fast.ema_decay=1.0", "TrainConfig.stage.fast.ema_decay must be in (0, 1) or null"),
+        ("stage.vae.ema_decay=0.99", "the VAE stage keeps no EMA"),
+        ("stage.base.lr_final=2", "TrainConfig.stage.base.lr_final must be in [0, 1]"),
+        ("stage.base.lr_schedule=linear", "lr_schedule"),
+        ("scaling.max_failures=-1", "TrainConfig.scaling.max_failures must be an integer >= 0"),
+        ("model.first_stage_uri=", "first_stage_uri is empty"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, override: str, message: str) -> None:
@@ -317,3 +324,23 @@ def test_base_step_with_fg_weight_uses_the_mask_column(dataset: Path, tmp_path: 
     )
     plain, _ = StageObjective(model, "base", keys, None)(x, mask, batch["key_id"], torch.Generator().manual_seed(2))
     assert torch.isfinite(weighted) and float(weighted.detach()) != pytest.approx(float(plain.detach()))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_lr_final() -> None:
+    scfg = StageConfig(steps=100, lr=1e-3, warmup_steps=10, lr_schedule="cosine", lr_final=0.1)
+    lrs = [lr_at(k, scfg) for k in range(1, 101)]
+    assert lrs[4] == pytest.approx(5e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up to lr at step 10
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then never rises
+    assert lrs[54] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way through the decay
+    assert lrs[-1] == pytest.approx(1e-4)  # the last step: lr_final · lr
+    assert lr_at(50, StageConfig(steps=100, lr=1e-3, warmup_steps=10)) == 1e-3  # constant by default
+
+
+def test_weights_ema_follows_the_formula_and_copies_integer_buffers() -> None:
+    w = {"a": torch.zeros(3), "n": torch.tensor(0)}
+    ema = WeightsEMA(0.9, w)
+    ema.update(1, {"a": torch.ones(3), "n": torch.tensor(5)})  # d = min(0.9, 2 / 11)
+    assert torch.allclose(ema.shadow["a"], torch.full((3,), 9 / 11)) and int(ema.shadow["n"]) == 5
+    ema.update(1000, {"a": torch.ones(3) * 2, "n": torch.tensor(6)})  # d = 0.9
+    assert torch.allclose(ema.shadow["a"], torch.full((3,), 0.9 * 9 / 11 + 0.2))
+    assert torch.equal(w["a"], torch.zeros(3))  # the starting weights are not aliased
