@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from pipelines import console
 
 # Subcommand modules, in the order `fastgen --help` lists them.
 SUBCOMMANDS = (
@@ -29,7 +30,9 @@ SUBCOMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="fastgen", description="Synthesize industrial anomaly image/mask pairs.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, with Ray's logs and workers' output live"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"jobs.{name}").add_parser(sub)
@@ -42,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     Config errors, missing files and storage errors exit 2 with one clear line (``-v`` shows the traceback).
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    path = console.configure(args.command, verbose=args.verbose)
+    if not args.verbose:
+        print(f"fastgen {args.command}: full log in {path} (-v shows Ray's output live)", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:  # config errors, missing files, unreachable storage (StorageError)

@@ -6,9 +6,12 @@ the same code then runs on a laptop (a local cluster started in-process) and on 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
+
+from pipelines import console
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,9 @@ def local_ray_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
         "address": "local",
         "include_dashboard": True,  # the state API (Ray Train V2 polls it) lives in the dashboard
         "dashboard_host": "127.0.0.1",
-        "log_to_driver": True,
+        "log_to_driver": console.verbose(),  # quiet CLI: workers' output stays in Ray's session logs
         "runtime_env": _RUNTIME_ENV,
-        "configure_logging": True,
+        "configure_logging": console.verbose(),
         "logging_level": logging.WARNING,
     }
     if num_cpus is not None:
@@ -55,11 +58,18 @@ def ensure_ray(num_cpus: int | None = None) -> str:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, runtime_env=_RUNTIME_ENV, logging_level=logging.WARNING)
+            ray.init(
+                address=address,
+                runtime_env=_RUNTIME_ENV,
+                logging_level=logging.WARNING,
+                log_to_driver=console.verbose(),
+                configure_logging=console.verbose(),
+            )
         else:
             global _STARTED_LOCAL
             ray.init(**local_ray_kwargs(num_cpus))
             _STARTED_LOCAL = True
+        console.route_ray_loggers()
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     desc = (
@@ -67,6 +77,9 @@ def ensure_ray(num_cpus: int | None = None) -> str:
         f" ({'RAY_ADDRESS=' + os.environ['RAY_ADDRESS'] if os.environ.get('RAY_ADDRESS') else 'local'})"
     )
     logger.info("%s", desc)
+    with contextlib.suppress(Exception):  # where Ray keeps the workers' own output (not on the quiet console)
+        session = ray._private.worker._global_node.get_session_dir_path()
+        logger.info("Ray session logs (workers' output): %s/logs", session, extra={"console": False})
     return desc
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import storage
+from pipelines import console, storage
 from pipelines.storage import StorageConfig
 
 logger = logging.getLogger(__name__)
@@ -417,26 +417,30 @@ def commit_stream(
     buffer = ShardBuffer(expected)
     total = sum(expected.values())
     done, rows_done, start = n_shards - len(expected), 0, time.perf_counter()
-    for batch in batches:
-        for k in buffer.add(batch):
-            rows = buffer.pop(k)
-            data, rejected, files, counts = build(rows)
-            store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
-            done += 1
-            rows_done += rows.num_rows
-            rate = rows_done / max(time.perf_counter() - start, 1e-9)
-            logger.info(
-                "committed %s (%d %s, %d rejected): %d/%d shards, %.2f %s/s, ETA %.0f s",
-                shard_name(k),
-                data.num_rows,
-                unit,
-                rejected.num_rows,
-                done,
-                n_shards,
-                rate,
-                unit,
-                (total - rows_done) / rate,
-            )
+    with console.bar(total, desc=f"synthesizing {unit}" if unit == "pairs" else unit, unit=unit) as progress:
+        for batch in batches:
+            for k in buffer.add(batch):
+                rows = buffer.pop(k)
+                data, rejected, files, counts = build(rows)
+                store.commit(k, data, rejected, files, run_id=run_id, counts=counts)
+                done += 1
+                rows_done += rows.num_rows
+                progress.update(rows.num_rows)
+                progress.set_postfix(shards=f"{done}/{n_shards}", rejected=rejected.num_rows, refresh=False)
+                rate = rows_done / max(time.perf_counter() - start, 1e-9)
+                logger.info(
+                    "committed %s (%d %s, %d rejected): %d/%d shards, %.2f %s/s, ETA %.0f s",
+                    shard_name(k),
+                    data.num_rows,
+                    unit,
+                    rejected.num_rows,
+                    done,
+                    n_shards,
+                    rate,
+                    unit,
+                    (total - rows_done) / rate,
+                    extra={"console": False},  # the bar shows it; the log file keeps the line
+                )
     missing = buffer.incomplete()
     if missing or rows_done != total:
         raise RuntimeError(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# CLI calls in tests write their log files here, not into the working folder.
+os.environ.setdefault("FASTGEN_LOG_DIR", tempfile.mkdtemp(prefix="fastgen-test-logs-"))
 
 # Fixtures shared across test packages: the embedded S3 server (session), a fresh bucket per test, local Ray.
 pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_ray"]

@@ -23,6 +23,7 @@ from fast_core.configbase import from_dict, to_dict
 from fast_core.segmentation.inference import load_segmenter, save_segmenter
 from fast_core.segmentation.models import Segmenter, build_segmenter
 from fast_core.segmentation.training import SegTrainConfig, train_segmenter
+from pipelines import console
 from pipelines.evaluate.config import EvaluateConfig
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ``config`` keys: ``images_ref``/``masks_ref`` (object refs of the lists of uint8 (C, H, W) / bool (H, W) arrays),
     ``arch``, ``in_channels``, ``encoder``, ``pretrained``, ``train`` (a :class:`SegTrainConfig` as a dict),
-    ``cpus_per_worker`` (the worker's torch threads on CPU).
+    ``cpus_per_worker`` (the worker's torch threads on CPU), ``progress`` (the driver's progress channel).
     """
     import ray
     import ray.train
@@ -63,6 +64,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, math.ceil(config["cpus_per_worker"])))
 
     def report(step: int, metrics: dict[str, float]) -> None:
+        if rank == 0 and config.get("progress") is not None:
+            seconds = metrics.get("seconds_per_step")
+            config["progress"].put({"step": step, "loss": metrics.get("loss"), "s/step": seconds})
         if step < cfg.steps:
             ray.train.report(dict(metrics))
 
@@ -91,7 +95,9 @@ def fit_segmenter(cfg: EvaluateConfig, images: list[np.ndarray], masks: list[np.
 
     start = time.perf_counter()
     train_cfg = cfg.train_config()
+    channel = console.ProgressChannel()
     loop_config = {
+        "progress": channel,
         "images_ref": ray.put(images),
         "masks_ref": ray.put(masks),
         "arch": cfg.arch,
@@ -123,7 +129,8 @@ def fit_segmenter(cfg: EvaluateConfig, images: list[np.ndarray], masks: list[np.
             cfg.scaling.num_workers,
             " with GPUs" if cfg.scaling.use_gpu else "",
         )
-        result = trainer.fit()
+        with channel.follow(cfg.steps, f"training the segmenter ({run_name})", "step"):
+            result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"segmenter training run {run_name} ended without a checkpoint")
         with result.checkpoint.as_directory() as folder:

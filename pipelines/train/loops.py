@@ -358,6 +358,9 @@ def run_stage_loop(config: dict[str, Any]) -> None:
             record = progress.record(step, epoch, lr) if rank == 0 else {"stage": stage, "step": step}
             if rank == 0:
                 _write_metrics(store, stage, progress.history)
+                if config.get("progress") is not None:  # the driver's progress bar
+                    loss = record.get("loss_avg", record.get("loss"))
+                    config["progress"].put({"step": step, "loss": loss, "s/step": 1 / max(record["steps_per_s"], 1e-9)})
             ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float | str)})
         if rank == 0 and (step % scfg.checkpoint_every == 0 or last):
             state: dict[str, Any] = {

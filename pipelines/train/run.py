@@ -30,6 +30,7 @@ import torch
 from fast_core.configbase import to_dict
 from fast_core.masks.diffusion import MaskDiffusionModel
 from fast_core.models.base import check_state
+from pipelines import console
 from pipelines import storage as st
 from pipelines.config import RESOLVED_NAME, dump_config
 from pipelines.model_store import ModelInfo, publish_model, read_model_info
@@ -170,8 +171,9 @@ def _failure_message(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
-def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData) -> None:
-    """Run one stage's TorchTrainer to the end (raises TrainingFailed on a worker error)."""
+def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData, start: int) -> None:
+    """Run one stage's TorchTrainer from step ``start`` to the end, with a progress bar (raises TrainingFailed on a
+    worker error)."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -179,7 +181,9 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData) -> None:
     # Progress comes from the training loop's own log lines; per-epoch dataset progress bars would drown them.
     ray.data.DataContext.get_current().enable_progress_bars = False
     s = cfg.scaling
+    channel = console.ProgressChannel()
     loop_config = {
+        "progress": channel,
         "cfg": cfg,
         "keys": data.keys,
         "rows": data.num_rows(stage),
@@ -202,7 +206,8 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData) -> None:
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     try:
-        trainer.fit()
+        with channel.follow(cfg.stage_config(stage).steps, f"training {stage}", "step", initial=start):
+            trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise TrainingFailed(f"training stage {stage!r} failed: {_failure_message(exc)}") from exc
 
@@ -268,7 +273,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
             logger.info(
                 "stage %s: training steps %d..%d on %d worker(s)", stage, start + 1, scfg.steps, cfg.scaling.num_workers
             )
-            _fit_stage(cfg, stage, data)
+            _fit_stage(cfg, stage, data, start)
             latest = store.load_latest(stage)
         if latest is None or latest.step != scfg.steps:
             raise TrainingFailed(f"stage {stage!r}: training ended without a final checkpoint at step {scfg.steps}")

@@ -119,3 +119,25 @@ def test_driver_killed_mid_stage_then_resume_gives_the_same_weights(tmp_path: Pa
     for stage in stages:
         assert want[stage].keys() == got[stage].keys()
         assert all(torch.equal(want[stage][k], got[stage][k]) for k in want[stage]), stage
+
+
+@pytest.mark.ray
+def test_console_shows_progress_bars_and_keeps_ray_internals_in_the_log_file(tmp_path: Path) -> None:
+    root = make_dummy_mvtec(tmp_path / "ds", categories=("tiny",), n_good=4, defects={"crack": 6, "scratch": 6})
+    sets = [
+        f"dataset.root={root}",
+        "dataset.image_channels=1",
+        f"storage_path={tmp_path / 'runs'}",
+        "stages=[fast]",
+        f"model.base_model_uri={tiny_base_model_dir(tmp_path, image_channels=1)}",
+        "stage.fast.steps=4",
+    ]
+    done = run(fastgen("train", "--config", CONFIG, *[a for kv in sets for a in ("--set", kv)], "--num-cpus", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    assert "training fast: 100%" in err and "4/4" in err  # the stage's progress bar
+    for internal in ("Reporting training result", "TrainingReport", "logging_progress", "RayDeprecationWarning"):
+        assert internal not in err and internal not in done.stdout, internal
+    log = Path(re.search(r"full log in (\S+\.log)", err).group(1))
+    text = log.read_text()
+    assert " ray" in text and "stage fast: training steps 1..4" in text  # Ray's records and ours, in the file
