@@ -34,6 +34,8 @@ from typing import Any
 from tqdm import tqdm
 
 OWN_LOGGERS = ("fastgen", "pipelines", "jobs", "fast_core", "benchmarks", "__main__")
+# Library warnings that ask nothing of the user (file only): Ray Data noting the progress bars fastgen turned off.
+FILE_ONLY_WARNINGS = ("py.warnings", "ray.data._internal.progress")
 LOG_DIR_ENV = "FASTGEN_LOG_DIR"
 # Ray Data's own logging config (RAY_DATA_LOGGING_CONFIG): its records go to Ray's session file and propagate to
 # the root logger (our log file, and the console filter below), instead of Ray Data's own console handler.
@@ -58,7 +60,7 @@ class _ConsoleFilter(logging.Filter):
         if not getattr(record, "console", True):  # a line a progress bar already shows (extra={"console": False})
             return False
         if record.levelno >= logging.WARNING:
-            return record.name != "py.warnings"  # library warnings (deprecations) go to the file only
+            return record.name not in FILE_ONLY_WARNINGS  # e.g. deprecation notices: the file only
         return record.levelno >= logging.INFO and record.name.split(".")[0] in OWN_LOGGERS
 
 

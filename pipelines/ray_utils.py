@@ -55,7 +55,8 @@ def ensure_ray(num_cpus: int | None = None) -> str:
     """
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(
@@ -76,10 +77,11 @@ def ensure_ray(num_cpus: int | None = None) -> str:
         f"Ray {ray.__version__}: {nodes} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
         f" ({'RAY_ADDRESS=' + os.environ['RAY_ADDRESS'] if os.environ.get('RAY_ADDRESS') else 'local'})"
     )
-    logger.info("%s", desc)
-    with contextlib.suppress(Exception):  # where Ray keeps the workers' own output (not on the quiet console)
-        session = ray._private.worker._global_node.get_session_dir_path()
-        logger.info("Ray session logs (workers' output): %s/logs", session, extra={"console": False})
+    logger.log(logging.INFO if started else logging.DEBUG, "%s", desc)
+    if started:  # where Ray keeps the workers' own output (in the log file, not on the quiet console)
+        with contextlib.suppress(Exception):
+            session = ray._private.worker._global_node.get_session_dir_path()
+            logger.info("Ray session logs (workers' output): %s/logs", session, extra={"console": False})
     return desc
 
 

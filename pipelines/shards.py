@@ -417,6 +417,7 @@ def commit_stream(
     buffer = ShardBuffer(expected)
     total = sum(expected.values())
     done, rows_done, start = n_shards - len(expected), 0, time.perf_counter()
+    rejected_total = 0
     with console.bar(total, desc=f"synthesizing {unit}" if unit == "pairs" else unit, unit=unit) as progress:
         for batch in batches:
             for k in buffer.add(batch):
@@ -426,7 +427,8 @@ def commit_stream(
                 done += 1
                 rows_done += rows.num_rows
                 progress.update(rows.num_rows)
-                progress.set_postfix(shards=f"{done}/{n_shards}", rejected=rejected.num_rows, refresh=False)
+                rejected_total += rejected.num_rows
+                progress.set_postfix(shards=f"{done}/{n_shards}", rejected=rejected_total, refresh=False)
                 rate = rows_done / max(time.perf_counter() - start, 1e-9)
                 logger.info(
                     "committed %s (%d %s, %d rejected): %d/%d shards, %.2f %s/s, ETA %.0f s",

@@ -86,7 +86,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         test = build_eval_set(cfg, split)
         data_s = time.perf_counter() - t_data
 
-        logger.info("%s", ensure_ray())
+        logger.debug("%s", ensure_ray())
         run_name = "evaluate-" + hashlib.sha256(resolved.encode()).hexdigest()[:12]
         fitted = fit_segmenter(cfg, train.pairs.images, train.pairs.masks, run_name)
 
