@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     Config errors, missing files and storage errors exit 2 with one clear line (``-v`` shows the traceback).
     """
     args = build_parser().parse_args(argv)
-    path = console.configure(args.command, verbose=args.verbose)
-    if not args.verbose:
-        print(f"fastgen {args.command}: full log in {path} (-v shows Ray's output live)", file=sys.stderr)
+    console.configure(args.command, verbose=args.verbose)  # the log file's path is printed when Ray starts
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:  # config errors, missing files, unreachable storage (StorageError)

@@ -104,10 +104,12 @@ def configure(command: str, verbose: bool = False, log_dir: str | os.PathLike[st
             cfg.write_text(_RAY_DATA_LOGGING)
             os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(cfg))
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the driver's C++ core lines (session logs keep them)
-    root.addHandler(file_handler)
-    root.addHandler(console)
+    # A host that set up logging already (pytest, a notebook) keeps its console, as logging.basicConfig would.
+    ours = [file_handler] if root.handlers else [file_handler, console]
+    for handler in ours:
+        root.addHandler(handler)
     logging.captureWarnings(True)
-    _state.update(verbose=verbose, log_path=path, handlers=[file_handler, console])
+    _state.update(verbose=verbose, log_path=path, handlers=ours, announced=False)
     if not verbose:
         route_ray_loggers()
     return path
@@ -124,6 +126,14 @@ def route_ray_loggers() -> None:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 lg.removeHandler(handler)
         lg.propagate = True
+
+
+def announce_log() -> None:
+    """Print where the log file is, once per command (when real work starts: a config error stays one line)."""
+    path = _state["log_path"]
+    if path is not None and not _state.get("announced") and not verbose():
+        _state["announced"] = True
+        tqdm.write(f"fastgen: full log in {path} (-v shows Ray's output live)", file=sys.stderr)
 
 
 def verbose() -> bool:

@@ -56,6 +56,7 @@ def ensure_ray(num_cpus: int | None = None) -> str:
     import ray
 
     started = not ray.is_initialized()
+    console.announce_log()
     if started:
         address = os.environ.get("RAY_ADDRESS")
         if address:
