@@ -39,21 +39,30 @@ def test_missing_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "dataset root not found" in capsys.readouterr().err
 
 
+def _grey_tiny(tmp_path: Path, *overrides: str, fast_only: bool = True) -> list[str]:
+    """``--set`` values: a grey dummy dataset, runs under ``tmp_path/runs``, FAST on a tiny base (or every stage)."""
+    root = make_dummy_mvtec(tmp_path / "ds", categories=("tiny",), n_good=4, defects={"crack": 6, "scratch": 6})
+    sets = [f"dataset.root={root}", "dataset.image_channels=1", f"storage_path={tmp_path / 'runs'}"]
+    if fast_only:
+        sets += ["stages=[fast]", f"model.base_model_uri={tiny_base_model_dir(tmp_path, image_channels=1)}"]
+    return [*sets, *overrides]
+
+
+def _cli(sets: list[str], *extra: str) -> list[str]:
+    """The ``fastgen train`` command line (a subprocess with its own local Ray of 3 CPUs)."""
+    return fastgen("train", "--config", CONFIG, *[a for kv in sets for a in ("--set", kv)], "--num-cpus", "3", *extra)
+
+
 @pytest.mark.ray
 def test_interrupted_run_resumes_with_optimizer_state_and_step(
     ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = make_dummy_mvtec(tmp_path / "ds", categories=("tiny",), n_good=4, defects={"crack": 6, "scratch": 6})
-    overrides = [
-        f"dataset.root={root}",
-        "dataset.image_channels=1",
-        f"storage_path={tmp_path / 'runs'}",
-        "stages=[fast]",
-        f"model.base_model_uri={tiny_base_model_dir(tmp_path, image_channels=1)}",
+    overrides = _grey_tiny(
+        tmp_path,
         "stage.fast.steps=4",
         "stage.fast.checkpoint_every=2",
         "scaling.max_failures=0",  # the stop is an interruption, not a worker failure to recover from
-    ]
+    )
     args = ["train", "--config", CONFIG] + [a for kv in overrides for a in ("--set", kv)]
     assert main([*args, "--resume"]) == 2  # nothing to resume yet
     assert "no run to resume" in capsys.readouterr().err
@@ -86,20 +95,17 @@ def _final_weights(run_dir: Path, stages: tuple[str, ...]) -> dict[str, dict[str
 
 @pytest.mark.ray
 def test_driver_killed_mid_stage_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
-    root = make_dummy_mvtec(tmp_path / "ds", categories=("tiny",), n_good=4, defects={"crack": 6, "scratch": 6})
-    sets = [
-        f"dataset.root={root}",
-        "dataset.image_channels=1",
-        f"storage_path={tmp_path / 'runs'}",
+    sets = _grey_tiny(
+        tmp_path,
         "stage.vae.steps=2",
         "stage.base.steps=8",  # 8 rows per worker at batch 2: 4 batches an epoch, so step 3 is mid-epoch
         "stage.base.checkpoint_every=2",
         "stage.fast.steps=2",
-    ]
+        fast_only=False,
+    )
 
     def command(name: str, *extra: str) -> list[str]:
-        overrides = [a for kv in [*sets, f"run_name={name}"] for a in ("--set", kv)]
-        return fastgen("train", "--config", CONFIG, *overrides, "--num-cpus", "3", *extra)
+        return _cli([*sets, f"run_name={name}"], *extra)
 
     reference = run(command("reference"))
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -123,16 +129,7 @@ def test_driver_killed_mid_stage_then_resume_gives_the_same_weights(tmp_path: Pa
 
 @pytest.mark.ray
 def test_console_shows_progress_bars_and_keeps_ray_internals_in_the_log_file(tmp_path: Path) -> None:
-    root = make_dummy_mvtec(tmp_path / "ds", categories=("tiny",), n_good=4, defects={"crack": 6, "scratch": 6})
-    sets = [
-        f"dataset.root={root}",
-        "dataset.image_channels=1",
-        f"storage_path={tmp_path / 'runs'}",
-        "stages=[fast]",
-        f"model.base_model_uri={tiny_base_model_dir(tmp_path, image_channels=1)}",
-        "stage.fast.steps=4",
-    ]
-    done = run(fastgen("train", "--config", CONFIG, *[a for kv in sets for a in ("--set", kv)], "--num-cpus", "3"))
+    done = run(_cli(_grey_tiny(tmp_path, "stage.fast.steps=4")))
     assert done.returncode == 0, done.stderr[-3000:]
     err = done.stderr
     assert "training fast: 100%" in err and "4/4" in err  # the stage's progress bar
