@@ -113,7 +113,7 @@ def test_pickle_carrying_code_is_refused_and_never_run(tmp_path: Path) -> None:
         def __reduce__(self):  # unpickling would call os.system
             return (os.system, (f"touch {marker}",))
 
-    (folder / "taef2_encoder.pth").write_bytes(pickle.dumps({"0.weight": Payload()}))
+    (folder / "taef2_encoder.pth").write_bytes(pickle.dumps({"0.weight": Payload()}, protocol=2))
     with pytest.raises(ValueError, match="not a plain tensor file .* it was not executed"):
         TAEF2.from_folder(folder)
     assert not marker.exists()
