@@ -100,12 +100,16 @@ class Preset:
 
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
-    "fast", "fast_no_farm", "ddpm", "ddim", "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
+    "fast", "fast_no_farm", "ddpm", "ddim", "dpmpp", "unipc", "cutpaste", "perlin", "realpaste", "real_third",
+    "real_third_fast",
 )  # fmt: skip
 QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
+#: The other fast solvers on the same model, FARM and loop (DPM-Solver++(2M) and UniPC at AIAS's NFE of 10): run them
+#: with --methods; in a CPU preset each adds one segmenter per seed (about 3–5 minutes) to budgets already spent.
+SOLVER_METHODS = ("dpmpp", "unipc")
 #: cpu-full leaves DDIM-50 out (add it with --methods) to stay near 90 minutes: 8 sets × 3 seeds × ~190 s segmenters
 #: (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on 2 cores) + ~16 min of synthesis (DDPM-200 most).
-CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m != "ddim")
+CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m != "ddim" and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
     train_config="jobs/configs/train-cpu-small.yaml",
@@ -166,6 +170,8 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_no_farm": Method("fast_no_farm", "fast", use_farm=False),
         "ddpm": Method("ddpm", "fast", sampler="ddpm", nfe=preset.ddpm_nfe),
         "ddim": Method("ddim", "fast", sampler="ddim", nfe=50),
+        "dpmpp": Method("dpmpp", "fast", sampler="dpmpp", nfe=10),
+        "unipc": Method("unipc", "fast", sampler="unipc", nfe=10),
         "cutpaste": Method("cutpaste", "cutpaste"),
         "cutpaste_scar": Method("cutpaste_scar", "cutpaste_scar"),
         "perlin": Method("perlin", "perlin"),

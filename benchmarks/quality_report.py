@@ -50,6 +50,8 @@ def method_label(name: str, ddpm_nfe: int) -> str:
         "fast_no_farm": "FAST w/o FARM (AIAS-10)",
         "ddpm": f"DDPM-{ddpm_nfe} (same model)",
         "ddim": "DDIM-50 (same model)",
+        "dpmpp": "DPM-Solver++(2M)-10 + FARM (same model)",
+        "unipc": "UniPC-10 + FARM (same model)",
         "cutpaste": "CutPaste",
         "cutpaste_scar": "CutPaste-Scar",
         "perlin": "DRAEM-style Perlin",

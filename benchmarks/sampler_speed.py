@@ -42,6 +42,10 @@ RUNS: dict[str, tuple[str, int]] = {  # label -> (sampler, nfe)
     "AIAS-50": ("aias", 50),
     "DDIM-50": ("ddim", 50),
     "PLMS-50": ("plms", 50),
+    "DPM-Solver++-10": ("dpmpp", 10),
+    "DPM-Solver++-20": ("dpmpp", 20),
+    "UniPC-10": ("unipc", 10),
+    "UniPC-20": ("unipc", 20),
     "DDPM-1000": ("ddpm", 1000),
 }
 MODULES = ("unet", "farm", "adaptor")

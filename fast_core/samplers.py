@@ -19,6 +19,12 @@ Baseline choices (documented, not defaults of diffusers):
            CompVis LDM code. diffusers' PLMS repeats its second timestep (a warm-up evaluation), so n steps cost
            n + 1 network evaluations; we set n = nfe − 1 so the UNet runs exactly ``nfe`` times (PLMS-50 here is
            49 steps, 50 evaluations: samplers are compared at equal NFE).
+    dpmpp  DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+           timestep_spacing="trailing"): DPM-Solver++(2M), the fast solver users reach for at 10–20 steps.
+    unipc  UniPCMultistepScheduler(solver_order=2, solver_type="bh2", predict_x0=True, final_sigmas_type="zero",
+           timestep_spacing="trailing"). Both multistep solvers keep a history of model outputs; FARM mixing and
+           background re-injection change the sample between steps (as for PLMS), which their history does not
+           know about. Both end on σ = 0 (ᾱ = 1, the clean sample), like AIAS and DDIM here.
 
 "trailing" spacing starts every baseline at t = 999, where the pure-noise start z ~ N(0, I) belongs, as AIAS does.
 """
@@ -28,7 +34,13 @@ from __future__ import annotations
 from typing import Union
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
 
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.synthesis_config import (
@@ -40,7 +52,10 @@ from fast_core.synthesis_config import (
     SynthesisConfig,
 )
 
-Scheduler = Union[AIASScheduler, DDPMScheduler, DDIMScheduler, PNDMScheduler]
+Scheduler = Union[
+    AIASScheduler, DDPMScheduler, DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+]
+_MULTISTEP = {"prediction_type": "epsilon", "timestep_spacing": "trailing", "final_sigmas_type": "zero"}
 
 
 def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = None) -> Scheduler:
@@ -96,8 +111,14 @@ def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = Non
             timestep_spacing="trailing",
         )
         scheduler.set_timesteps(cfg.nfe - 1, device=device)
+    elif cfg.sampler == "dpmpp":
+        scheduler = DPMSolverMultistepScheduler(**common, **_MULTISTEP, algorithm_type="dpmsolver++", solver_order=2)
+        scheduler.set_timesteps(cfg.nfe, device=device)
+    elif cfg.sampler == "unipc":
+        scheduler = UniPCMultistepScheduler(**common, **_MULTISTEP, solver_order=2, solver_type="bh2", predict_x0=True)
+        scheduler.set_timesteps(cfg.nfe, device=device)
     else:
-        raise ValueError(f"sampler {cfg.sampler!r} is not one of: 'aias', 'ddpm', 'ddim', 'plms'")
+        raise ValueError(f"sampler {cfg.sampler!r} is not one of: 'aias', 'ddpm', 'ddim', 'plms', 'dpmpp', 'unipc'")
     return scheduler
 
 
@@ -118,6 +139,10 @@ def target_timestep(sampler: SamplerName, scheduler: Scheduler, t: int) -> int:
         return int(scheduler.prev_timestep(t))
     if sampler == "ddpm":
         return int(scheduler.previous_timestep(t))
+    if sampler in ("dpmpp", "unipc"):  # the next entry of the grid; after the last one σ = 0 (the clean end)
+        grid = [int(s) for s in scheduler.timesteps]
+        i = grid.index(int(t))
+        return grid[i + 1] if i + 1 < len(grid) else -1
     stride = NUM_TRAIN_TIMESTEPS // int(scheduler.num_inference_steps)
     if sampler == "plms" and scheduler.counter == 1:
         return t
@@ -139,7 +164,8 @@ def scheduler_step(
 
     AIAS: z ← Π z + Σ ẑ_0(z̃, ε̂) + √V ξ (Π multiplies the un-mixed ``z``, ξ = ``variance_noise``).
     Baselines: diffusers' update applied to the mixed latent ``z_mix`` (their steps take one sample); DDPM draws its
-    noise per sample from ``generators`` (diffusers' list-of-generators form); DDIM (η = 0) and PLMS draw nothing.
+    noise per sample from ``generators`` (diffusers' list-of-generators form); DDIM (η = 0), PLMS, DPM-Solver++ and
+    UniPC draw nothing.
     """
     if sampler == "aias":
         return scheduler.step(eps, t, z, model_input=z_mix, variance_noise=variance_noise).prev_sample

@@ -12,6 +12,8 @@ NFE (UNet evaluations per sample) each sampler can run:
     ddpm   1 .. 1000   one evaluation per step, every integer timestep at most once
     ddim   1 .. 1000   likewise
     plms   3 .. 1001   n = nfe − 1 >= 2 steps plus diffusers' warm-up evaluation
+    dpmpp  2 .. 1000   DPM-Solver++(2M), one evaluation per step
+    unipc  2 .. 1000   UniPC (bh2, order 2), one evaluation per step
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
     "SynthesisConfig",
 ]
 
-SamplerName = Literal["aias", "ddpm", "ddim", "plms"]
+SamplerName = Literal["aias", "ddpm", "ddim", "plms", "dpmpp", "unipc"]
 
 NUM_TRAIN_TIMESTEPS = 1000  # T
 BETA_START = 0.00085  # β_0
@@ -40,9 +42,9 @@ BETA_END = 0.012  # β_{T−1}
 BETA_SCHEDULE = "scaled_linear"  # β_t = linspace(√β_0, √β_{T−1}, T)²
 
 # Smallest NFE each sampler can run: AIAS needs K = nfe − 2 >= 1 segments, PLMS n = nfe − 1 >= 2 steps.
-MIN_NFE: dict[str, int] = {"aias": 3, "ddpm": 1, "ddim": 1, "plms": 3}
+MIN_NFE: dict[str, int] = {"aias": 3, "ddpm": 1, "ddim": 1, "plms": 3, "dpmpp": 2, "unipc": 2}
 # Largest NFE: every integer timestep at most once (PLMS: 1000 steps plus the warm-up evaluation).
-MAX_NFE: dict[str, int] = {"aias": 1000, "ddpm": 1000, "ddim": 1000, "plms": 1001}
+MAX_NFE: dict[str, int] = {"aias": 1000, "ddpm": 1000, "ddim": 1000, "plms": 1001, "dpmpp": 1000, "unipc": 1000}
 
 
 @dataclass(kw_only=True)

@@ -158,7 +158,10 @@ def test_loop_matches_reference(model, sampler, nfe):
 
 
 # --------------------------------------------------------------------------------------------------- NFE and paths
-@pytest.mark.parametrize(("sampler", "nfe"), [("aias", 3), ("aias", 10), ("ddim", 5), ("plms", 5), ("ddpm", 10)])
+@pytest.mark.parametrize(
+    ("sampler", "nfe"),
+    [("aias", 3), ("aias", 10), ("ddim", 5), ("plms", 5), ("ddpm", 10), ("dpmpp", 5), ("unipc", 5)],
+)
 def test_unet_calls_equal_nfe(model, monkeypatch, sampler, nfe):
     unet_calls = _count_calls(monkeypatch, model.unet)
     farm_calls = _count_calls(monkeypatch, model.farm)
@@ -356,6 +359,25 @@ def test_plms_target_timesteps_follow_diffusers(monkeypatch):
         predicted.append(target_timestep("plms", sched, t))
         z = sched.step(torch.ones_like(z), t, z).prev_sample
     assert predicted == landed == [749, 749, 499, 249, -1]
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp", "unipc"])
+def test_multistep_solvers_land_on_the_next_grid_entry_and_recover_an_exact_x0(sampler):
+    """With the exact ε of a fixed z_0 at every step, a data-prediction solver's x̂_0 is z_0 at every step, so it
+    ends on z_0 itself (σ = 0), whatever its order; target_timestep names the grid entry each step lands on."""
+    sched = make_scheduler(SynthesisConfig(sampler=sampler, nfe=5))
+    assert sched.timesteps.tolist() == [999, 799, 599, 399, 199]
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(1, 4, 4, 4, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 4, 4, 4, generator=g, dtype=torch.float64)
+    landed = []
+    for t in sched.timesteps.tolist():
+        landed.append(target_timestep(sampler, sched, t))
+        ab = float(sched.alphas_cumprod[t])
+        eps = (z - math.sqrt(ab) * z0) / math.sqrt(1 - ab)
+        z = sched.step(eps, t, z).prev_sample
+    assert landed == [799, 599, 399, 199, -1]
+    torch.testing.assert_close(z, z0, atol=1e-6, rtol=0)
 
 
 def test_aias_step_takes_caller_noise():
