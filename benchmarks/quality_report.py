@@ -24,6 +24,8 @@ METHOD_ORDER = (
     "fast_no_farm",
     "ddpm",
     "ddim",
+    "dpmpp",
+    "unipc",
     "cutpaste",
     "cutpaste_scar",
     "perlin",
