@@ -274,8 +274,8 @@ def _write_grid(
 def run_stage_loop(config: dict[str, Any]) -> None:
     """The shared body of every stage's loop; ``config`` comes from ``run.py``.
 
-    Keys of ``config``: ``cfg`` (TrainConfig), ``stage``, ``keys``, ``preview`` (grid inputs), ``rows`` (dataset
-    size), ``scale_images`` (vae: images for the scaling factor).
+    Keys of ``config``: ``cfg`` (TrainConfig), ``stage``, ``keys``, ``preview`` (grid inputs), ``scale_images`` (vae:
+    images for the scaling factor), ``progress`` (the driver's progress channel, or None).
     """
     import ray.train
     import ray.train.torch

@@ -186,7 +186,6 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData, start: int) -> 
         "progress": channel,
         "cfg": cfg,
         "keys": data.keys,
-        "rows": data.num_rows(stage),
         "preview": _preview(data, cfg, stage),
         "scale_images": _scale_images(data) if stage == "vae" else None,
     }
