@@ -13,8 +13,14 @@ FARM-mixed input z̃_t of FAST_SPEC §6:
 
 and FARM's relative foreground error Σ_fg (ẑ0_fg − z_0)² / Σ_fg z_0². A prompt gain near 0 means the base model
 paints the same thing inside a mask whatever defect it is asked for, so only FARM and the Adaptor can make a defect.
+A window-frame model is probed on the centred windows around the masks, as it was trained.
 
-    python -m benchmarks.generator_probe MODEL_URI DATASET_ROOT [--images 64] [--json out.json]
+Then the visible gate (:mod:`benchmarks.probe_pairs`, ``--pairs`` per type): real masks painted on normal images
+by the production synthesis path, their median ring contrast against the real defects', per type (pass: 0.5–2×),
+and a contact sheet per model (``--sheets``).
+
+    python -m benchmarks.generator_probe DATASET_ROOT [NAME=]MODEL_URI… [--images 64] [--pairs 8] [--json F]
+        [--sheets DIR]
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.probe_pairs import paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
-from fast_core.data.transforms import to_model_image, to_model_mask
+from fast_core.data.transforms import to_model_image, to_model_mask, to_uint8_chw
+from fast_core.data.windows import cut_image, cut_mask, mask_at, window_around
 from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
 from pipelines.train.data import defect_key
@@ -38,16 +46,28 @@ logger = logging.getLogger(__name__)
 TIMESTEPS = tuple(range(50, 1000, 100))  # t = 50, 150, …, 950: every noise level the sampler visits
 
 
-def load_probe_batch(root: str, size: int, channels: int, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Up to ``n`` training-third anomaly images with masks, spread evenly over the sorted list."""
+def load_probe_batch(
+    root: str, size: int, channels: int, n: int, frame: str = "global", margin: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Up to ``n`` training-third anomaly images with masks, spread evenly over the sorted list, as the model sees
+    them: resized to S × S (global frame) or the centred S × S window around the mask (window frame)."""
     train = [r for r in split_anomalies(read_dataset(root).records).gen_train if r.mask_path is not None]
     if not train:
         raise ValueError(f"{root}: no training-third anomaly image with a mask")
     step = max(1, len(train) // n)
     recs = train[::step][:n]
-    x = torch.stack([to_model_image(load_image(r.image_path), size, channels) for r in recs])
-    M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
-    return x, M, [defect_key(r) for r in recs]
+    if frame != "window":
+        x = torch.stack([to_model_image(load_image(r.image_path), size, channels) for r in recs])
+        M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
+        return x, M, [defect_key(r) for r in recs]
+    xs, ms = [], []
+    for r in recs:
+        image = to_uint8_chw(load_image(r.image_path), channels)
+        mask = mask_at(load_mask(r.mask_path), *image.shape[1:])
+        window = window_around(mask, size, margin)
+        xs.append(torch.from_numpy(cut_image(image, window, size)).float() / 127.5 - 1.0)
+        ms.append(torch.from_numpy(cut_mask(mask, window, size)).float()[None])
+    return torch.stack(xs), torch.stack(ms), [defect_key(r) for r in recs]
 
 
 @torch.no_grad()
@@ -102,6 +122,18 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def contrast_markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per probed model and defect type: real and painted median ring contrast, their ratio, the gate."""
+    lines = ["| model | defect type | real | painted | ratio | gate [0.5, 2] |", "|---|---|---:|---:|---:|---|"]
+    for name, r in rows.items():
+        for key, v in r["ring_contrast"]["per_defect_type"].items():
+            lines.append(
+                f"| {name} | {key} | {v['real_median']} | {v['painted_median']} | {v['ratio']} | "
+                f"{'pass' if v['passes'] else 'FAIL'} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Probe each ``MODEL_URI`` (name=uri or uri) on DATASET_ROOT; print a markdown table, optionally write JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -111,18 +143,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=64, help="training-third images probed (default 64)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--pairs", type=int, default=8, help="masks painted per defect type for the ring-contrast gate (0: skip)"
+    )
+    ap.add_argument("--sheets", type=Path, default=None, help="folder for <name>_sheet.png contact sheets")
     args = ap.parse_args(argv)
-    if args.images < 1:
-        ap.error("--images must be >= 1")
+    if args.images < 1 or args.pairs < 0:
+        ap.error("--images must be >= 1 and --pairs >= 0")
     torch.set_num_threads(args.threads)
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for spec in args.models:
         name, _, uri = spec.rpartition("=") if "=" in spec else (spec, "", spec)
         model, info = load_model(uri)
-        x, M, keys = load_probe_batch(args.dataset_root, info.image_size, info.image_channels, args.images)
-        logger.info("probing %s on %d images", uri, len(keys))
+        x, M, keys = load_probe_batch(
+            args.dataset_root, info.image_size, info.image_channels, args.images, info.frame, info.window_margin
+        )
+        logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
+        if args.pairs:
+            contrast, sheet = paint_and_compare(uri, info, args.dataset_root, args.pairs, threads=args.threads)
+            rows[name]["ring_contrast"] = contrast
+            if args.sheets is not None:
+                args.sheets.mkdir(parents=True, exist_ok=True)
+                (args.sheets / f"{name}_sheet.png").write_bytes(sheet)
     print(markdown(rows))
+    if args.pairs:
+        print(contrast_markdown(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -199,7 +199,7 @@ def sweep(
 
 def sample_grid(model: Any, cfg: TrainConfig, n: int, device: torch.device, dtype: torch.dtype) -> bytes:
     """PNG, one row per sample: normal | mask | synthesized (AIAS-10 + FARM in ``dtype``), from the training data."""
-    data = load_training_data(cfg.dataset)
+    data = load_training_data(cfg.dataset, cfg.seed)
     preview = data.preview(n)
     normal, masks = preview["normal"], preview["masks"]
     keys = [data.keys[int(i)] for i in preview["mask_key_ids"]]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -95,7 +96,10 @@ class Preset:
     seg_cpus: float  # CPUs (torch threads on CPU) of the segmenter's Ray Train worker
     dtype: str = "float32"
     headroom: float = 0.25  # the manifest asks ⌈N·(1 + headroom)⌉ rows per type, so rejected rows leave N pairs
-    contrast_size: int = 128  # side at which ring contrast is measured (the CPU generator's size)
+    contrast_size: int = 128  # side of baseline pairs and ring contrast without a model or with a global-frame one
+    # With a window-frame model, FAST pairs keep each image's own size; the baselines paint at this side instead (at
+    # least every image side of the shared data, 256), so resizing their pairs back to the image barely blurs them.
+    window_baseline_size: int = 256
 
 
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
@@ -112,8 +116,8 @@ SOLVER_METHODS = ("dpmpp", "unipc")
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m != "ddim" and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
-    train_config="jobs/configs/train-cpu-small.yaml",
-    generator_name="cpu-small",
+    train_config="jobs/configs/train-cpu-window.yaml",
+    generator_name="cpu-window",
     pairs_per_defect=16,
     min_pairs=64,
     ddpm_nfe=200,
@@ -251,11 +255,13 @@ def synthesize_all(
     work: Path,
     timings: Timings,
     geometry: tuple[int, int] | None = None,
+    model_folder: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One dataset version per synthetic method under ``<work>/datasets/<method>``; returns their summaries.
+    """One dataset version per synthetic method; returns their summaries.
 
-    ``geometry`` (S, C): baseline-only runs make their pairs at S × S with C channels without any model, under
-    ``<work>/datasets-<S>px-<C>ch/<method>``; None: the model's geometry.
+    ``geometry`` (S, C): the baselines make their pairs at S × S with C channels without reading any model, under
+    ``<work>/datasets-<S>px-<C>ch/<method>`` (None: the model's geometry, under ``<work>/datasets``). FAST methods
+    go under ``model_folder`` (one folder per generator) when given.
     """
     out: dict[str, dict[str, Any]] = {}
     folder = work / ("datasets" if geometry is None else f"datasets-{geometry[0]}px-{geometry[1]}ch")
@@ -266,7 +272,7 @@ def synthesize_all(
         fast = method.generator == "fast"
         cfg = SynthesizeConfig(
             manifest=manifest,
-            out=str(folder / method.name),
+            out=str((model_folder or folder) / method.name if fast else folder / method.name),
             shard_size=64,
             generator=method.generator,  # type: ignore[arg-type]
             sampler=SynthesisConfig(sampler=method.sampler, nfe=method.nfe, use_farm=method.use_farm),  # type: ignore[arg-type]
@@ -297,6 +303,35 @@ def synthesize_all(
             "wall_s": round(seconds, 2),
         }
     return out
+
+
+def generator_tag(model_uri: str) -> str:
+    """``datasets-<name>-<sha8>``: the folder of one generator's manifest and FAST datasets (name: the training run).
+
+    >>> generator_tag("/w/train/magnetic_tile-cpu-window/model")
+    'datasets-magnetic_tile-cpu-window-006bce03'
+    """
+    path = Path(model_uri.rstrip("/"))
+    name = path.parent.name if path.name == "model" else path.name
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return f"datasets-{safe}-{hashlib.sha256(model_uri.encode()).hexdigest()[:8]}"
+
+
+def manifest_config(root: str, requested: int, seed: int, model_uri: str, work: Path, tag: str = "") -> ManifestConfig:
+    """The manifest of N·(1 + headroom) rows per defect type: without a model for the baselines (``<work>/
+    manifest-n<R>-seed<s>-nomodel``), or for one generator (``<work>/<tag>/manifest-n<R>-seed<s>``)."""
+    folder = (
+        work / tag / f"manifest-n{requested}-seed{seed}"
+        if model_uri
+        else work / f"manifest-n{requested}-seed{seed}-nomodel"
+    )
+    return ManifestConfig(
+        dataset=ManifestDatasetConfig(root=root),
+        counts=ManifestCountsConfig(default=requested),
+        job_seed=seed,
+        model_uri=model_uri,
+        out=str(folder),
+    )
 
 
 def train_sources(name: str, datasets: dict[str, dict[str, Any]], n: int) -> list[TrainSource]:
@@ -491,23 +526,29 @@ def main(argv: list[str] | None = None) -> int:
     uses_model = any(available[m].generator == "fast" for m in needed) or bool(args.model_uri)
     model_uri = ensure_generator(args, preset, name, work, timings) if uses_model else ""
     # Read once, before any work: a missing or incomplete --model-uri fails here.
-    contrast_size = read_model_info(model_uri).image_size if model_uri else preset.contrast_size
-    geometry = None if model_uri else (preset.contrast_size, args.channels)
+    info = read_model_info(model_uri) if model_uri else None
+    # The baselines never read the model: they paint at the model's geometry (or the preset's) from a manifest
+    # without a model URI, so their datasets and segmenters are reused across generators.
+    windowed = info is not None and info.frame == "window"
+    if info is None:
+        geometry = (preset.contrast_size, args.channels)
+    else:
+        geometry = (preset.window_baseline_size if windowed else info.image_size, info.image_channels)
+    contrast_size = None if windowed else geometry[0]  # window runs: every pair measured at its own size
     datasets: dict[str, dict[str, Any]] = {}
     requested = requested_per_key(preset, n)
-    if needed:
-        manifest_cfg = ManifestConfig(
-            dataset=ManifestDatasetConfig(root=root),
-            counts=ManifestCountsConfig(default=requested),
-            job_seed=args.seed,
-            model_uri=model_uri,
-            out=str(work / f"manifest-n{requested}-seed{args.seed}{'' if model_uri else '-nomodel'}"),
-        )
-        t0 = time.perf_counter()
-        manifest = write_manifest(manifest_cfg)
-        timings.add("manifest", time.perf_counter() - t0)
-        methods = [available[m] for m in available if m in needed]
-        datasets = synthesize_all(methods, manifest.uri, preset, work, timings, geometry)
+    methods = [available[m] for m in available if m in needed]
+    t0 = time.perf_counter()
+    baselines = [m for m in methods if m.generator != "fast"]
+    if baselines:
+        manifest = write_manifest(manifest_config(root, requested, args.seed, "", work))
+        datasets.update(synthesize_all(baselines, manifest.uri, preset, work, timings, geometry))
+    fast_methods = [m for m in methods if m.generator == "fast"]
+    if fast_methods:
+        tag = generator_tag(model_uri)
+        manifest = write_manifest(manifest_config(root, requested, args.seed, model_uri, work, tag))
+        datasets.update(synthesize_all(fast_methods, manifest.uri, preset, work, timings, None, work / tag))
+    timings.add("manifests_and_synthesis", time.perf_counter() - t0)
     contrast = {"real_third": real_third_contrast(root, contrast_size)}
     contrast.update({m: dataset_contrast(d["uri"], contrast_size) for m, d in datasets.items()})
     evaluations = evaluate_all(names, datasets, args, preset, n, work, timings)
@@ -526,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
         },
         "model_uri": model_uri,
-        "baseline_geometry": None if geometry is None else {"image_size": geometry[0], "image_channels": geometry[1]},
+        "baseline_geometry": {"image_size": geometry[0], "image_channels": geometry[1]},
+        "frame": info.frame if info else None,
         "segmenter": f"{args.encoder}{' (ImageNet-pretrained)' if args.encoder == 'efficientnet_lite0' else ''} "
         f"{args.arch}, native resolution, {preset.seg_crop}² crops",
         "seeds": args.seeds,

@@ -5,7 +5,8 @@ within ``RING_PX`` of ``M`` but outside it (a binary dilation of ``M`` minus ``M
 
     ring contrast = | mean_{p ∈ M} x(p) − mean_{p ∈ R} x(p) |
 
-It is computed on exactly what a grey segmenter sees (``to_model_image`` / ``to_model_mask`` at its input size) for
+It is computed on exactly what a grey segmenter sees (``to_model_image`` / ``to_model_mask`` at its input size, or at
+each image's own size for a window-frame run) for
 every pair of a dataset version and for the real generator-training
 third (ground-truth masks), and summarised per defect type by the median. A generator whose median is far below the
 real defects' paints anomalies a segmenter cannot see; one far above paints easier-than-real anomalies. A pair whose
@@ -25,7 +26,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFilter
 
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
-from fast_core.data.transforms import decode_png, to_model_image, to_model_mask
+from fast_core.data.transforms import decode_png, to_model_image, to_model_mask, to_uint8_chw
+from fast_core.data.windows import mask_at
 
 RING_PX = 3
 
@@ -49,9 +51,13 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -
     return float(abs(grey[inside].mean() - grey[ring].mean()))
 
 
-def _at_segmenter_size(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(grey levels float (S, S), mask bool (S, S)) exactly as the segmenter sees them: ``to_model_image`` (bicubic,
-    converted to L) and ``to_model_mask`` (nearest), the transforms of ``fastgen evaluate``."""
+def _at_segmenter_size(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(grey levels float (S, S), mask bool (S, S)) as a segmenter at S × S sees them: ``to_model_image`` (bicubic,
+    converted to L) and ``to_model_mask`` (nearest); ``size`` None: at the image's own size (the mask resized to it
+    when another size, nearest), as the native-resolution segmenter sees them."""
+    if size is None:
+        grey = to_uint8_chw(image, 1)[0].astype(np.float64)
+        return grey, mask_at(mask, *grey.shape)
     grey = (to_model_image(image, size, 1)[0].numpy() + 1.0) * 127.5
     return grey, to_model_mask(mask, size)[0].numpy() > 0.5
 
@@ -66,7 +72,7 @@ def _summary(values: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
-def dataset_contrast(uri: str, size: int) -> dict[str, Any]:
+def dataset_contrast(uri: str, size: int | None) -> dict[str, Any]:
     """Ring contrast of every pair of the (local) dataset version at ``uri``."""
     values: dict[str, list[float]] = defaultdict(list)
     for part in sorted(glob.glob(str(Path(uri) / "data" / "part-*.parquet"))):
@@ -78,7 +84,7 @@ def dataset_contrast(uri: str, size: int) -> dict[str, Any]:
     return _summary(values)
 
 
-def real_third_contrast(root: str, size: int) -> dict[str, Any]:
+def real_third_contrast(root: str, size: int | None) -> dict[str, Any]:
     """Ring contrast of the real generator-training third (each image with its ground-truth mask)."""
     values: dict[str, list[float]] = defaultdict(list)
     for record in split_anomalies(read_dataset(root).records).gen_train:

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -51,6 +52,10 @@ class ModelInfo:
     preset: str = ""  # the model preset it was built from ("tiny", "cpu_small", "full") or "" for a loaded base
     steps: dict[str, int] = field(default_factory=dict)  # trained steps per stage, e.g. {"vae": 400, "fast": 800}
     run_id: str = ""  # the training run that produced it
+    # "global": synthesis resizes the whole image to S × S; "window": it runs in an S × S window around each mask at
+    # the image's own pixel size and pastes back inside the mask (FAST_SPEC §9, fast_core.data.windows)
+    frame: Literal["global", "window"] = "global"
+    window_margin: float = 0.25  # window frame: side = max(S, ⌈mask box side · (1 + margin)⌉)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -60,6 +65,8 @@ class ModelInfo:
             raise ValueError(f"ModelInfo.image_channels must be 1 or 3, got {self.image_channels!r}")
         if not self.keys:
             raise ValueError("ModelInfo.keys must name at least one key")
+        if self.frame not in ("global", "window"):
+            raise ValueError(f"ModelInfo.frame must be 'global' or 'window', got {self.frame!r}")
         if self.format != FORMAT:
             raise ValueError(f"model format {self.format!r} is not supported (expected {FORMAT!r})")
 

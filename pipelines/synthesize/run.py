@@ -164,8 +164,8 @@ def shard_tables(
             "mask": pa.StructArray.from_arrays(
                 [mask_png.cast(pa.binary()), pa.array(msk_paths, pa.string())], fields=list(IMAGE_STRUCT)
             ),
-            "width": pa.array(np.full(n, info.image_size, np.int32)),
-            "height": pa.array(np.full(n, info.image_size, np.int32)),
+            "width": ok.column("width").cast(pa.int32()),
+            "height": ok.column("height").cast(pa.int32()),
             "mask_area": ok.column("mask_area").cast(pa.int64()),
             "seed": ok.column("seed").cast(pa.int64()),
             "source_image": ok.column("source_image"),
@@ -276,6 +276,8 @@ def _build_dataset(
             "image_channels": info.image_channels,
             "keys": list(info.keys),
             "storage_cfg": cfg.storage,
+            "frame": info.frame if cfg.generator == "fast" else "global",
+            "window_margin": info.window_margin,
         },
     )
     painter, painter_kwargs = _painter(cfg, model_uri, info, textures, defect_images)

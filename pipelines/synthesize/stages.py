@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 import torch
 
 from fast_core import qc
-from fast_core.data.transforms import decode_png, encode_png, to_model_image, to_model_mask
+from fast_core.data.transforms import decode_png, encode_png, to_model_image, to_model_mask, to_uint8_chw
+from fast_core.data.windows import Window, cut_image, cut_mask, mask_at, paste_window, window_around
 from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
 from pipelines import storage
 from pipelines.model_store import load_model
@@ -72,10 +73,10 @@ def _read_image(uri: str, mode: str, storage_cfg: StorageConfig | None) -> np.nd
     return decode_png(storage.read_bytes(uri, storage_cfg), mode)  # type: ignore[arg-type]
 
 
-def _load_row(
-    row: dict[str, Any], size: int, channels: int, keys: frozenset[str], storage_cfg: StorageConfig | None
+def _read_row(
+    row: dict[str, Any], channels: int, keys: frozenset[str], storage_cfg: StorageConfig | None
 ) -> tuple[qc.Rejection | None, np.ndarray | None, np.ndarray | None]:
-    """(rejection, image uint8 (S, S, C), mask uint8 (S, S)) for one manifest row; arrays None when rejected.
+    """(rejection, image uint8 (H, W[, 3]) as decoded, mask uint8 (H', W')) of one manifest row; None when rejected.
 
     Missing or undecodable files are row problems (a rejection); storage outages (connection errors) are not and
     propagate, so the task fails and Ray retries it or the job stops with the error.
@@ -97,12 +98,31 @@ def _load_row(
         mask = _read_image(row["mask_uri"], "L", storage_cfg) if has_uri else decode_png(row["mask_png"], "L")
     except (FileNotFoundError, ValueError) as exc:
         return qc.Rejection(qc.MASK_UNREADABLE, f"{row['mask_uri'] or 'mask_png'}: {exc}"), None, None
-    rejection = qc.check_mask(mask)  # the mask is another image's: resized to S × S on its own, any size is fine
+    rejection = qc.check_mask(mask)  # the mask is another image's: resized on its own, any size is fine
     if rejection is not None:
         return rejection, None, None
+    return None, image, mask
+
+
+def _global_inputs(image: np.ndarray, mask: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global frame: image uint8 (S, S, C) resized as ``to_model_image`` does, mask uint8 (S, S) in {0, 255}."""
     x = to_model_uint8(to_model_image(image, size, channels))
     m = (to_model_mask(mask, size)[0].numpy() > 0.5).astype(np.uint8) * 255
-    return None, x, m
+    return x, m
+
+
+def _window_inputs(
+    image: np.ndarray, mask: np.ndarray, size: int, channels: int, margin: float
+) -> tuple[np.ndarray, np.ndarray, Window, np.ndarray, np.ndarray]:
+    """Window frame: (window image (S, S, C), window mask (S, S) in {0, 255}, the window, the native image
+    (C, H, W) and the native label (H, W) bool) — the mask resized to the image's own size, the window centred on it.
+    """
+    native = to_uint8_chw(image, channels)
+    label = mask_at(mask, *native.shape[1:])
+    window = window_around(label, size, margin)
+    x = cut_image(native, window, size).transpose(1, 2, 0)
+    m = cut_mask(label, window, size) * 255
+    return np.ascontiguousarray(x), m, window, native, label
 
 
 def load_inputs(
@@ -113,6 +133,8 @@ def load_inputs(
     image_channels: int,
     keys: list[str],
     storage_cfg: StorageConfig | None = None,
+    frame: str = "global",
+    window_margin: float = 0.25,
 ) -> Batch:
     """Ray stage 1 (CPU task): keep the rows of pending shards, fetch and decode their inputs, resize to the model.
 
@@ -124,6 +146,10 @@ def load_inputs(
         image_channels: C, the model's channels (grayscale models take L images).
         keys: the model's defect keys; a row whose ``prompt`` is not one is rejected (``prompt_unknown``).
         storage_cfg: S3 settings for ``s3://`` image and mask URIs.
+        frame: ``"global"`` (resize the whole image and mask to S × S) or ``"window"`` (cut an S × S window around
+            the mask at the image's own size; the batch then also carries ``window`` (B, 3) int64 = (y0, x0, side)
+            and the native image and label as PNG bytes ``native_png`` / ``native_mask_png`` for the paste-back).
+        window_margin: the window frame's margin (fast_core.data.windows).
     """
     idx = pc.index_in(batch.column("sample_id"), value_set=pending.column("sample_id"))
     keep = pc.is_valid(idx)
@@ -137,16 +163,29 @@ def load_inputs(
     out["shard"] = pending.column("shard").to_numpy()[positions].astype(np.int64)
     out["image"] = np.zeros((n, s, s, c), dtype=np.uint8)
     out["mask"] = np.zeros((n, s, s), dtype=np.uint8)
+    windowed = frame == "window"
+    if windowed:
+        out["window"] = np.zeros((n, 3), dtype=np.int64)
+        out["native_png"] = np.full(n, b"", dtype=object)
+        out["native_mask_png"] = np.full(n, b"", dtype=object)
     key_set = frozenset(keys)
     for i, row in enumerate(rows):
         for src, dst in META_COLUMNS.items():
             out[dst][i] = row[src]
-        rejection, x, m = _load_row(row, s, c, key_set, storage_cfg)
-        if rejection is None:
-            out["image"][i], out["mask"][i] = x, m
-            out["status"][i] = out["stage"][i] = out["detail"][i] = ""
-        else:
+        rejection, image, mask = _read_row(row, c, key_set, storage_cfg)
+        if rejection is not None:
             out["status"][i], out["stage"][i], out["detail"][i] = rejection.reason, STAGE_LOAD, rejection.detail
+            continue
+        assert image is not None and mask is not None
+        out["status"][i] = out["stage"][i] = out["detail"][i] = ""
+        if not windowed:
+            out["image"][i], out["mask"][i] = _global_inputs(image, mask, s, c)
+            continue
+        x, m, window, native, label = _window_inputs(image, mask, s, c, window_margin)
+        out["image"][i], out["mask"][i] = x, m
+        out["window"][i] = (window.y0, window.x0, window.side)
+        out["native_png"][i] = encode_png(native[0] if c == 1 else native.transpose(1, 2, 0))
+        out["native_mask_png"][i] = encode_png(label.astype(np.uint8) * 255)
     return out
 
 
@@ -247,8 +286,12 @@ def encode_and_qc(batch: Batch, *, qc_cfg: qc.QCConfig) -> Batch:
     out["image_png"] = np.full(n, b"", dtype=object)
     out["mask_png"] = np.full(n, b"", dtype=object)
     out["mask_area"] = np.zeros(n, dtype=np.int64)
+    out["width"] = np.zeros(n, dtype=np.int32)
+    out["height"] = np.zeros(n, dtype=np.int32)
     for i in np.flatnonzero(out["status"] == ""):
         image, mask = batch["image"][i], batch["mask"][i]
+        if "window" in batch:
+            image, mask = _paste_back(batch, i)
         rejection = qc.check_output(
             image,
             mask,
@@ -262,4 +305,18 @@ def encode_and_qc(batch: Batch, *, qc_cfg: qc.QCConfig) -> Batch:
         out["image_png"][i] = encode_png(image[..., 0] if image.shape[-1] == 1 else image)
         out["mask_png"][i] = encode_png(mask)
         out["mask_area"][i] = qc.mask_area(mask)
+        out["height"][i], out["width"][i] = mask.shape
     return out
+
+
+def _paste_back(batch: Batch, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window frame: (native image with the generated window pasted inside the label (H, W, C), label (H, W) in
+    {0, 255}) of row ``i``; every pixel outside the label is the native image's."""
+    channels = batch["image"].shape[-1]
+    native = decode_png(batch["native_png"][i], "L" if channels == 1 else "RGB")
+    label = decode_png(batch["native_mask_png"][i], "L") > 0
+    y0, x0, side = (int(v) for v in batch["window"][i])
+    pasted = paste_window(
+        to_uint8_chw(native, channels), batch["image"][i].transpose(2, 0, 1), label, Window(y0, x0, side)
+    )
+    return np.ascontiguousarray(pasted.transpose(1, 2, 0)), label.astype(np.uint8) * 255

@@ -46,6 +46,13 @@ class DatasetConfig:
     image_channels: int = 3  # 1 (grayscale: images converted to L) or 3 (RGB)
     hflip: bool = True  # augmentation: flip each training image left-right with probability 1/2 (mask with it)
     vflip: bool = False  # augmentation: flip each training image upside down with probability 1/2 (mask with it)
+    # "global": whole images resized to image_size (the paper); "window": image_size² windows cut at the images' own
+    # pixel size around each training-third defect and at random in normal images (FAST_SPEC §9)
+    frame: Literal["global", "window"] = "global"
+    windows_per_defect: int = 8  # window frame: windows per training-third defect image (random offsets)
+    windows_per_normal: int = 1  # window frame: random windows per train/good image
+    window_margin: float = 0.25  # window frame: side = max(image_size, ⌈box side · (1 + margin)⌉), then resized
+    window_rot90: bool = True  # window frame: turn each defect window by a random multiple of 90° (mask with it)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -60,6 +67,17 @@ class DatasetConfig:
         _positive_int("TrainConfig.dataset.image_size", self.image_size)
         if self.image_channels not in (1, 3):
             raise ValueError(f"TrainConfig.dataset.image_channels must be 1 or 3, got {self.image_channels!r}")
+        _positive_int("TrainConfig.dataset.windows_per_defect", self.windows_per_defect)
+        if (
+            isinstance(self.windows_per_normal, bool)
+            or not isinstance(self.windows_per_normal, int)
+            or (self.windows_per_normal < 0)
+        ):
+            raise ValueError(
+                f"TrainConfig.dataset.windows_per_normal must be an integer >= 0, got {self.windows_per_normal!r}"
+            )
+        if not isinstance(self.window_margin, int | float) or not 0.0 <= self.window_margin <= 4.0:
+            raise ValueError(f"TrainConfig.dataset.window_margin must be in [0, 4], got {self.window_margin!r}")
 
     @property
     def local_root(self) -> Path:
@@ -278,6 +296,10 @@ class TrainConfig:
         if self.publish_uri is not None:
             self.publish_uri = st.absolute(self.publish_uri)
             st.join(self.publish_uri, "model.json")
+        for name in ("first_stage_uri", "base_model_uri"):  # read by the workers too
+            uri = getattr(self.model, name)
+            if uri is not None:
+                setattr(self.model, name, st.absolute(uri))
         if not self.stages:
             raise ValueError(f"TrainConfig.stages is empty; name at least one of {', '.join(STAGE_ORDER)}")
         stages = tuple(self.stages)

@@ -109,12 +109,18 @@ class TrainingData:
         return {"normal": normal, "masks": self.masks[picks], "mask_key_ids": self.anomaly_key_ids[picks]}
 
 
-def load_training_data(cfg: DatasetConfig) -> TrainingData:
+def load_training_data(cfg: DatasetConfig, seed: int = 0) -> TrainingData:
     """Read the dataset folder and preprocess every image the stages use (see the module docstring).
+
+    ``cfg.frame == "window"`` cuts native-resolution windows instead (:func:`load_window_data`, drawn from ``seed``).
 
     Raises:
         FileNotFoundError / ValueError: the folder or a category is missing, or no usable image was found.
     """
+    if cfg.frame == "window":
+        from pipelines.train.window_data import load_window_data
+
+        return load_window_data(cfg, seed)
     index = read_dataset(cfg.local_root, cfg.layout, cfg.categories)
     split = split_anomalies(index.records)
     size, channels = cfg.image_size, cfg.image_channels

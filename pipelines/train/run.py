@@ -226,7 +226,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
     t0 = time.perf_counter()
     check_dataset(cfg.dataset)
     store = RunStore(cfg.run_uri, cfg.storage)
-    data = load_training_data(cfg.dataset)
+    data = load_training_data(cfg.dataset, cfg.seed)
     for stage in cfg.stages:
         check_stage_rows(data, stage, cfg.stage_config(stage).batch_size, cfg.scaling.num_workers)
     for stage in cfg.stages:
@@ -370,6 +370,8 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
         preset=cfg.model.preset if cfg.model.base_model_uri is None else "",
         steps=steps,
         run_id=cfg.run_name,
+        frame=cfg.dataset.frame,
+        window_margin=cfg.dataset.window_margin,
     )
     uri = cfg.model_uri
     try:

@@ -30,9 +30,10 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
         mask = np.zeros((32, 40), np.uint8)
         mask[8:20, 10:26] = 255
         Image.fromarray(mask).save(mask_file)
-    model = publish_tiny_model(str(tmp_path / "model"), image_channels=1)
+    model = publish_tiny_model(str(tmp_path / "model"), image_channels=1, frame="window")  # as the CPU preset's
     # Small segmenter crops keep the trainings short; everything else is the cpu-quick preset.
-    small = quality.Preset(**{**quality.PRESETS["cpu-quick"].__dict__, "seg_crop": 32, "seg_batch": 2, "synth_cpus": 1})
+    changes = {"seg_crop": 32, "seg_batch": 2, "synth_cpus": 1, "window_baseline_size": 48}
+    small = quality.Preset(**{**quality.PRESETS["cpu-quick"].__dict__, **changes})
     monkeypatch.setitem(quality.PRESETS, "cpu-quick", small)
     methods = ["fast", "cutpaste", "real_third", "real_third_fast"]  # other samplers and baselines: same code path
     argv = [
@@ -61,6 +62,13 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
         assert method["overall"]["miou"] == pytest.approx(np.mean(mious)), name
         assert method["overall_std"]["miou"] == pytest.approx(np.std(mious, ddof=1)), name
         assert 0.0 <= method["overall"]["miou"] <= 1.0, name
+    # The baselines read no model: a model-free manifest, pairs at the window run's baseline size; FAST pairs of a
+    # window-frame model keep the images' own 32 × 40, in the generator's own folder.
+    fast_uri, cutpaste_uri = Path(report["datasets"]["fast"]["uri"]), Path(report["datasets"]["cutpaste"]["uri"])
+    assert fast_uri.parent.name == quality.generator_tag(model) and cutpaste_uri.parent.name == "datasets-48px-1ch"
+    assert report["frame"] == "window" and report["baseline_geometry"] == {"image_size": 48, "image_channels": 1}
+    assert {decode_png(r["image"]["bytes"]).shape for r in pq.read_table(fast_uri / "data").to_pylist()} == {(32, 40)}
+    assert (tmp_path / "w" / "manifest-n3-seed0-nomodel").is_dir()
     # equal footing: the manifest asked ⌈2 · 1.25⌉ = 3 rows per type, every synthetic method trains on 2 per type
     assert report["requested_per_defect"] == 3 and report["datasets"]["cutpaste"]["written"] == 6
     pairs = {name: m["anomaly_pairs"] for name, m in report["methods"].items()}

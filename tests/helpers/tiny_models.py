@@ -103,8 +103,17 @@ def publish_tiny_model(
     image_channels: int = 3,
     keys: tuple[str, ...] = TINY_KEYS,
     seed: int = 0,
+    frame: str = "global",
 ) -> str:
-    """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code."""
+    """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code; ``frame``
+    ``"window"`` marks it as trained on native-resolution windows (synthesis then works in windows)."""
     model = FastLDM.from_scratch(tiny_fast_config(image_channels, keys), seed=seed)
-    info = ModelInfo(image_size=32, image_channels=image_channels, keys=list(keys), preset="tiny", run_id="tiny-test")
+    info = ModelInfo(
+        image_size=32,
+        image_channels=image_channels,
+        keys=list(keys),
+        preset="tiny",
+        run_id="tiny-test",
+        frame=frame,  # type: ignore[arg-type]
+    )
     return publish_model(model, uri, info, storage)

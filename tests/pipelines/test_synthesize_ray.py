@@ -163,3 +163,24 @@ def test_actors_holding_every_cpu_fail_fast(
     ray_utils.check_cpu_budget(1, cpus, cpus, "read/encode tasks")
     assert "could never run" in caplog.text
     ray_utils.check_cpu_budget(1, 1.0, 1.0, "read/encode tasks")
+
+
+def test_window_frame_model_writes_pairs_at_each_images_own_size(tmp_path: Path, ray_local: None) -> None:
+    """A window-frame model on images of several sizes: every pair keeps its source image's size, the width and
+    height columns say so, only mask pixels change, and preview, card and report are written."""
+    root = make_dummy_mvtec(
+        tmp_path / "data", categories=("tiny",), defects={"crack": 3}, mode="RGB", size=(48, 72), vary_size=True
+    )
+    model = publish_tiny_model(str(tmp_path / "model"), frame="window")
+    rows = pair_rows(root, model, {("tiny", "crack"): 5})
+    summary = run_synthesis(_cfg(write_manifest_rows(str(tmp_path / "manifest"), rows), tmp_path / "out"))
+    assert (summary.written, summary.rejected) == (5, 0)
+    table = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    sources = {r["sample_id"]: decode_png(Path(r["image_uri"]).read_bytes(), "RGB") for r in rows}
+    assert len({sources[r["sample_id"]].shape for r in table}) > 1  # the sizes really differ
+    for r in table:
+        source, image = sources[r["sample_id"]], decode_png(r["image"]["bytes"], "RGB")
+        label = decode_png(r["mask"]["bytes"]) > 0
+        assert image.shape == source.shape and (r["height"], r["width"]) == source.shape[:2]
+        np.testing.assert_array_equal(image[~label], source[~label])
+    assert (tmp_path / "out" / "preview.png").is_file() and (tmp_path / "out" / "report.html").is_file()

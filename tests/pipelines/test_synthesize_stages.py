@@ -132,6 +132,40 @@ def test_encode_and_qc(setup: dict) -> None:
     assert strict["status"][0] == "mask_area_too_small" and "below qc.min_mask_area_px" in strict["detail"][0]
 
 
+def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(tmp_path: Path) -> None:
+    """A window-frame model: inputs are cut at the image's own size around the mask (a mask of another size is
+    resized to the image first), the output is the native image with only the mask's pixels changed."""
+    from PIL import Image
+
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 2}, mode="RGB", size=(90, 70))
+    model = publish_tiny_model(str(tmp_path / "model"), frame="window")
+    rows = pair_rows(root, model, {("tiny", "crack"): 2})
+    big = tmp_path / "big_mask.png"  # a large mask from an image twice the size: a larger window, resized to 32
+    big_mask = np.zeros((180, 140), np.uint8)
+    big_mask[20:150, 30:110] = 255
+    Image.fromarray(big_mask).save(big)
+    rows.append({**rows[0], "sample_id": "large", "mask_uri": str(big)})
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    batch = load_inputs(
+        table, pending=_pending(rows), image_size=32, image_channels=3, keys=["good", "tiny/crack"], frame="window"
+    )
+    assert (batch["status"] == "").all() and batch["image"].shape == (3, 32, 32, 3)
+    assert batch["window"][0][2] == 32 and batch["window"][2][2] > 32  # native window; a larger one for the big mask
+    synth = FastSynthesizer(model_uri=model, sampler=SynthesisConfig(nfe=3, batch_size=4))
+    out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig())
+    assert (out["status"] == "").all()
+    for i, row in enumerate(rows):
+        source = decode_png(Path(row["image_uri"]).read_bytes(), "RGB")
+        image, label = decode_png(out["image_png"][i], "RGB"), decode_png(out["mask_png"][i]) > 0
+        assert image.shape == source.shape and label.shape == source.shape[:2]  # native size, 70 × 90
+        assert (out["height"][i], out["width"][i]) == (90, 70)
+        np.testing.assert_array_equal(image[~label], source[~label])  # background bit-exact
+        assert not np.array_equal(image[label], source[label])
+    expected = np.asarray(Image.fromarray(big_mask).resize((70, 90), Image.Resampling.NEAREST)) > 0
+    np.testing.assert_array_equal(decode_png(out["mask_png"][2]) > 0, expected)
+    assert out["mask_area"][2] == int(expected.sum())
+
+
 def test_grayscale_rows_encode_as_l_png() -> None:
     batch = {
         "sample_id": np.array(["a"], dtype=object),

@@ -47,7 +47,9 @@ def tiny_cfg(dataset: Path, storage: Path, *overrides: str) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ config
-@pytest.mark.parametrize("name", ["train-tiny.yaml", "train-cpu-small.yaml", "train-gpu-full.yaml"])
+@pytest.mark.parametrize(
+    "name", ["train-tiny.yaml", "train-cpu-small.yaml", "train-cpu-window.yaml", "train-gpu-full.yaml"]
+)
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(TrainConfig, CONFIGS / name, ["dataset.root=/x"])
     assert cfg.stages == ("vae", "base", "fast")
@@ -58,6 +60,8 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)  # Ray Train workers run elsewhere: they must get the driver's absolute paths
     cfg = tiny_cfg(dataset, Path("runs"), 'publish_uri="out/model"')
     assert cfg.storage_path == str(tmp_path / "runs") and cfg.publish_uri == str(tmp_path / "out" / "model")
+    pretrained = tiny_cfg(dataset, Path("runs"), 'model.first_stage_uri="models/taef2"')
+    assert pretrained.model.first_stage_uri == str(tmp_path / "models" / "taef2")
     assert tiny_cfg(dataset, Path("x"), 'storage_path="s3://bucket/runs"').storage_path == "s3://bucket/runs"
 
 
@@ -137,6 +141,31 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     assert preview["normal"].shape == (4, 3, 32, 32) and sorted(set(preview["mask_key_ids"].tolist())) == [1, 2]
     with pytest.raises(ValueError, match="cannot fill one batch of 2 on each of 2"):
         check_stage_rows(data, "fast", batch_size=2, num_workers=2)
+
+
+def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> None:
+    root = make_dummy_mvtec(tmp_path / "ds", n_good=3, defects={"scratch": 6, "dent": 3}, size=(40, 60), mode="RGB")
+    overrides = ["dataset.frame=window", "dataset.windows_per_defect=4", "dataset.windows_per_normal=2"]
+    cfg = tiny_cfg(root, tmp_path / "runs", *overrides)
+    data = load_training_data(cfg.dataset, seed=5)
+    assert data.keys == ["good", "widget/dent", "widget/scratch"]
+    assert data.normal.shape == (6, 3, 32, 32)  # 3 images × 2 random windows, at native scale
+    assert data.anomalies.shape == (12, 3, 32, 32) and data.masks.shape == (12, 1, 32, 32)  # 3 images × 4 windows
+    assert sorted(data.anomaly_key_ids.tolist()) == [1] * 4 + [2] * 8
+    assert all(m.any() for m in data.masks)  # every defect window holds its defect
+    # the same seed gives the same windows; another seed other offsets
+    again = load_training_data(cfg.dataset, seed=5)
+    assert np.array_equal(again.anomalies, data.anomalies) and np.array_equal(again.normal, data.normal)
+    other = load_training_data(cfg.dataset, seed=6)
+    assert not np.array_equal(other.anomalies, data.anomalies)
+    # native scale: a normal window is a crop of its image, not a resize
+    from fast_core.data.layout import load_image
+
+    first = np.asarray(load_image(root / "widget" / "train" / "good" / "000.png", "RGB")).transpose(2, 0, 1)
+    crop = data.normal[0]
+    assert any(np.array_equal(first[:, y : y + 32, x : x + 32], crop) for y in range(40 - 31) for x in range(60 - 31))
+    with pytest.raises(ValueError, match="window_margin"):
+        tiny_cfg(root, tmp_path / "runs", "dataset.window_margin=-1")
 
 
 def test_unreadable_image_is_skipped_with_reason(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""The probe's visible gate: paint real training-third masks on normal images with the production synthesis path, and
+compare the painted defects' ring contrast with the real ones', per defect type; draw a contact sheet.
+
+For each defect type, up to ``per_type`` training-third masks (spread over the sorted list) are paired with normal
+``train/good`` images (the i-th mask with normal image ``i · ⌊N_good / per_type⌋``), run through exactly what a
+synthesis job runs (:func:`~pipelines.synthesize.stages.load_inputs` in the model's frame,
+:class:`~pipelines.synthesize.stages.FastSynthesizer` with AIAS-10 + FARM, :func:`~pipelines.synthesize.stages.
+encode_and_qc`), and the output's ring contrast (:func:`benchmarks.quality_contrast.ring_contrast`) is measured at
+the image's own size; the same masks on their own real images give the reference. The gate of a defect type passes
+when the median ratio painted / real lies in [0.5, 2]. The contact sheet has two rows per type: the real defects,
+then the painted ones, each cell the centred window around the mask (``window_around``, side ≥ ``cell``) resized to
+``cell`` px, so large masks show whole.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.quality_contrast import ring_contrast
+from fast_core import qc
+from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
+from fast_core.data.transforms import decode_png, encode_png, to_uint8_chw
+from fast_core.data.windows import cut_image, mask_at, window_around
+from fast_core.synthesis import SynthesisConfig
+from pipelines.manifest import MANIFEST_SCHEMA, row_seed, sample_id_for
+from pipelines.model_store import ModelInfo
+from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from pipelines.train.data import defect_key
+from pipelines.train.grid import compose
+
+GATE = (0.5, 2.0)  # painted / real median ring contrast that passes
+
+
+def probe_rows(root: str, model_uri: str, per_type: int) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Manifest rows (normal image, training-third mask) and, per key, the real images of those masks."""
+    split = split_anomalies(read_dataset(root).records)
+    good = sorted(split.train_good, key=lambda r: str(r.image_path))
+    if not good:
+        raise ValueError(f"{root}: no train/good image to paint on")
+    by_key: dict[str, list[Any]] = defaultdict(list)
+    for r in split.gen_train:
+        if r.mask_path is not None:
+            by_key[defect_key(r)].append(r)
+    rows, real = [], {}
+    for key, records in sorted(by_key.items()):
+        records = sorted(records, key=lambda r: str(r.image_path))
+        picks = records[:: max(1, len(records) // per_type)][:per_type]
+        real[key] = [str(r.image_path) for r in picks]
+        stride = max(1, len(good) // per_type)
+        for i, r in enumerate(picks):
+            sid = sample_id_for(r.category, r.defect_type, i)
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "category": r.category,
+                    "defect_type": r.defect_type,
+                    "image_uri": str(good[(i * stride) % len(good)].image_path),
+                    "mask_uri": str(r.mask_path),
+                    "mask_png": None,
+                    "mask_source": f"real:{r.mask_path.stem}",
+                    "prompt": key,
+                    "seed": row_seed(0, sid),
+                    "model_uri": model_uri,
+                }
+            )
+    return rows, real
+
+
+def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, size: int) -> np.ndarray:
+    """The centred window (side ≥ ``size``) around ``mask`` in ``image`` (H, W[, 3]), resized to ``cell``."""
+    channels = 1 if image.ndim == 2 else 3
+    chw = to_uint8_chw(image, channels)
+    label = mask_at(mask, *chw.shape[1:])
+    out = cut_image(chw, window_around(label, size, 0.25), cell)
+    return out[0] if channels == 1 else out.transpose(1, 2, 0)
+
+
+def paint_and_compare(
+    model_uri: str, info: ModelInfo, root: str, per_type: int = 8, cell: int = 96, threads: int = 2
+) -> tuple[dict[str, Any], bytes]:
+    """(per-key ring contrast of painted vs real and the gate, contact sheet PNG) — see the module docstring."""
+    rows, real_paths = probe_rows(root, model_uri, per_type)
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    pending = pa.table(
+        {"sample_id": [r["sample_id"] for r in rows], "row": list(range(len(rows))), "shard": [0] * len(rows)}
+    )
+    batch = load_inputs(
+        table,
+        pending=pending,
+        image_size=info.image_size,
+        image_channels=info.image_channels,
+        keys=list(info.keys),
+        frame=info.frame,
+        window_margin=info.window_margin,
+    )
+    synth = FastSynthesizer(model_uri=model_uri, sampler=SynthesisConfig(nfe=10), num_cpus=threads)
+    out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
+    painted: dict[str, list[float]] = defaultdict(list)
+    real: dict[str, list[float]] = defaultdict(list)
+    sheet: list[list[np.ndarray]] = []
+    rejected: dict[str, str] = {}
+    mode = "L" if info.image_channels == 1 else "RGB"
+    for key, paths in real_paths.items():
+        real_cells, fake_cells = [], []
+        for i, path in enumerate(paths):
+            j = next(k for k, r in enumerate(rows) if r["prompt"] == key and r["sample_id"].endswith(f"{i:06d}"))
+            mask = load_mask(rows[j]["mask_uri"])
+            image = load_image(path, mode)
+            c = ring_contrast(image, mask_at(mask, *image.shape[:2]))
+            if c is not None:
+                real[key].append(c)
+            real_cells.append(_window_cell(image, mask, cell, info.image_size))
+            if out["status"][j] != "":
+                rejected[rows[j]["sample_id"]] = str(out["status"][j])
+                continue
+            fake, label = decode_png(out["image_png"][j], mode), decode_png(out["mask_png"][j]) > 0
+            c = ring_contrast(fake, label)
+            if c is not None:
+                painted[key].append(c)
+            fake_cells.append(_window_cell(fake, label, cell, info.image_size))
+        sheet += [real_cells, fake_cells]
+    per_key = {}
+    for key in real_paths:
+        r = statistics.median(real[key]) if real[key] else None
+        p = statistics.median(painted[key]) if painted[key] else None
+        ratio = p / r if p is not None and r else None
+        per_key[key] = {
+            "real_median": None if r is None else round(r, 2),
+            "painted_median": None if p is None else round(p, 2),
+            "ratio": None if ratio is None else round(ratio, 3),
+            "passes": ratio is not None and GATE[0] <= ratio <= GATE[1],
+        }
+    result = {
+        "pairs_per_type": per_type,
+        "per_defect_type": per_key,
+        "all_pass": all(v["passes"] for v in per_key.values()),
+        "rejected": rejected,
+    }
+    return result, encode_png(compose(sheet))

@@ -1,0 +1,107 @@
+"""Training data in the window frame (FAST_SPEC §9): native-resolution S × S windows instead of resized images.
+
+    defect rows   for each training-third anomaly image with a mask, ``windows_per_defect`` windows:
+                  w = window_around(M, S, margin, rng)  (random offset; box inside; side > S resized to S)
+                  image, mask = cut_image(I, w), cut_mask(M, w), then a random k·90° turn when window_rot90
+    normal rows   for each ``train/good`` image, ``windows_per_normal`` random S × S windows (padded when smaller)
+
+The result is an ordinary :class:`TrainingData` (every array S × S), so the stages, the row feed and the resume
+logic are those of the global frame. Every draw comes from ``numpy.random.default_rng([seed, 9])`` in file order,
+so one seed gives the same windows. A mask whose size differs from its image is resized to it (nearest); an
+anomaly image without a usable mask has no window to place and is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fast_core.data.layout import GOOD, ImageRecord, load_image, load_mask, read_dataset, split_anomalies
+from fast_core.data.transforms import to_uint8_chw
+from fast_core.data.windows import cut_image, cut_mask, mask_at, random_window, window_around
+from pipelines.train.config import DatasetConfig
+from pipelines.train.data import TrainingData, defect_key
+
+logger = logging.getLogger(__name__)
+
+_STREAM = 9  # second word of the window generator's seed, apart from other consumers of the run seed
+
+
+def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
+    """The window-frame training set of ``cfg`` (module docstring).
+
+    Raises:
+        FileNotFoundError / ValueError: the folder or a category is missing, or no usable image was found.
+    """
+    index = read_dataset(cfg.local_root, cfg.layout, cfg.categories)
+    split = split_anomalies(index.records)
+    size, channels = cfg.image_size, cfg.image_channels
+    mode = "L" if channels == 1 else "RGB"
+    rng = np.random.default_rng([seed, _STREAM])
+    skipped: list[tuple[str, str]] = []
+    keys = [GOOD, *sorted({defect_key(r) for r in split.gen_train})]
+    key_index = {k: i for i, k in enumerate(keys)}
+
+    def native(record: ImageRecord) -> np.ndarray | None:
+        try:
+            return to_uint8_chw(load_image(record.image_path, mode), channels)
+        except (OSError, ValueError) as exc:
+            skipped.append((str(record.image_path), f"unreadable image: {exc}"))
+            return None
+
+    normal: list[np.ndarray] = []
+    for record in split.train_good:
+        image = native(record)
+        if image is None:
+            continue
+        for _ in range(cfg.windows_per_normal):
+            normal.append(cut_image(image, random_window(*image.shape[1:], size, rng), size))
+    windows, masks, ids = [], [], []
+    for record in split.gen_train:
+        image = native(record)
+        if image is None:
+            continue
+        if record.mask_path is None:
+            skipped.append((str(record.image_path), "anomaly image without a mask: no window can be placed"))
+            continue
+        try:
+            mask = mask_at(load_mask(record.mask_path), *image.shape[1:])
+        except (OSError, ValueError) as exc:
+            skipped.append((str(record.mask_path), f"unreadable mask: {exc}"))
+            continue
+        if not mask.any():
+            skipped.append((str(record.mask_path), "empty mask: no window can be placed"))
+            continue
+        for _ in range(cfg.windows_per_defect):
+            window = window_around(mask, size, cfg.window_margin, rng)
+            x, m = cut_image(image, window, size), cut_mask(mask, window, size)
+            k = int(rng.integers(4)) if cfg.window_rot90 else 0
+            windows.append(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))
+            masks.append(np.ascontiguousarray(np.rot90(m, k))[None])
+            ids.append(key_index[defect_key(record)])
+    if not normal and not windows:
+        raise ValueError(f"{cfg.root}: no usable training image found ({len(skipped)} skipped)")
+    empty = np.zeros((0, channels, size, size), np.uint8)
+    data = TrainingData(
+        keys=keys,
+        normal=np.stack(normal) if normal else empty,
+        anomalies=np.stack(windows) if windows else empty,
+        masks=np.stack(masks) if masks else np.zeros((0, 1, size, size), np.uint8),
+        anomaly_key_ids=np.asarray(ids, np.int64),
+        extra_images=empty,
+        extra_key_ids=np.zeros(0, np.int64),
+        skipped=skipped,
+    )
+    for path, reason in skipped:
+        logger.warning("skipped %s: %s", path, reason)
+    logger.info(
+        "window training data from %s: %d normal and %d defect windows of %d px (%d keys, %d files skipped)",
+        cfg.root,
+        len(data.normal),
+        len(data.anomalies),
+        size,
+        len(keys),
+        len(skipped),
+    )
+    return data
