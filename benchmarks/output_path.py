@@ -159,6 +159,8 @@ def pair_rows(pngs: list[bytes], size: int, fmt: str) -> pa.Table:
             "image_png": pa.array(pngs[0::2], pa.binary()),
             "mask_png": pa.array(pngs[1::2], pa.binary()),
             "mask_area": pa.array([size * size // 10] * n, pa.int64()),
+            "width": pa.array([size] * n, pa.int32()),
+            "height": pa.array([size] * n, pa.int32()),
             "seed": pa.array(range(n), pa.int64()),
             "source_image": [f"bench://{fmt}/normal_{i:06d}.png" for i in range(n)],
             "mask_source": [f"real:bench_{i:06d}" for i in range(n)],

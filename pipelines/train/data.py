@@ -109,6 +109,52 @@ class TrainingData:
         return {"normal": normal, "masks": self.masks[picks], "mask_key_ids": self.anomaly_key_ids[picks]}
 
 
+def stack_training_data(
+    root: str,
+    keys: list[str],
+    channels: int,
+    size: int,
+    normal: list[np.ndarray],
+    defects: tuple[list[np.ndarray], list[np.ndarray], list[int]],
+    skipped: list[tuple[str, str]],
+    extra: tuple[list[np.ndarray], list[int]] = ([], []),
+) -> TrainingData:
+    """Stack per-image uint8 arrays into a :class:`TrainingData` (typed empty arrays for empty lists), log every
+    skipped file and a summary; ``defects`` = (images, masks, key ids), ``extra`` = (images, key ids) without masks.
+
+    Raises:
+        ValueError: no normal and no defect image at all.
+    """
+    images, masks, ids = defects
+    if not normal and not images:
+        raise ValueError(f"{root}: no usable training image found ({len(skipped)} skipped)")
+    empty = np.zeros((0, channels, size, size), np.uint8)
+    data = TrainingData(
+        keys=keys,
+        normal=np.stack(normal) if normal else empty,
+        anomalies=np.stack(images) if images else empty,
+        masks=np.stack(masks) if masks else np.zeros((0, 1, size, size), np.uint8),
+        anomaly_key_ids=np.asarray(ids, np.int64),
+        extra_images=np.stack(extra[0]) if extra[0] else empty,
+        extra_key_ids=np.asarray(extra[1], np.int64),
+        skipped=skipped,
+    )
+    for path, reason in skipped:
+        logger.warning("skipped %s: %s", path, reason)
+    logger.info(
+        "training data from %s: %d normal and %d anomaly images (or windows) with masks, %d without, %d keys, "
+        "%d files skipped (%d px)",
+        root,
+        len(data.normal),
+        len(data.anomalies),
+        len(data.extra_images),
+        len(keys),
+        len(skipped),
+        size,
+    )
+    return data
+
+
 def load_training_data(cfg: DatasetConfig, seed: int = 0) -> TrainingData:
     """Read the dataset folder and preprocess every image the stages use (see the module docstring).
 
@@ -158,32 +204,9 @@ def load_training_data(cfg: DatasetConfig, seed: int = 0) -> TrainingData:
         anomalies.append(arr)
         masks.append(mask)
         anomaly_ids.append(key_index[defect_key(r)])
-    if not normal and not anomalies:
-        raise ValueError(f"{cfg.root}: no usable training image found ({len(skipped)} skipped)")
-    empty = np.zeros((0, channels, size, size), np.uint8)
-    data = TrainingData(
-        keys=keys,
-        normal=np.stack(normal) if normal else empty,
-        anomalies=np.stack(anomalies) if anomalies else empty,
-        masks=np.stack(masks) if masks else np.zeros((0, 1, size, size), np.uint8),
-        anomaly_key_ids=np.asarray(anomaly_ids, np.int64),
-        extra_images=np.stack(extra) if extra else empty,
-        extra_key_ids=np.asarray(extra_ids, np.int64),
-        skipped=skipped,
+    return stack_training_data(
+        cfg.root, keys, channels, size, normal, (anomalies, masks, anomaly_ids), skipped, (extra, extra_ids)
     )
-    for path, reason in skipped:
-        logger.warning("skipped %s: %s", path, reason)
-    logger.info(
-        "training data from %s: %d normal, %d anomaly images with masks, %d without, %d keys, %d skipped (%d px)",
-        cfg.root,
-        len(data.normal),
-        len(data.anomalies),
-        len(data.extra_images),
-        len(keys),
-        len(skipped),
-        size,
-    )
-    return data
 
 
 def check_stage_rows(data: TrainingData, stage: str, batch_size: int, num_workers: int) -> None:

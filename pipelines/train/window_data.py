@@ -21,7 +21,7 @@ from fast_core.data.layout import GOOD, ImageRecord, load_image, load_mask, read
 from fast_core.data.transforms import to_uint8_chw
 from fast_core.data.windows import cut_image, cut_mask, mask_at, random_window, window_around
 from pipelines.train.config import DatasetConfig
-from pipelines.train.data import TrainingData, defect_key
+from pipelines.train.data import TrainingData, defect_key, stack_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -80,28 +80,4 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             windows.append(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))
             masks.append(np.ascontiguousarray(np.rot90(m, k))[None])
             ids.append(key_index[defect_key(record)])
-    if not normal and not windows:
-        raise ValueError(f"{cfg.root}: no usable training image found ({len(skipped)} skipped)")
-    empty = np.zeros((0, channels, size, size), np.uint8)
-    data = TrainingData(
-        keys=keys,
-        normal=np.stack(normal) if normal else empty,
-        anomalies=np.stack(windows) if windows else empty,
-        masks=np.stack(masks) if masks else np.zeros((0, 1, size, size), np.uint8),
-        anomaly_key_ids=np.asarray(ids, np.int64),
-        extra_images=empty,
-        extra_key_ids=np.zeros(0, np.int64),
-        skipped=skipped,
-    )
-    for path, reason in skipped:
-        logger.warning("skipped %s: %s", path, reason)
-    logger.info(
-        "window training data from %s: %d normal and %d defect windows of %d px (%d keys, %d files skipped)",
-        cfg.root,
-        len(data.normal),
-        len(data.anomalies),
-        size,
-        len(keys),
-        len(skipped),
-    )
-    return data
+    return stack_training_data(cfg.root, keys, channels, size, normal, (windows, masks, ids), skipped)
