@@ -3,7 +3,11 @@
 One run, one dataset, every method side by side, the same segmenter budget for each::
 
     generator   train (or reuse) the FAST model on the dataset (generators see the training third only)
-    manifest    ⌈N·(1 + headroom)⌉ rows per defect type: train/good images × real training-third masks, seeded
+    manifest    ⌈N·(1 + headroom)⌉ rows per defect type: train/good images × real training-third masks, seeded;
+                the baselines use one without a model URI (``<work>/manifest-…-nomodel``), so their datasets and
+                segmenters are reused across generators; FAST methods one per generator (``<work>/datasets-<run>-
+                <sha8>/``). With a window-frame model, FAST pairs keep each image's size and the baselines paint at
+                ``window_baseline_size`` (256²) so that both reach the segmenter at nearly native sharpness
     synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · DDPM-T (T = 200 on CPU, 1000 on GPU) ·
                   DDIM-50 · CutPaste · DRAEM-style Perlin (these two paint their own masks) · real-defect paste
@@ -27,7 +31,7 @@ Runbook (repository root, project venv active)::
     python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-quick   # 1 seed, 5 training sets
     python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-full    # 3 seeds, every training set
     python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-full \\
-        --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-small/model     # reuse a trained model
+        --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-window/model     # reuse a trained model
     python -m benchmarks.quality /data/mvtec --preset gpu-full --methods fast fast_no_farm cutpaste
 
 Outputs under ``--work`` (default ``runs/quality/<dataset folder name>``); ``--results`` (default
