@@ -35,8 +35,8 @@ import torch
 
 from benchmarks.probe_pairs import paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
-from fast_core.data.transforms import to_model_image, to_model_mask, to_uint8_chw
-from fast_core.data.windows import cut_image, cut_mask, mask_at, window_around
+from fast_core.data.transforms import to_model_image, to_model_mask
+from fast_core.data.windows import cut_around
 from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
 from pipelines.train.data import defect_key
@@ -60,14 +60,10 @@ def load_probe_batch(
         x = torch.stack([to_model_image(load_image(r.image_path), size, channels) for r in recs])
         M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
         return x, M, [defect_key(r) for r in recs]
-    xs, ms = [], []
-    for r in recs:
-        image = to_uint8_chw(load_image(r.image_path), channels)
-        mask = mask_at(load_mask(r.mask_path), *image.shape[1:])
-        window = window_around(mask, size, margin)
-        xs.append(torch.from_numpy(cut_image(image, window, size)).float() / 127.5 - 1.0)
-        ms.append(torch.from_numpy(cut_mask(mask, window, size)).float()[None])
-    return torch.stack(xs), torch.stack(ms), [defect_key(r) for r in recs]
+    cuts = [cut_around(load_image(r.image_path), load_mask(r.mask_path), size, channels, margin) for r in recs]
+    x = torch.stack([torch.from_numpy(c.image).float() / 127.5 - 1.0 for c in cuts])
+    M = torch.stack([torch.from_numpy(c.mask).float()[None] for c in cuts])
+    return x, M, [defect_key(r) for r in recs]
 
 
 @torch.no_grad()

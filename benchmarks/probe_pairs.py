@@ -8,8 +8,8 @@ synthesis job runs (:func:`~pipelines.synthesize.stages.load_inputs` in the mode
 encode_and_qc`), and the output's ring contrast (:func:`benchmarks.quality_contrast.ring_contrast`) is measured at
 the image's own size; the same masks on their own real images give the reference. The gate of a defect type passes
 when the median ratio painted / real lies in [0.5, 2]. The contact sheet has two rows per type: the real defects,
-then the painted ones, each cell the centred window around the mask (``window_around``, side ≥ ``cell``) resized to
-``cell`` px, so large masks show whole.
+then the painted ones, each cell the centred window around the mask (``cut_around`` with the model's S and margin)
+resized to ``cell`` px, so large masks show whole.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pyarrow as pa
 from benchmarks.quality_contrast import ring_contrast
 from fast_core import qc
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
-from fast_core.data.transforms import decode_png, encode_png, to_uint8_chw
-from fast_core.data.windows import cut_image, mask_at, window_around
+from fast_core.data.transforms import decode_png, encode_png
+from fast_core.data.windows import cut_around, cut_image, mask_at
 from fast_core.synthesis import SynthesisConfig
 from pipelines.manifest import MANIFEST_SCHEMA, row_seed, sample_id_for
 from pipelines.model_store import ModelInfo
@@ -36,8 +36,10 @@ from pipelines.train.grid import compose
 GATE = (0.5, 2.0)  # painted / real median ring contrast that passes
 
 
-def probe_rows(root: str, model_uri: str, per_type: int) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Manifest rows (normal image, training-third mask) and, per key, the real images of those masks."""
+def probe_rows(
+    root: str, model_uri: str, per_type: int
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, str]]]]:
+    """Manifest rows (normal image, training-third mask) and, per key, (row index, real image of that row's mask)."""
     split = split_anomalies(read_dataset(root).records)
     good = sorted(split.train_good, key=lambda r: str(r.image_path))
     if not good:
@@ -50,7 +52,7 @@ def probe_rows(root: str, model_uri: str, per_type: int) -> tuple[list[dict[str,
     for key, records in sorted(by_key.items()):
         records = sorted(records, key=lambda r: str(r.image_path))
         picks = records[:: max(1, len(records) // per_type)][:per_type]
-        real[key] = [str(r.image_path) for r in picks]
+        real[key] = [(len(rows) + i, str(r.image_path)) for i, r in enumerate(picks)]
         stride = max(1, len(good) // per_type)
         for i, r in enumerate(picks):
             sid = sample_id_for(r.category, r.defect_type, i)
@@ -71,13 +73,11 @@ def probe_rows(root: str, model_uri: str, per_type: int) -> tuple[list[dict[str,
     return rows, real
 
 
-def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, size: int) -> np.ndarray:
-    """The centred window (side ≥ ``size``) around ``mask`` in ``image`` (H, W[, 3]), resized to ``cell``."""
-    channels = 1 if image.ndim == 2 else 3
-    chw = to_uint8_chw(image, channels)
-    label = mask_at(mask, *chw.shape[1:])
-    out = cut_image(chw, window_around(label, size, 0.25), cell)
-    return out[0] if channels == 1 else out.transpose(1, 2, 0)
+def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, info: ModelInfo) -> np.ndarray:
+    """The model's centred window (side ≥ S) around ``mask`` in ``image`` (H, W[, 3]), resized to ``cell``."""
+    cut = cut_around(image, mask, info.image_size, info.image_channels, info.window_margin)
+    out = cut_image(cut.native, cut.window, cell)
+    return out[0] if info.image_channels == 1 else out.transpose(1, 2, 0)
 
 
 def paint_and_compare(
@@ -107,14 +107,13 @@ def paint_and_compare(
     mode = "L" if info.image_channels == 1 else "RGB"
     for key, paths in real_paths.items():
         real_cells, fake_cells = [], []
-        for i, path in enumerate(paths):
-            j = next(k for k, r in enumerate(rows) if r["prompt"] == key and r["sample_id"].endswith(f"{i:06d}"))
+        for j, path in paths:
             mask = load_mask(rows[j]["mask_uri"])
             image = load_image(path, mode)
             c = ring_contrast(image, mask_at(mask, *image.shape[:2]))
             if c is not None:
                 real[key].append(c)
-            real_cells.append(_window_cell(image, mask, cell, info.image_size))
+            real_cells.append(_window_cell(image, mask, cell, info))
             if out["status"][j] != "":
                 rejected[rows[j]["sample_id"]] = str(out["status"][j])
                 continue
@@ -122,7 +121,7 @@ def paint_and_compare(
             c = ring_contrast(fake, label)
             if c is not None:
                 painted[key].append(c)
-            fake_cells.append(_window_cell(fake, label, cell, info.image_size))
+            fake_cells.append(_window_cell(fake, label, cell, info))
         sheet += [real_cells, fake_cells]
     per_key = {}
     for key in real_paths:

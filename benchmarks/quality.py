@@ -256,27 +256,22 @@ def synthesize_all(
     methods: list[Method],
     manifest: str,
     preset: Preset,
-    work: Path,
+    folder: Path,
     timings: Timings,
-    geometry: tuple[int, int] | None = None,
-    model_folder: Path | None = None,
+    geometry: tuple[int, int],
 ) -> dict[str, dict[str, Any]]:
-    """One dataset version per synthetic method; returns their summaries.
+    """One dataset version per synthetic method under ``<folder>/<method>``; returns their summaries.
 
-    ``geometry`` (S, C): the baselines make their pairs at S × S with C channels without reading any model, under
-    ``<work>/datasets-<S>px-<C>ch/<method>`` (None: the model's geometry, under ``<work>/datasets``). FAST methods
-    go under ``model_folder`` (one folder per generator) when given.
+    ``geometry`` (S, C): the baselines make their pairs at S × S with C channels without reading any model; FAST
+    methods paint in the model's own geometry and frame.
     """
     out: dict[str, dict[str, Any]] = {}
-    folder = work / ("datasets" if geometry is None else f"datasets-{geometry[0]}px-{geometry[1]}ch")
-    baseline = (
-        BaselineSettings() if geometry is None else BaselineSettings(image_size=geometry[0], image_channels=geometry[1])
-    )
+    baseline = BaselineSettings(image_size=geometry[0], image_channels=geometry[1])
     for method in methods:
         fast = method.generator == "fast"
         cfg = SynthesizeConfig(
             manifest=manifest,
-            out=str((model_folder or folder) / method.name if fast else folder / method.name),
+            out=str(folder / method.name),
             shard_size=64,
             generator=method.generator,  # type: ignore[arg-type]
             sampler=SynthesisConfig(sampler=method.sampler, nfe=method.nfe, use_farm=method.use_farm),  # type: ignore[arg-type]
@@ -546,12 +541,13 @@ def main(argv: list[str] | None = None) -> int:
     baselines = [m for m in methods if m.generator != "fast"]
     if baselines:
         manifest = write_manifest(manifest_config(root, requested, args.seed, "", work))
-        datasets.update(synthesize_all(baselines, manifest.uri, preset, work, timings, geometry))
+        folder = work / f"datasets-{geometry[0]}px-{geometry[1]}ch"
+        datasets.update(synthesize_all(baselines, manifest.uri, preset, folder, timings, geometry))
     fast_methods = [m for m in methods if m.generator == "fast"]
     if fast_methods:
         tag = generator_tag(model_uri)
         manifest = write_manifest(manifest_config(root, requested, args.seed, model_uri, work, tag))
-        datasets.update(synthesize_all(fast_methods, manifest.uri, preset, work, timings, None, work / tag))
+        datasets.update(synthesize_all(fast_methods, manifest.uri, preset, work / tag, timings, geometry))
     timings.add("manifests_and_synthesis", time.perf_counter() - t0)
     contrast = {"real_third": real_third_contrast(root, contrast_size)}
     contrast.update({m: dataset_contrast(d["uri"], contrast_size) for m, d in datasets.items()})

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from fast_core.data.transforms import to_uint8_chw
+
 
 @dataclass(frozen=True)
 class Window:
@@ -101,8 +103,15 @@ def random_window(height: int, width: int, size: int, rng: np.random.Generator) 
     return Window(y0, x0, size)
 
 
-def _pad_to(array: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
-    """Pad the last two axes at the bottom/right up to height × width (reflect falls back to edge when too small)."""
+def pad_bottom_right(array: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
+    """Pad the last two axes at the bottom/right up to height × width with ``np.pad``'s ``mode``; ``"reflect"``
+    falls back to ``"edge"`` when a side is too small to reflect the padding.
+
+    >>> pad_bottom_right(np.arange(6, dtype=np.uint8).reshape(2, 3), 2, 5, "reflect").tolist()
+    [[0, 1, 2, 1, 0], [3, 4, 5, 4, 3]]
+    >>> pad_bottom_right(np.arange(3, dtype=np.uint8).reshape(1, 3), 2, 3, "reflect").tolist()  # too small: edge
+    [[0, 1, 2], [0, 1, 2]]
+    """
     h, w = array.shape[-2:]
     ph, pw = max(0, height - h), max(0, width - w)
     if ph == 0 and pw == 0:
@@ -121,18 +130,39 @@ def _resize_channels(image: np.ndarray, size: int) -> np.ndarray:
 def cut_image(image: np.ndarray, window: Window, size: int) -> np.ndarray:
     """uint8 (C, H, W) → the window as uint8 (C, S, S): padded where it passes the edge, resized when side ≠ S."""
     y0, x0, side = window.y0, window.x0, window.side
-    crop = _pad_to(image, y0 + side, x0 + side, "reflect")[:, y0 : y0 + side, x0 : x0 + side]
+    crop = pad_bottom_right(image, y0 + side, x0 + side, "reflect")[:, y0 : y0 + side, x0 : x0 + side]
     return np.ascontiguousarray(crop) if side == size else _resize_channels(crop, size)
 
 
 def cut_mask(mask: np.ndarray, window: Window, size: int) -> np.ndarray:
     """(H, W) mask (nonzero = anomaly) → uint8 (S, S) in {0, 1}: zero-padded, box-filtered, any coverage counts."""
     y0, x0, side = window.y0, window.x0, window.side
-    crop = (_pad_to(mask > 0, y0 + side, x0 + side, "constant")[y0 : y0 + side, x0 : x0 + side]).astype(np.uint8)
+    padded = pad_bottom_right(mask > 0, y0 + side, x0 + side, "constant")
+    crop = padded[y0 : y0 + side, x0 : x0 + side].astype(np.uint8)
     if side == size:
         return crop
     box = Image.fromarray(crop * 255).resize((size, size), Image.Resampling.BOX)
     return (np.asarray(box) > 0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class WindowCut:
+    """One image and mask in the window frame: what the model sees and what the paste-back needs."""
+
+    image: np.ndarray  # (C, S, S) uint8: the window, resized to S when side > S
+    mask: np.ndarray  # (S, S) uint8 in {0, 1}: the mask in the window (any coverage)
+    window: Window  # where it was cut
+    native: np.ndarray  # (C, H, W) uint8: the image at its own size, C channels
+    label: np.ndarray  # (H, W) bool: the mask at the image's size
+
+
+def cut_around(image: np.ndarray, mask: np.ndarray, size: int, channels: int, margin: float) -> WindowCut:
+    """The centred window around ``mask`` in ``image`` (uint8 (H, W) or (H, W, 3); the mask nonzero = anomaly, of
+    any size: resized to the image first, nearest), cut at S = ``size`` with ``channels`` channels."""
+    native = to_uint8_chw(image, channels)
+    label = mask_at(mask, *native.shape[1:])
+    window = window_around(label, size, margin)
+    return WindowCut(cut_image(native, window, size), cut_mask(label, window, size), window, native, label)
 
 
 def paste_window(image: np.ndarray, generated: np.ndarray, mask: np.ndarray, window: Window) -> np.ndarray:

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fast_core.data.windows import pad_bottom_right
+
 
 def pad_to_min_side(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Pad (C, H, W) ``image`` (reflect) and (H, W) ``mask`` (zeros) at the bottom/right to at least ``side``.
@@ -32,13 +34,8 @@ def pad_to_min_side(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.
     ((1, 4, 4), (4, 4), 6)
     """
     _, h, w = image.shape
-    ph, pw = max(0, side - h), max(0, side - w)
-    if ph == 0 and pw == 0:
-        return image, mask
-    mode = "reflect" if ph < h and pw < w else "edge"
-    image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode)
-    mask = np.pad(mask, ((0, ph), (0, pw)), mode="constant")
-    return image, mask
+    height, width = max(h, side), max(w, side)
+    return pad_bottom_right(image, height, width, "reflect"), pad_bottom_right(mask, height, width, "constant")
 
 
 def crop_window(mask: np.ndarray, side: int, defect_fraction: float, rng: np.random.Generator) -> tuple[int, int]:

@@ -32,7 +32,7 @@ import torch
 
 from fast_core import qc
 from fast_core.data.transforms import decode_png, encode_png, to_model_image, to_model_mask, to_uint8_chw
-from fast_core.data.windows import Window, cut_image, cut_mask, mask_at, paste_window, window_around
+from fast_core.data.windows import Window, cut_around, paste_window
 from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
 from pipelines import storage
 from pipelines.model_store import load_model
@@ -111,20 +111,6 @@ def _global_inputs(image: np.ndarray, mask: np.ndarray, size: int, channels: int
     return x, m
 
 
-def _window_inputs(
-    image: np.ndarray, mask: np.ndarray, size: int, channels: int, margin: float
-) -> tuple[np.ndarray, np.ndarray, Window, np.ndarray, np.ndarray]:
-    """Window frame: (window image (S, S, C), window mask (S, S) in {0, 255}, the window, the native image
-    (C, H, W) and the native label (H, W) bool) — the mask resized to the image's own size, the window centred on it.
-    """
-    native = to_uint8_chw(image, channels)
-    label = mask_at(mask, *native.shape[1:])
-    window = window_around(label, size, margin)
-    x = cut_image(native, window, size).transpose(1, 2, 0)
-    m = cut_mask(label, window, size) * 255
-    return np.ascontiguousarray(x), m, window, native, label
-
-
 def load_inputs(
     batch: pa.Table,
     *,
@@ -181,11 +167,11 @@ def load_inputs(
         if not windowed:
             out["image"][i], out["mask"][i] = _global_inputs(image, mask, s, c)
             continue
-        x, m, window, native, label = _window_inputs(image, mask, s, c, window_margin)
-        out["image"][i], out["mask"][i] = x, m
-        out["window"][i] = (window.y0, window.x0, window.side)
-        out["native_png"][i] = encode_png(native[0] if c == 1 else native.transpose(1, 2, 0))
-        out["native_mask_png"][i] = encode_png(label.astype(np.uint8) * 255)
+        cut = cut_around(image, mask, s, c, window_margin)
+        out["image"][i], out["mask"][i] = cut.image.transpose(1, 2, 0), cut.mask * 255
+        out["window"][i] = (cut.window.y0, cut.window.x0, cut.window.side)
+        out["native_png"][i] = encode_png(cut.native[0] if c == 1 else cut.native.transpose(1, 2, 0))
+        out["native_mask_png"][i] = encode_png(cut.label.astype(np.uint8) * 255)
     return out
 
 
