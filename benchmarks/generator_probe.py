@@ -16,8 +16,8 @@ paints the same thing inside a mask whatever defect it is asked for, so only FAR
 A window-frame model is probed on the centred windows around the masks, as it was trained.
 
 Then the visible gate (:mod:`benchmarks.probe_pairs`, ``--pairs`` per type): real masks painted on normal images
-by the production synthesis path, their median ring contrast against the real defects', per type (pass: 0.5–2×),
-and a contact sheet per model (``--sheets``).
+by the production synthesis path, their median ring contrast and grain ratio against the real defects', per type
+(pass: both 0.5–2×), and a contact sheet per model (``--sheets``).
 
     python -m benchmarks.generator_probe DATASET_ROOT [NAME=]MODEL_URI… [--images 64] [--pairs 8] [--json F]
         [--sheets DIR]
@@ -119,13 +119,18 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
 
 
 def contrast_markdown(rows: dict[str, dict[str, Any]]) -> str:
-    """One row per probed model and defect type: real and painted median ring contrast, their ratio, the gate."""
-    lines = ["| model | defect type | real | painted | ratio | gate [0.5, 2] |", "|---|---|---:|---:|---:|---|"]
+    """One row per probed model and defect type: real and painted median ring contrast and grain ratio, the ratios
+    painted / real, the gate (both ratios in [0.5, 2])."""
+    lines = [
+        "| model | defect type | contrast real | painted | ratio | grain real | painted | ratio | gate [0.5, 2] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name, r in rows.items():
         for key, v in r["ring_contrast"]["per_defect_type"].items():
+            g = v["grain"]
             lines.append(
                 f"| {name} | {key} | {v['real_median']} | {v['painted_median']} | {v['ratio']} | "
-                f"{'pass' if v['passes'] else 'FAIL'} |"
+                f"{g['real_median']} | {g['painted_median']} | {g['ratio']} | {'pass' if v['passes'] else 'FAIL'} |"
             )
     return "\n".join(lines)
 

@@ -1,13 +1,15 @@
 """The probe's visible gate: paint real training-third masks on normal images with the production synthesis path, and
-compare the painted defects' ring contrast with the real ones', per defect type; draw a contact sheet.
+compare the painted defects' ring contrast and grain ratio with the real ones', per defect type; draw a contact sheet.
 
 For each defect type, up to ``per_type`` training-third masks (spread over the sorted list) are paired with normal
 ``train/good`` images (the i-th mask with normal image ``i · ⌊N_good / per_type⌋``), run through exactly what a
 synthesis job runs (:func:`~pipelines.synthesize.stages.load_inputs` in the model's frame,
 :class:`~pipelines.synthesize.stages.FastSynthesizer` with AIAS-10 + FARM, :func:`~pipelines.synthesize.stages.
-encode_and_qc`), and the output's ring contrast (:func:`benchmarks.quality_contrast.ring_contrast`) is measured at
-the image's own size; the same masks on their own real images give the reference. The gate of a defect type passes
-when the median ratio painted / real lies in [0.5, 2]. The contact sheet has two rows per type: the real defects,
+encode_and_qc`), and the output's ring contrast and grain ratio (:mod:`benchmarks.quality_contrast`) are measured
+at the image's own size; the same masks on their own real images give the reference. The gate of a defect type
+passes when both median ratios painted / real lie in [0.5, 2]: the painted defect is as visible as a real one, and
+as grainy inside as its surroundings are (a smooth fill teaches a segmenter a cue that real defects lack). The
+contact sheet has two rows per type: the real defects,
 then the painted ones, each cell the centred window around the mask (``cut_around`` with the model's S and margin)
 resized to ``cell`` px, so large masks show whole.
 """
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.quality_contrast import ring_contrast
+from benchmarks.quality_contrast import grain_ratio, ring_contrast
 from fast_core import qc
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import decode_png, encode_png
@@ -33,7 +35,7 @@ from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inp
 from pipelines.train.data import defect_key
 from pipelines.train.grid import compose
 
-GATE = (0.5, 2.0)  # painted / real median ring contrast that passes
+GATE = (0.5, 2.0)  # painted / real median ring contrast (and grain ratio) that passes
 
 
 def probe_rows(
@@ -80,10 +82,38 @@ def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, info: ModelInfo
     return out[0] if info.image_channels == 1 else out.transpose(1, 2, 0)
 
 
+def _collect(
+    key: str, image: np.ndarray, mask: np.ndarray, contrast: dict[str, list[float]], grain: dict[str, list[float]]
+) -> None:
+    """Append the pair's ring contrast and grain ratio under ``key`` (a measure that is undefined is left out)."""
+    c, g = ring_contrast(image, mask), grain_ratio(image, mask)
+    if c is not None:
+        contrast[key].append(c)
+    if g is not None:
+        grain[key].append(g)
+
+
+def _compare(real: list[float], painted: list[float], digits: int) -> dict[str, float | None]:
+    """Real and painted medians and their ratio painted / real (None where a side is empty or the real one is 0)."""
+    r = statistics.median(real) if real else None
+    p = statistics.median(painted) if painted else None
+    ratio = p / r if p is not None and r else None
+    return {
+        "real_median": None if r is None else round(r, digits),
+        "painted_median": None if p is None else round(p, digits),
+        "ratio": None if ratio is None else round(ratio, 3),
+    }
+
+
+def _passes(ratio: float | None) -> bool:
+    return ratio is not None and GATE[0] <= ratio <= GATE[1]
+
+
 def paint_and_compare(
     model_uri: str, info: ModelInfo, root: str, per_type: int = 8, cell: int = 96, threads: int = 2
 ) -> tuple[dict[str, Any], bytes]:
-    """(per-key ring contrast of painted vs real and the gate, contact sheet PNG) — see the module docstring."""
+    """(per-key ring contrast and grain ratio of painted vs real and the gate, contact sheet PNG) — see the module
+    docstring."""
     rows, real_paths = probe_rows(root, model_uri, per_type)
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     pending = pa.table(
@@ -102,6 +132,8 @@ def paint_and_compare(
     out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
     painted: dict[str, list[float]] = defaultdict(list)
     real: dict[str, list[float]] = defaultdict(list)
+    painted_grain: dict[str, list[float]] = defaultdict(list)
+    real_grain: dict[str, list[float]] = defaultdict(list)
     sheet: list[list[np.ndarray]] = []
     rejected: dict[str, str] = {}
     mode = "L" if info.image_channels == 1 else "RGB"
@@ -110,29 +142,23 @@ def paint_and_compare(
         for j, path in paths:
             mask = load_mask(rows[j]["mask_uri"])
             image = load_image(path, mode)
-            c = ring_contrast(image, mask_at(mask, *image.shape[:2]))
-            if c is not None:
-                real[key].append(c)
+            _collect(key, image, mask_at(mask, *image.shape[:2]), real, real_grain)
             real_cells.append(_window_cell(image, mask, cell, info))
             if out["status"][j] != "":
                 rejected[rows[j]["sample_id"]] = str(out["status"][j])
                 continue
             fake, label = decode_png(out["image_png"][j], mode), decode_png(out["mask_png"][j]) > 0
-            c = ring_contrast(fake, label)
-            if c is not None:
-                painted[key].append(c)
+            _collect(key, fake, label, painted, painted_grain)
             fake_cells.append(_window_cell(fake, label, cell, info))
         sheet += [real_cells, fake_cells]
     per_key = {}
     for key in real_paths:
-        r = statistics.median(real[key]) if real[key] else None
-        p = statistics.median(painted[key]) if painted[key] else None
-        ratio = p / r if p is not None and r else None
+        contrast = _compare(real[key], painted[key], 2)
+        grain = _compare(real_grain[key], painted_grain[key], 3)
         per_key[key] = {
-            "real_median": None if r is None else round(r, 2),
-            "painted_median": None if p is None else round(p, 2),
-            "ratio": None if ratio is None else round(ratio, 3),
-            "passes": ratio is not None and GATE[0] <= ratio <= GATE[1],
+            **contrast,
+            "grain": grain,
+            "passes": _passes(contrast["ratio"]) and _passes(grain["ratio"]),
         }
     result = {
         "pairs_per_type": per_type,

@@ -9,7 +9,9 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                 <sha8>/``). With a window-frame model, FAST pairs keep each image's size and the baselines paint at
                 ``window_baseline_size`` (256²) so that both reach the segmenter at nearly native sharpness
     synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
-                  FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · DDPM-T (T = 200 on CPU, 1000 on GPU) ·
+                  FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · FAST with FAST_SPEC §3's decoded-window
+                  paste instead of the residual one (``fast_replace``, with --methods) · DDPM-T (T = 200 on CPU,
+                  1000 on GPU) ·
                   DDIM-50 · CutPaste · DRAEM-style Perlin (these two paint their own masks) · real-defect paste
                   (the row's real training-third defect cut out and pasted elsewhere on the normal image)
     evaluate    one segmenter per training set and segmenter seed (each method's pairs, "real third only", "real
@@ -24,7 +26,8 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                 targets under the 2σ rule of benchmarks.quality_stats), miou.png (bar chart with ± std whiskers)
 
 Every step is resumable: a finished model, manifest, dataset version (``_SUCCESS``) or evaluation (``metrics.json``
-with the same resolved config) is reused, so an interrupted benchmark continues where it stopped.
+with the same resolved config, written after its datasets' ``_SUCCESS``) is reused, so an interrupted benchmark
+continues where it stopped and a dataset remade in its folder gets new segmenters.
 
 Runbook (repository root, project venv active)::
 
@@ -74,6 +77,7 @@ from pipelines.model_store import read_model_info
 from pipelines.ray_utils import ensure_ray
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 from pipelines.synthesize.config import BaselineSettings
+from pipelines.synthesize.outputs import SUCCESS as SUCCESS_NAME
 from pipelines.train import TrainConfig, run_training
 
 logger = logging.getLogger("benchmarks.quality")
@@ -108,16 +112,17 @@ class Preset:
 
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
-    "fast", "fast_no_farm", "ddpm", "ddim", "dpmpp", "unipc", "cutpaste", "perlin", "realpaste", "real_third",
-    "real_third_fast",
+    "fast", "fast_no_farm", "fast_replace", "ddpm", "ddim", "dpmpp", "unipc", "cutpaste", "perlin", "realpaste",
+    "real_third", "real_third_fast",
 )  # fmt: skip
 QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 #: The other fast solvers on the same model, FARM and loop (DPM-Solver++(2M) and UniPC at AIAS's NFE of 10): run them
 #: with --methods; in a CPU preset each adds one segmenter per seed (about 3–5 minutes) to budgets already spent.
 SOLVER_METHODS = ("dpmpp", "unipc")
-#: cpu-full leaves DDIM-50 out (add it with --methods) to stay near 90 minutes: 8 sets × 3 seeds × ~190 s segmenters
-#: (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on 2 cores) + ~16 min of synthesis (DDPM-200 most).
-CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m != "ddim" and m not in SOLVER_METHODS)
+#: cpu-full leaves DDIM-50 and the paste ablation out (add them with --methods) to stay near 90 minutes: 8 sets ×
+#: 3 seeds × ~190 s segmenters (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on 2 cores) + ~16 min of
+#: synthesis (DDPM-200 most).
+CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ("ddim", "fast_replace") and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
     train_config="jobs/configs/train-cpu-window.yaml",
@@ -169,6 +174,7 @@ class Method:
     sampler: str = "aias"
     nfe: int = 10
     use_farm: bool = True
+    paste: str = "residual"  # SynthesisConfig.paste
 
 
 def synthetic_methods(preset: Preset) -> dict[str, Method]:
@@ -176,6 +182,7 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
     return {
         "fast": Method("fast", "fast"),
         "fast_no_farm": Method("fast_no_farm", "fast", use_farm=False),
+        "fast_replace": Method("fast_replace", "fast", paste="replace"),
         "ddpm": Method("ddpm", "fast", sampler="ddpm", nfe=preset.ddpm_nfe),
         "ddim": Method("ddim", "fast", sampler="ddim", nfe=50),
         "dpmpp": Method("dpmpp", "fast", sampler="dpmpp", nfe=10),
@@ -274,7 +281,12 @@ def synthesize_all(
             out=str(folder / method.name),
             shard_size=64,
             generator=method.generator,  # type: ignore[arg-type]
-            sampler=SynthesisConfig(sampler=method.sampler, nfe=method.nfe, use_farm=method.use_farm),  # type: ignore[arg-type]
+            sampler=SynthesisConfig(
+                sampler=method.sampler,  # type: ignore[arg-type]
+                nfe=method.nfe,
+                use_farm=method.use_farm,
+                paste=method.paste,  # type: ignore[arg-type]
+            ),
             qc=QCConfig(min_mask_area_px=4),
             baseline=baseline if not fast else BaselineSettings(),
             compute=ComputeConfig(
@@ -372,6 +384,20 @@ def evaluation_config(
     )
 
 
+def remade_since(metrics_path: Path, cfg: EvaluateConfig) -> bool:
+    """True when a synthetic source of ``cfg`` was completed after ``metrics_path`` was written.
+
+    The resolved config names a dataset by its folder; a dataset remade in the same folder (another sampler setting,
+    a retrained model at the same path) must not be judged by the segmenter of the old one.
+    """
+    written = metrics_path.stat().st_mtime
+    for source in cfg.train_sources:
+        success = Path(source.uri or "") / SUCCESS_NAME
+        if source.kind == "synthetic" and success.exists() and success.stat().st_mtime > written:
+            return True
+    return False
+
+
 def evaluate_all(
     names: list[str],
     datasets: dict[str, dict[str, Any]],
@@ -401,7 +427,12 @@ def evaluate_all(
             cfg = evaluation_config(name, seed, datasets, args, preset, n, work)
             metrics_path = Path(cfg.out) / METRICS_NAME
             resolved_path = Path(cfg.out) / "config.resolved.yaml"
-            if metrics_path.exists() and resolved_path.exists() and resolved_path.read_text() == dump_config(cfg):
+            if (
+                metrics_path.exists()
+                and resolved_path.exists()
+                and resolved_path.read_text() == dump_config(cfg)
+                and not remade_since(metrics_path, cfg)
+            ):
                 logger.info("[%d/%d] evaluate %s seed %d: reusing %s", done, total, name, seed, metrics_path)
                 results[name]["seeds"][seed] = json.loads(metrics_path.read_text())
                 continue

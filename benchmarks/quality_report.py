@@ -22,6 +22,7 @@ from benchmarks.quality_stats import compare, within
 METHOD_ORDER = (
     "fast",
     "fast_no_farm",
+    "fast_replace",
     "ddpm",
     "ddim",
     "dpmpp",
@@ -50,6 +51,7 @@ def method_label(name: str, ddpm_nfe: int) -> str:
     return {
         "fast": "FAST (AIAS-10 + FARM)",
         "fast_no_farm": "FAST w/o FARM (AIAS-10)",
+        "fast_replace": "FAST, decoded-window paste (FAST_SPEC §3)",
         "ddpm": f"DDPM-{ddpm_nfe} (same model)",
         "ddim": "DDIM-50 (same model)",
         "dpmpp": "DPM-Solver++(2M)-10 + FARM (same model)",
@@ -61,6 +63,18 @@ def method_label(name: str, ddpm_nfe: int) -> str:
         "real_third": "real third only",
         "real_third_fast": "real third + FAST",
     }[name]
+
+
+def _contrast_rows(
+    contrast: dict[str, Any], rows: tuple[str, ...], field: str, defects: list[str], nfe: int, fmt: str
+) -> list[str]:
+    """One markdown row per training set of a per-defect-type median (``field`` of the contrast summaries)."""
+    lines = []
+    for m in rows:
+        per = contrast.get(m, {}).get(field, {})
+        cells = " | ".join("–" if per.get(d) is None else fmt.format(per[d]) for d in defects)
+        lines.append(f"| {'real defects (training third)' if m == 'real_third' else method_label(m, nfe)} | {cells} |")
+    return lines
 
 
 def anomaly_pairs(method: dict[str, Any]) -> int:
@@ -161,12 +175,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Median ring contrast (grey levels, |mean in mask − mean in the 3-px ring around it|):", ""]
         lines.append("| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |")
         lines.append("|---|" + "---:|" * len(defects))
-        for m in ("real_third", *[n for n in METHOD_ORDER if n in contrast and n != "real_third"]):
-            per = contrast.get(m, {}).get("median_per_defect_type", {})
-            cells = " | ".join("–" if per.get(d) is None else f"{per[d]:.1f}" for d in defects)
-            lines.append(
-                f"| {'real defects (training third)' if m == 'real_third' else method_label(m, nfe)} | {cells} |"
-            )
+        rows = ("real_third", *[n for n in METHOD_ORDER if n in contrast and n != "real_third"])
+        lines += _contrast_rows(contrast, rows, "median_per_defect_type", defects, nfe, "{:.1f}")
+        lines += [
+            "",
+            "Median grain ratio (|x − 3×3 mean| inside the mask over the same in the ring around it; a smooth fill "
+            "is ≪ 1):",
+            "",
+            "| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |",
+            "|---|" + "---:|" * len(defects),
+        ]
+        lines += _contrast_rows(contrast, rows, "grain_ratio_per_defect_type", defects, nfe, "{:.2f}")
     lines += ["", "| target | mIoU points | pooled σ | goal | met |", "|---|---:|---:|---|---|"]
     for key, t in report["targets"].items():
         value = "–" if t["points"] is None else f"{t['points']:+.2f}"

@@ -61,6 +61,8 @@ class SynthesisConfig:
     # pixel → latent mask: resize then >= 0.5, or max-pool; None: the rule the model was trained with (its config)
     mask_downsample: Literal["bilinear", "any"] | None = None
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
+    # what goes inside M: the decoded latent (replace, FAST_SPEC §3), or the input plus the decoded change (residual)
+    paste: Literal["residual", "replace"] = "residual"
 
     def __post_init__(self) -> None:
         """Check the choices and the ranges; raise ``ValueError`` naming the field."""

@@ -165,14 +165,26 @@ def cut_around(image: np.ndarray, mask: np.ndarray, size: int, channels: int, ma
     return WindowCut(cut_image(native, window, size), cut_mask(label, window, size), window, native, label)
 
 
-def paste_window(image: np.ndarray, generated: np.ndarray, mask: np.ndarray, window: Window) -> np.ndarray:
+def paste_window(
+    image: np.ndarray,
+    generated: np.ndarray,
+    mask: np.ndarray,
+    window: Window,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
     """Put a generated window back: uint8 (C, H, W) with the window's pixels inside ``mask`` only.
+
+    Without ``reference`` the window's pixels replace the native ones (resized, bicubic, when side ≠ S). With it,
+    only the change is carried: native + resize(generated − reference), rounded and clamped to [0, 255]. At side = S
+    the two agree (the reference is then the native crop itself); at side > S the residual form keeps the native
+    image's own grain inside the mask instead of an upsampled, softer copy of it.
 
     Args:
         image: the native image (C, H, W) uint8 the window was cut from.
         generated: the model's window (C, S, S) uint8; resized (bicubic) to ``side`` when side ≠ S.
         mask: the native label (H, W), nonzero = anomaly; every one of its pixels must lie inside the window.
         window: where the window was cut.
+        reference: the window the generation started from (C, S, S) uint8, as :func:`cut_image` made it, or None.
 
     Raises:
         ValueError: shapes disagree, or the mask has pixels outside the window.
@@ -180,13 +192,24 @@ def paste_window(image: np.ndarray, generated: np.ndarray, mask: np.ndarray, win
     c, h, w = image.shape
     if mask.shape != (h, w) or generated.ndim != 3 or generated.shape[0] != c:
         raise ValueError(f"paste_window: image {image.shape}, mask {mask.shape}, generated {generated.shape}")
+    if reference is not None and reference.shape != generated.shape:
+        raise ValueError(f"paste_window: reference {reference.shape} and generated {generated.shape} differ")
     y0, x0, side = window.y0, window.x0, window.side
-    g = generated if generated.shape[-1] == side else _resize_channels(generated, side)
     y1, x1 = min(y0 + side, h), min(x0 + side, w)
     inside = mask[y0:y1, x0:x1] > 0
     if int(inside.sum()) != int((mask > 0).sum()):
         raise ValueError(f"paste_window: the mask has pixels outside the window {window}")
     out = image.copy()
     region = out[:, y0:y1, x0:x1]
-    region[:, inside] = g[:, : y1 - y0, : x1 - x0][:, inside]
+    if reference is None:
+        g = generated if generated.shape[-1] == side else _resize_channels(generated, side)
+        region[:, inside] = g[:, : y1 - y0, : x1 - x0][:, inside]
+        return out
+    delta = generated.astype(np.float32) - reference.astype(np.float32)
+    if delta.shape[-1] != side:
+        delta = np.stack(
+            [np.asarray(Image.fromarray(ch, mode="F").resize((side, side), Image.Resampling.BICUBIC)) for ch in delta]
+        )
+    moved = region.astype(np.float32) + delta[:, : y1 - y0, : x1 - x0]
+    region[:, inside] = np.clip(np.rint(moved), 0, 255).astype(np.uint8)[:, inside]
     return out

@@ -138,6 +138,8 @@ class SynthesizeConfig:
         """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
         sampler = to_dict(self.sampler)
         sampler.pop("batch_size")
+        if self.generator != "fast" or sampler["paste"] == "replace":  # baselines paint without it; FAST outputs
+            sampler.pop("paste")  # made before the field existed (all "replace") keep their fingerprint
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),

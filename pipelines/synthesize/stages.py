@@ -13,7 +13,8 @@ Batch columns between stages (B rows, model size S, channels C):
   ``seed``, ``source_image``, ``mask_source``), the row's manifest index ``row`` and ``shard``, ``status``, ``stage``,
   ``detail``, ``image`` uint8 (B, S, S, C) resized as ``to_model_image`` does, ``mask`` uint8 (B, S, S) in {0, 255};
 * after :class:`FastSynthesizer`: ``image`` replaced by the pasted output x_out as uint8, plus ``finite``,
-  ``latent_mask_empty`` and ``nfe``;
+  ``latent_mask_empty`` and ``nfe``; in the window frame with the residual paste also ``window_in``, the window
+  the model started from;
 * after :func:`encode_and_qc`: ``image`` and ``mask`` replaced by PNG bytes ``image_png`` / ``mask_png``, plus
   ``mask_area``; the arrays are dropped so only bytes travel to the writer.
 """
@@ -254,6 +255,8 @@ class FastSynthesizer:
         finite = torch.isfinite(x_out).flatten(1).all(dim=1).numpy()
         image_out = np.array(batch["image"], copy=True)
         image_out[good] = to_uint8(torch.nan_to_num(x_out, nan=0.0, posinf=1.0, neginf=-1.0))
+        if "window" in batch and self.sampler.paste == "residual":
+            out["window_in"] = batch["image"]  # the reference of the native-size residual paste (encode_and_qc)
         out["image"] = image_out
         out["finite"][good] = finite
         out["latent_mask_empty"][good] = result.latent_mask_empty.cpu().numpy()
@@ -297,12 +300,14 @@ def encode_and_qc(batch: Batch, *, qc_cfg: qc.QCConfig) -> Batch:
 
 def _paste_back(batch: Batch, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Window frame: (native image with the generated window pasted inside the label (H, W, C), label (H, W) in
-    {0, 255}) of row ``i``; every pixel outside the label is the native image's."""
+    {0, 255}) of row ``i``; every pixel outside the label is the native image's. With a ``window_in`` column (residual
+    paste) only the window's change is carried to native size (:func:`~fast_core.data.windows.paste_window`)."""
     channels = batch["image"].shape[-1]
     native = decode_png(batch["native_png"][i], "L" if channels == 1 else "RGB")
     label = decode_png(batch["native_mask_png"][i], "L") > 0
     y0, x0, side = (int(v) for v in batch["window"][i])
+    reference = batch["window_in"][i].transpose(2, 0, 1) if "window_in" in batch else None
     pasted = paste_window(
-        to_uint8_chw(native, channels), batch["image"][i].transpose(2, 0, 1), label, Window(y0, x0, side)
+        to_uint8_chw(native, channels), batch["image"][i].transpose(2, 0, 1), label, Window(y0, x0, side), reference
     )
     return np.ascontiguousarray(pasted.transpose(1, 2, 0)), label.astype(np.uint8) * 255

@@ -28,7 +28,9 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     for v in gate.values():
         assert v["real_median"] > 0 and v["painted_median"] >= 0
         assert v["ratio"] == pytest.approx(v["painted_median"] / v["real_median"], rel=0.01)
-        assert v["passes"] == (0.5 <= v["ratio"] <= 2.0)
+        g = v["grain"]
+        assert g["real_median"] > 0 and g["ratio"] == pytest.approx(g["painted_median"] / g["real_median"], rel=0.01)
+        assert v["passes"] == (0.5 <= v["ratio"] <= 2.0 and 0.5 <= g["ratio"] <= 2.0)
     sheet = decode_png((tmp_path / "sheets" / "tiny_sheet.png").read_bytes())
     assert sheet.shape[0] == 4 * 96 + 3 * 2  # real and painted rows for each of the two types
     assert row["images"] == 3  # ⌊3/3⌋ crack + ⌊6/3⌋ scratch training-third images

@@ -107,8 +107,11 @@ def test_ddpm_noise_is_per_sample(model):
 
 
 # ------------------------------------------------------------------------------------------ reference loops (§3)
-def _reference(model, x, mask, seed: int, sampler: str, nfe: int, window=(250, 750)) -> torch.Tensor:
-    """FAST_SPEC §3 written out for one sample with explicit formulas: AIAS via (Π, Σ, V), DDIM (η = 0) by hand."""
+def _reference(
+    model, x, mask, seed: int, sampler: str, nfe: int, window=(250, 750), paste: str = "residual"
+) -> torch.Tensor:
+    """FAST_SPEC §3 written out for one sample with explicit formulas: AIAS via (Π, Σ, V), DDIM (η = 0) by hand;
+    the paste replaces M with decode(z), or adds decode(z) − decode(z_bg) to x there (residual)."""
     g = torch.Generator().manual_seed(seed)
     key = [model.conditioner.keys[0]]
     sched = AIASScheduler()  # the ᾱ table (float64) and, for AIAS, the grid and segment coefficients
@@ -146,15 +149,31 @@ def _reference(model, x, mask, seed: int, sampler: str, nfe: int, window=(250, 7
                 xi_bg = torch.randn(z.shape[1:], generator=g)[None]
                 z = (1 - m) * (math.sqrt(ab_e) * z_bg + math.sqrt(1 - ab_e) * xi_bg) + m * z
         decoded = model.decode(z)
-    return mask * decoded + (1 - mask) * x
+        if paste == "residual":
+            decoded = x + decoded - model.decode(z_bg)
+    return mask * decoded.clamp(-1, 1) + (1 - mask) * x
 
 
-@pytest.mark.parametrize(("sampler", "nfe"), [("aias", 10), ("ddim", 5)])
-def test_loop_matches_reference(model, sampler, nfe):
+@pytest.mark.parametrize(
+    ("sampler", "nfe", "paste"), [("aias", 10, "residual"), ("aias", 10, "replace"), ("ddim", 5, "residual")]
+)
+def test_loop_matches_reference(model, sampler, nfe, paste):
     images, masks = _inputs(1)
-    out = _run(model, SynthesisConfig(sampler=sampler, nfe=nfe), seeds=(4,), images=images, masks=masks)
-    expected = _reference(model, images, masks, 4, sampler, nfe)
+    cfg = SynthesisConfig(sampler=sampler, nfe=nfe, paste=paste)
+    out = _run(model, cfg, seeds=(4,), images=images, masks=masks)
+    expected = _reference(model, images, masks, 4, sampler, nfe, paste=paste)
     torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+
+
+def test_residual_paste_keeps_the_input_where_the_sampler_returns_the_background(model, monkeypatch):
+    """x̂ = x_n + D(z) − D(z_bg): with z = z_bg at the end, M holds the input image itself, not its reconstruction."""
+    images, masks = _inputs(1)
+    monkeypatch.setattr(synthesis, "_denoise", lambda model, sched, cfg, z, z_bg, *rest: (z_bg.clone(), 0))
+    residual = _run(model, SynthesisConfig(nfe=5), seeds=(4,), images=images, masks=masks)
+    torch.testing.assert_close(residual.images, images, atol=1e-5, rtol=0)
+    replaced = _run(model, SynthesisConfig(nfe=5, paste="replace"), seeds=(4,), images=images, masks=masks)
+    inside = masks.expand_as(images) > 0
+    assert (replaced.images[inside] - images[inside]).abs().mean() > 1e-2  # the decoder's reconstruction differs
 
 
 # --------------------------------------------------------------------------------------------------- NFE and paths
@@ -299,6 +318,7 @@ def test_model_mode_is_restored(model):
         ({"mask_downsample": "nearest"}, "mask_downsample"),
         ({"batch_size": 0}, "batch_size"),
         ({"use_farm": "yes"}, "use_farm"),
+        ({"paste": "blend"}, "paste"),
     ],
 )
 def test_bad_config_raises_naming_the_field(kwargs, field):

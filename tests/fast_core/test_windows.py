@@ -79,6 +79,34 @@ def test_paste_resizes_a_large_window_back_and_refuses_a_mask_outside_it() -> No
         paste_window(image, np.zeros((3, 32, 32), np.uint8), m, Window(50, 50, 32))
 
 
+def test_residual_paste_carries_the_change_and_keeps_the_native_grain() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(60, 200, (1, 120, 120), dtype=np.uint8)  # grain: independent pixel noise
+    m = _blob(120, 120, slice(10, 90), slice(20, 100))
+    w = window_around(m, 32, 0.1)
+    assert w.side > 32  # the window is shrunk to 32² for the model
+    reference = cut_image(image, w, 32)
+    generated = np.clip(reference.astype(np.int16) - 40, 0, 255).astype(np.uint8)  # the model darkened the window
+    out = paste_window(image, generated, m, w, reference=reference)
+    np.testing.assert_array_equal(out[:, ~m], image[:, ~m])
+    change = out[:, m].astype(np.int16) - image[:, m].astype(np.int16)
+    assert abs(float(change.mean()) + 40) < 2  # the darkening arrives ...
+    assert float(change.std()) < 3  # ... as a smooth shift: the native grain (std ≈ 40) survives under it
+    replaced = paste_window(image, generated, m, w)  # the upsampled window instead: grain lost
+    assert float((replaced[:, m].astype(np.int16) - image[:, m]).std()) > 20
+    same = paste_window(image, reference, m, w, reference=reference)  # no change → native bytes
+    np.testing.assert_array_equal(same, image)
+    at_size = window_around(_blob(120, 120, slice(40, 50), slice(40, 50)), 32, 0.1)
+    ref32 = cut_image(image, at_size, 32)
+    gen32 = rng.integers(0, 256, (1, 32, 32), dtype=np.uint8)
+    small = _blob(120, 120, slice(40, 50), slice(40, 50))
+    np.testing.assert_array_equal(  # side = S: residual and replace paste the same bytes
+        paste_window(image, gen32, small, at_size, reference=ref32), paste_window(image, gen32, small, at_size)
+    )
+    with pytest.raises(ValueError, match="reference"):
+        paste_window(image, gen32, small, at_size, reference=ref32[:, :16])
+
+
 def test_mask_of_another_size_is_resized_nearest_and_an_empty_mask_is_refused() -> None:
     m = _blob(10, 10, slice(0, 5), slice(0, 5))
     big = mask_at(m.astype(np.uint8) * 255, 20, 40)

@@ -215,3 +215,13 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert cfg.content("model") != load_config(
         SynthesizeConfig, None, ["manifest=m", "out=o", "sampler.nfe=12"]
     ).content("model")
+
+
+def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
+    def content(*overrides: str) -> dict:
+        return load_config(SynthesizeConfig, None, ["manifest=m", "out=o", *overrides]).content("model")
+
+    residual, replace = content(), content("sampler.paste=replace")
+    assert residual != replace and residual["sampler"]["paste"] == "residual"
+    assert "paste" not in replace["sampler"]  # outputs made before the setting existed were all "replace"
+    assert content("generator=cutpaste") == content("generator=cutpaste", "sampler.paste=replace")  # unused there
