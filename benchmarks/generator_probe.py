@@ -80,9 +80,9 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
         eps = torch.randn(z0.shape, generator=g)
         z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps)
         preds = {
-            "unet_key": model.unet_eps(z_mix, tt, keys),
-            "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys)),
-            "fast": model.predict_eps(z_mix, tt, keys, m),
+            "unet_key": model.unet_eps(z_mix, tt, keys, m, z0),
+            "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys), m, z0),
+            "fast": model.predict_eps(z_mix, tt, keys, m, z0),
         }
         for name, pred in preds.items():
             sq = (pred.float() - eps).pow(2)

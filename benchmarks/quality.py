@@ -34,7 +34,7 @@ Runbook (repository root, project venv active)::
     python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-quick   # 1 seed, 5 training sets
     python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-full    # 3 seeds, every training set
     python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-full \\
-        --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-window/model     # reuse a trained model
+        --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-inpaint/model    # reuse a trained model
     python -m benchmarks.quality /data/mvtec --preset gpu-full --methods fast fast_no_farm cutpaste
 
 Outputs under ``--work`` (default ``runs/quality/<dataset folder name>``); ``--results`` (default
@@ -126,7 +126,7 @@ CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ("ddim", "fast_repla
 
 CPU_QUICK = Preset(
     train_config="jobs/configs/train-cpu-window.yaml",
-    generator_name="cpu-window",
+    generator_name="cpu-inpaint",
     pairs_per_defect=16,
     min_pairs=64,
     ddpm_nfe=200,

@@ -126,7 +126,7 @@ def fast_training_step(
         z_t    = √ᾱ_t z_0 + √(1−ᾱ_t) ε
         ẑ0_fg  = FARM(z_t, m, t)
         z̃_t    = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
-        ε̂      = Adaptor(UNet(z̃_t, t, c(keys)), m)
+        ε̂      = Adaptor(UNet(z̃_t, t, c(keys)), m)                            # inpaint UNet: z̃_t ‖ m ‖ (1−m) z_0
         loss   = λ_ε · mean((ε̂ − ε)²) + λ_F · mean((ẑ0_fg − m ⊙ z_0)²)      # both means over the whole latent
 
     With ``fg_weight`` λ_fg > 0 the ε term is :func:`eps_loss`'s weighted mean (w = 1 + λ_fg·m) [ours]; the FARM term
@@ -158,7 +158,7 @@ def fast_training_step(
     eps = _randn(z0.shape, generator, z0)  # (B, C, h, w)
     with _autocast(z0.device, autocast_dtype):
         z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps)
-        eps_pred = model.predict_eps(z_mix, t, keys, m).float()
+        eps_pred = model.predict_eps(z_mix, t, keys, m, z0).float()
     loss_eps = eps_loss(eps_pred, eps, m, fg_weight)
     loss_farm = F.mse_loss(z0_fg, m * z0)
     loss = lambda_eps * loss_eps + lambda_farm * loss_farm
@@ -184,6 +184,9 @@ def unet_training_step(
         loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)          # λ_fg = 0
         loss = Σ w (ε_θ − ε)² / (C · Σ w),  w = 1 + λ_fg · down(M)   # λ_fg > 0 [ours], see eps_loss
 
+    An ``inpaint`` UNet takes z_t ‖ m ‖ (1 − m) ⊙ z_0 with m = down(M): it learns to fill the masked region from its
+    surroundings (normal images need non-empty masks for that to teach anything: see pipelines.train.data).
+
     Use with ``model.configure_stage("base")`` (UNet + prompt encoder trainable).
 
     Args:
@@ -192,7 +195,8 @@ def unet_training_step(
         keys: B keys ("good" for normal images).
         generator: source of t and ε.
         autocast_dtype: run the UNet under ``torch.autocast`` with this dtype (None: full precision).
-        M: (B, 1, H, W) pixel masks in {0, 1} (all 0 for normal images), or None; used only when λ_fg > 0.
+        M: (B, 1, H, W) pixel masks in {0, 1} (all 0 for normal images), or None; used when λ_fg > 0 or the UNet
+            is an ``inpaint`` one (then required).
         fg_weight: λ_fg of :func:`eps_loss`.
 
     Returns:
@@ -200,18 +204,19 @@ def unet_training_step(
     """
     if len(keys) != x.shape[0]:
         raise ValueError(f"unet_training_step: {len(keys)} keys for a batch of {x.shape[0]} images")
-    if fg_weight > 0.0 and (M is None or M.shape[0] != x.shape[0]):
-        raise ValueError("unet_training_step: fg_weight > 0 needs one mask M per image")
+    needs_mask = fg_weight > 0.0 or model.inpaint
+    if needs_mask and (M is None or M.shape[0] != x.shape[0]):
+        raise ValueError("unet_training_step: fg_weight > 0 or an inpaint UNet needs one mask M per image")
     with torch.no_grad():
         z0 = model.encode(x).float()
-        m = model.latent_mask(M).to(z0.device) if fg_weight > 0.0 else None
+        m = model.latent_mask(M).to(z0.device) if needs_mask else None
     t = sample_timesteps(z0.shape[0], generator, z0.device)
     eps = _randn(z0.shape, generator, z0)
     ab = _alpha_bar(t, z0)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     with _autocast(z0.device, autocast_dtype):
-        eps_pred = model.unet_eps(z_t, t, keys).float()
-    loss = eps_loss(eps_pred, eps, m, fg_weight)
+        eps_pred = model.unet_eps(z_t, t, keys, m, z0).float()
+    loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight)
     return loss, {"loss": float(loss.detach())}
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -116,6 +116,10 @@ class VAEConfig:
 class UNetConfig:
     """Keyword arguments of the diffusers ``UNet2DConditionModel`` (in/out channels come from the VAE latent).
 
+    ``conditioning`` "inpaint" [ours] widens the input to 2C + 1 channels: z_t ‖ m ‖ (1 − m) ⊙ z_0, the latent mask and
+    the clean background outside it (as Stable Diffusion's inpainting UNet), so the UNet knows where the defect goes
+    and what surrounds it; "none" is the LDM's C-channel input.
+
     Note: diffusers' ``attention_head_dim`` is, for this UNet class, the *number of heads* per attention block (a
     legacy name kept for the LDM checkpoints; the CompVis LDM uses 8 heads).
     """
@@ -133,6 +137,7 @@ class UNetConfig:
         "DownBlock2D",
     )
     up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    conditioning: Literal["none", "inpaint"] = "none"  # extra input channels: none, or m ‖ (1 − m) ⊙ z_0
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -153,9 +158,10 @@ class UNetConfig:
 
     @classmethod
     def from_model(cls, unet: UNet2DConditionModel) -> UNetConfig:
-        """The config of a built or loaded ``UNet2DConditionModel``."""
+        """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``)."""
         c = unet.config
         return cls(
+            conditioning="inpaint" if int(c.in_channels) == 2 * int(c.out_channels) + 1 else "none",
             sample_size=_first(c.sample_size),
             block_out_channels=tuple(c.block_out_channels),
             layers_per_block=_first(c.layers_per_block),
@@ -185,11 +191,20 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     )
 
 
+def unet_in_channels(cfg: UNetConfig, latent_channels: int) -> int:
+    """C for a plain UNet, 2C + 1 for an ``inpaint`` one (z_t ‖ m ‖ (1 − m) ⊙ z_0).
+
+    >>> unet_in_channels(UNetConfig(conditioning="inpaint"), 32)
+    65
+    """
+    return latent_channels if cfg.conditioning == "none" else 2 * latent_channels + 1
+
+
 def build_unet(cfg: UNetConfig, latent_channels: int) -> UNet2DConditionModel:
     """A randomly initialised ``UNet2DConditionModel`` of shape ``cfg`` on ``latent_channels``-channel latents."""
     return UNet2DConditionModel(
         sample_size=cfg.sample_size,
-        in_channels=latent_channels,
+        in_channels=unet_in_channels(cfg, latent_channels),
         out_channels=latent_channels,
         down_block_types=cfg.down_block_types,
         up_block_types=cfg.up_block_types,

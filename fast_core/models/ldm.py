@@ -6,7 +6,9 @@
     x   = decode(z) = clamp(D(z / s), −1, 1)
                                                # first stage: a KL VAE trained from scratch ("kl", f = 2^(n−1), C = 4)
                                                # or the pretrained, frozen TAEF2 ("taef2", f = 8, C = 32)
-    ε̂   = predict_eps(z, t, keys, m) = Adaptor(UNet(z, t, c(keys)), m)
+    ε̂   = predict_eps(z, t, keys, m, z_bg) = Adaptor(UNet(u, t, c(keys)), m)
+          u = z                                # unet.conditioning "none" (the LDM's UNet)
+          u = z ‖ m ‖ (1 − m) ⊙ z_bg           # "inpaint" [ours]: the mask and the clean background beside it
     m   = latent_mask(M)                       # "bilinear": resize then ≥ 0.5 [release];  "any": max-pool [ours]
 
 It also owns the model configs (:class:`FastModelConfig` and the presets ``tiny``, ``cpu_small``, ``full``) and the
@@ -41,6 +43,7 @@ from fast_core.models.base import (
     check_state,
     load_base_model,
     read_json,
+    unet_in_channels,
 )
 from fast_core.models.conditioning import (
     LearnedPromptEncoder,
@@ -266,7 +269,6 @@ class FastLDM(nn.Module):
                 f"FastLDM: config.first_stage is {config.first_stage!r} but the first stage is a {type(vae).__name__}"
             )
         channels = {
-            "unet in_channels": int(unet.config.in_channels),
             "unet out_channels": int(unet.config.out_channels),
             "farm": farm.config.latent_channels,
             "adaptor": adaptor.config.latent_channels,
@@ -274,6 +276,11 @@ class FastLDM(nn.Module):
         bad = {k: v for k, v in channels.items() if v != c}
         if bad:
             raise ValueError(f"FastLDM: latent channels {bad} differ from the first stage's latent_channels ({c})")
+        if int(unet.config.in_channels) != unet_in_channels(config.unet, c):
+            raise ValueError(
+                f"FastLDM: unet in_channels is {unet.config.in_channels}; with conditioning="
+                f"{config.unet.conditioning!r} on {c}-channel latents it must be {unet_in_channels(config.unet, c)}"
+            )
         dim = _conditioner_dim(conditioner)
         if dim is not None and dim != int(unet.config.cross_attention_dim):
             raise ValueError(
@@ -358,13 +365,27 @@ class FastLDM(nn.Module):
         x = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample
         return x.clamp(-1.0, 1.0)
 
-    def unet_eps(self, z: torch.Tensor, t: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        """The base UNet's ε̂ = ε_θ(z, t, c(keys)), without the Adaptor.
+    @property
+    def inpaint(self) -> bool:
+        """True when the UNet also takes the latent mask and the background beside it (``unet.conditioning``)."""
+        return self.config.unet.conditioning == "inpaint"
+
+    def unet_eps(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        keys: list[str],
+        m: torch.Tensor | None = None,
+        z_bg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The base UNet's ε̂ = ε_θ(u, t, c(keys)), without the Adaptor (u: see the module docstring).
 
         Args:
             z: (B, C, h, w) noisy latent.
             t: (B,) long timesteps in [0, T−1] (a 0-d tensor or int is broadcast to the batch).
             keys: B defect keys.
+            m: (B, 1, h, w) latent mask (1 = anomaly); an ``inpaint`` UNet needs it, a plain one ignores it.
+            z_bg: (B, C, h, w) clean latent of the background; likewise.
         """
         b = z.shape[0]
         if len(keys) != b:
@@ -372,12 +393,24 @@ class FastLDM(nn.Module):
         t = torch.as_tensor(t, device=z.device)
         if t.ndim == 0:
             t = t.expand(b)
+        if self.inpaint:
+            if m is None or z_bg is None or z_bg.shape != z.shape or m.shape != (b, 1, *z.shape[2:]):
+                raise ValueError(
+                    f"FastLDM: an inpaint UNet needs the latent mask m (B, 1, h, w) and the background z_bg of z's "
+                    f"shape {tuple(z.shape)}; got m {None if m is None else tuple(m.shape)}, z_bg "
+                    f"{None if z_bg is None else tuple(z_bg.shape)}"
+                )
+            m = m.to(z.dtype)
+            z = torch.cat([z, m, (1.0 - m) * z_bg.to(z.dtype)], dim=1)  # (B, 2C + 1, h, w)
         context = self.conditioner(list(keys)).to(device=z.device, dtype=z.dtype)  # (B, L, D)
         return self.unet(z, t, encoder_hidden_states=context).sample
 
-    def predict_eps(self, z: torch.Tensor, t: torch.Tensor, keys: list[str], m: torch.Tensor) -> torch.Tensor:
-        """ε̂ = Adaptor(UNet(z, t, c(keys)), m): (B, C, h, w); m is the (B, 1, h, w) latent mask (1 = anomaly)."""
-        return self.adaptor(self.unet_eps(z, t, keys), m.to(z.dtype))
+    def predict_eps(
+        self, z: torch.Tensor, t: torch.Tensor, keys: list[str], m: torch.Tensor, z_bg: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ε̂ = Adaptor(UNet(u, t, c(keys)), m): (B, C, h, w); m is the (B, 1, h, w) latent mask (1 = anomaly), z_bg
+        the clean background latent (used by an ``inpaint`` UNet)."""
+        return self.adaptor(self.unet_eps(z, t, keys, m, z_bg), m.to(z.dtype))
 
     def latent_mask(self, M: torch.Tensor, mode: MaskDownsample | None = None) -> torch.Tensor:
         """Pixel mask M (B, 1, H, W) in {0, 1} → latent mask m (B, 1, H/f, W/f) in {0., 1.}.

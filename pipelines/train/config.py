@@ -96,6 +96,8 @@ class ModelConfig:
     first_stage_uri: str | None = None
     adaptor_mode: Literal["replace", "residual_zero_init", "none"] | None = None  # override the preset's Adaptor mode
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
+    # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
+    unet_conditioning: Literal["none", "inpaint"] | None = None  # override the preset's (none)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -103,6 +105,11 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
+        if self.unet_conditioning is not None and self.base_model_uri is not None:
+            raise ValueError(
+                "TrainConfig.model.unet_conditioning applies to a base trained here; a loaded base "
+                "(base_model_uri) brings its own UNet"
+            )
         if self.first_stage_uri is not None and self.base_model_uri is not None:
             raise ValueError(
                 "TrainConfig.model: first_stage_uri and base_model_uri are exclusive (a base has its own first stage)"

@@ -4,7 +4,9 @@ What each stage trains on (FAST_SPEC §6, §8; ``split_anomalies`` cuts each def
 
     vae    every ``train/good`` image + the training-third anomaly images          (images only)
     base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, key)
-           + their masks when loss.fg_weight > 0 (empty for normal images and anomalies without one)
+           + their masks when loss.fg_weight > 0 (empty for normal images and anomalies without one); for an
+           inpaint UNet always, and normal image i borrows training mask i mod A (key still "good"), so the UNet
+           also learns to fill a masked region of a normal image from its surroundings
     fast   the training-third anomaly images with their masks                      (image, mask, key)
     mask   the training-third masks                                                (mask, key)
 
@@ -71,9 +73,10 @@ class TrainingData:
     extra_key_ids: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def stage_columns(self, stage: str, base_masks: bool = False) -> dict[str, np.ndarray]:
+    def stage_columns(self, stage: str, base_masks: bool = False, borrow_masks: bool = False) -> dict[str, np.ndarray]:
         """The columns stage ``stage`` trains on (see the module docstring); ``base_masks`` adds the mask column to
-        the base stage (for ``loss.fg_weight > 0``; otherwise it would only cost object-store bytes)."""
+        the base stage (for ``loss.fg_weight > 0`` or an inpaint UNet; otherwise it would only cost object-store
+        bytes); ``borrow_masks`` (inpaint) gives normal image i the training mask i mod A instead of an empty one."""
         if stage in ("vae", "base"):
             images = np.concatenate([self.normal, self.anomalies, self.extra_images])
             key_ids = np.concatenate(
@@ -83,6 +86,8 @@ class TrainingData:
                 return {IMAGE: images, KEY_ID: key_ids}
             size = images.shape[-1]
             empty = np.zeros((len(self.normal), 1, size, size), np.uint8)
+            if borrow_masks and len(self.masks):
+                empty = self.masks[np.arange(len(self.normal)) % len(self.masks)]
             no_mask = np.zeros((len(self.extra_images), 1, size, size), np.uint8)
             return {IMAGE: images, MASK: np.concatenate([empty, self.masks, no_mask]), KEY_ID: key_ids}
         if stage == "fast":

@@ -2,7 +2,8 @@
 
     vae    row 1: inputs x            row 2: reconstructions decode(encode(x))
     base   one row per key: samples z_T ~ N(0, I) → DDIM (η = 0, ``nfe`` steps) on the base UNet ε_θ(z, t, c(key))
-           (no FARM, no Adaptor) → decode
+           (no FARM, no Adaptor) → decode; an inpaint UNet fills the preview masks on the preview normal images
+           (its input z ‖ m ‖ (1 − m) z_bg), and the row shows the decoded windows
     fast   one row per sample: normal image | mask | fast_core.synthesis.synthesize (AIAS, FARM, ``nfe``)
     mask   one row per key: sampled masks
 
@@ -63,16 +64,36 @@ def vae_grid(model: FastLDM, images: np.ndarray, device: torch.device) -> bytes:
 
 
 @torch.no_grad()
-def base_grid(model: FastLDM, keys: Sequence[str], n: int, nfe: int, seed: int, device: torch.device) -> bytes:
-    """PNG: ``n`` base-model samples per key (one row per key), DDIM with ``nfe`` steps from seeded noise."""
+def base_grid(
+    model: FastLDM,
+    keys: Sequence[str],
+    n: int,
+    nfe: int,
+    seed: int,
+    device: torch.device,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
+) -> bytes:
+    """PNG: ``n`` base-model samples per key (one row per key), DDIM with ``nfe`` steps from seeded noise.
+
+    ``context`` (normal (N, C, S, S) uint8, masks (N, 1, S, S) uint8 {0, 1}) is required by an inpaint UNet: its
+    samples fill the masks (cycled to ``n``) on those images.
+    """
     rows = []
     h = model.config.unet.sample_size
+    m = z_bg = None
+    if model.inpaint:
+        if context is None or not len(context[0]) or not len(context[1]):
+            raise ValueError("base_grid: an inpaint UNet needs normal images and masks to fill")
+        pick = np.arange(n)
+        x = _from_uint8(context[0][pick % len(context[0])], device)
+        mask = torch.from_numpy(np.ascontiguousarray(context[1][pick % len(context[1])])).to(device).float()
+        z_bg, m = model.encode(x).float(), model.latent_mask(mask)
     for i, key in enumerate(keys):
         gen = torch.Generator().manual_seed(seed + i)
         z = torch.randn((n, model.latent_channels, h, h), generator=gen).to(device)
         scheduler = make_scheduler(SynthesisConfig(sampler="ddim", nfe=nfe), device=device)
         for t in scheduler.timesteps:
-            eps = model.unet_eps(z, t.to(device), [key] * n).float()
+            eps = model.unet_eps(z, t.to(device), [key] * n, m, z_bg).float()
             z = scheduler.step(eps, t, z).prev_sample
         rows.append(_cells(model.decode(z).float()))
     return encode_png(compose(rows))

@@ -259,7 +259,8 @@ def _write_grid(
         elif stage == "vae":
             png = grid.vae_grid(model, preview["images"][: cfg.grid_samples * 2], device)
         elif stage == "base":
-            png = grid.base_grid(model, ctx["keys"], cfg.grid_samples, cfg.grid_nfe, cfg.seed, device)
+            context = (preview["normal"], preview["masks"])
+            png = grid.base_grid(model, ctx["keys"], cfg.grid_samples, cfg.grid_nfe, cfg.seed, device, context)
         else:
             keys = [ctx["keys"][int(i)] for i in preview["mask_key_ids"]]
             png = grid.fast_grid(model, preview["normal"], preview["masks"], keys, cfg.grid_nfe, cfg.seed, device)

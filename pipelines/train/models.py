@@ -44,6 +44,8 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc.adaptor = dataclasses.replace(mc.adaptor, mode=cfg.model.adaptor_mode)
     if cfg.model.mask_downsample is not None:
         mc.mask_downsample = cfg.model.mask_downsample
+    if cfg.model.unet_conditioning is not None:
+        mc.unet = dataclasses.replace(mc.unet, conditioning=cfg.model.unet_conditioning)
     if cfg.model.first_stage_uri is not None:
         mc = with_taef2(mc, cfg.dataset.image_size)
     return mc

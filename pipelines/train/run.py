@@ -153,6 +153,13 @@ def _preview(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np.n
     return data.preview(n)
 
 
+def stage_rows(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np.ndarray]:
+    """The columns ``stage`` trains on: masks in the base stage for ``loss.fg_weight`` > 0 or an inpaint UNet, and
+    then borrowed by the normal images too (:meth:`TrainingData.stage_columns`)."""
+    inpaint = cfg.model.unet_conditioning == "inpaint"
+    return data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0 or inpaint, borrow_masks=inpaint)
+
+
 def _scale_images(data: TrainingData) -> np.ndarray:
     """Evenly spaced training images for the latent scaling factor."""
     images = data.stage_columns("vae")["image"]
@@ -199,7 +206,7 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData, start: int) -> 
             name=f"{cfg.run_name}-{stage}-{uuid.uuid4().hex[:8]}",
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
         ),
-        datasets={"train": to_ray_dataset(data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0))},
+        datasets={"train": to_ray_dataset(stage_rows(data, cfg, stage))},
         # every worker sees every row and takes its own share by row id (loops.WorkerRows): the order is a function
         # of (seed, stage, rank, epoch) alone, so a resumed or restarted stage continues at the same data position
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),

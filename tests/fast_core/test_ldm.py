@@ -256,3 +256,43 @@ def test_presets_and_config_round_trip() -> None:
         from_dict(FastModelConfig, {"mask_downsample": "nearest"})
     with pytest.raises(ValueError, match="latent_channels"):
         from_dict(FastModelConfig, {"farm": {"latent_channels": 3}})
+
+
+@torch.no_grad()
+def test_inpaint_unet_sees_the_mask_and_the_background_outside_it(tmp_path: Path) -> None:
+    model = tiny_fast_ldm(seed=0, inpaint=True).eval()
+    assert model.inpaint and model.unet.config.in_channels == 2 * 4 + 1
+    z, z_bg = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 2:5, 2:6] = 1
+    t, keys = torch.tensor([10, 500]), ["tiny/crack", "good"]
+    eps = model.predict_eps(z, t, keys, m, z_bg)
+    assert eps.shape == z.shape
+    inside_changed = z_bg + 5.0 * m  # the background under the mask is not an input ...
+    assert torch.equal(model.predict_eps(z, t, keys, m, inside_changed), eps)
+    outside_changed = z_bg + 5.0 * (1 - m)  # ... what surrounds it is
+    assert not torch.allclose(model.predict_eps(z, t, keys, m, outside_changed), eps)
+    assert not torch.allclose(model.predict_eps(z, t, keys, torch.zeros_like(m), z_bg), eps)
+    with pytest.raises(ValueError, match="inpaint UNet needs the latent mask"):
+        model.unet_eps(z, t, keys)
+    # the conditioning travels with the saved base: a loaded UNet with 2C + 1 inputs is an inpaint one again
+    base = save_base_model(model.base_components(), tmp_path / "base")
+    model.save_fast(tmp_path / "fast")
+    loaded = FastLDM.load_fast(tmp_path / "fast", base).eval()
+    assert loaded.inpaint and torch.equal(loaded.predict_eps(z, t, keys, m, z_bg), eps)
+    plain = tiny_fast_ldm(seed=0).eval()
+    assert not plain.inpaint and plain.unet.config.in_channels == 4
+    assert torch.equal(plain.predict_eps(z, t, keys, m, z_bg), plain.predict_eps(z, t, keys, m))  # z_bg unused
+
+
+def test_a_unet_whose_inputs_disagree_with_the_config_is_refused() -> None:
+    plain = tiny_base_components(seed=0)
+    with pytest.raises(ValueError, match="with conditioning='inpaint' on 4-channel latents it must be 9"):
+        FastLDM(
+            vae=plain.vae,
+            unet=plain.unet,
+            conditioner=plain.prompt_encoder,
+            farm=tiny_fast_ldm().farm,
+            adaptor=tiny_fast_ldm().adaptor,
+            config=tiny_fast_config(inpaint=True),
+        )

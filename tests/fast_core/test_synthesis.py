@@ -137,7 +137,7 @@ def _reference(
                 z_mix = (1 - m) * z + m * (math.sqrt(ab) * z0_fg + math.sqrt(1 - ab) * zeta)
             else:
                 z_mix = z
-            eps = model.predict_eps(z_mix, tv, key, m)
+            eps = model.predict_eps(z_mix, tv, key, m, z_bg)  # z_bg: read by an inpaint UNet only
             x0 = (z_mix - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
             if sampler == "aias":
                 pi, sigma, var = sched.segment_coefficients(t, t_e)
@@ -163,6 +163,15 @@ def test_loop_matches_reference(model, sampler, nfe, paste):
     out = _run(model, cfg, seeds=(4,), images=images, masks=masks)
     expected = _reference(model, images, masks, 4, sampler, nfe, paste=paste)
     torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+
+
+def test_inpaint_model_loop_matches_reference():
+    model = tiny_fast_ldm(image_channels=3, seed=0, inpaint=True).eval()
+    images, masks = _inputs(1)
+    out = _run(model, SynthesisConfig(nfe=10), seeds=(4,), images=images, masks=masks)
+    torch.testing.assert_close(out.images, _reference(model, images, masks, 4, "aias", 10), atol=1e-5, rtol=0)
+    outside = masks.expand_as(images) == 0
+    assert torch.equal(out.images[outside], images[outside])
 
 
 def test_residual_paste_keeps_the_input_where_the_sampler_returns_the_background(model, monkeypatch):

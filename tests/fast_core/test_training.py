@@ -204,3 +204,24 @@ def test_fg_weight_shifts_the_loss_to_the_mask() -> None:
     assert float(w_base.detach()) != pytest.approx(float(base.detach()))
     with pytest.raises(ValueError, match="needs one mask M per image"):
         unet_training_step(model, x, KEYS, torch.Generator(), fg_weight=1.0)
+
+
+def test_inpaint_unet_step_needs_masks_and_learns() -> None:
+    torch.manual_seed(0)
+    model = tiny_fast_ldm(seed=1, inpaint=True)
+    params = model.configure_stage("base")
+    model.train()
+    x, M = _batch(8)
+    keys = KEYS * 2
+    g = torch.Generator().manual_seed(1)
+    with pytest.raises(ValueError, match="inpaint UNet needs one mask M per image"):
+        unet_training_step(model, x, keys, g)
+    losses = _train(lambda: unet_training_step(model, x, keys, g, M=M), params, 30, 2e-3)
+    first, last = _first_last(losses)
+    assert last < 0.8 * first, (first, last)
+    fast_params = model.configure_stage("fast")  # the FAST step feeds the clean latent as the UNet's background
+    model.zero_grad(set_to_none=True)
+    loss, _ = fast_training_step(model, x, M, keys, torch.Generator().manual_seed(2), fg_weight=5.0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.adaptor.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.unet.parameters()) and len(fast_params) > 0

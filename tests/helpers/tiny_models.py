@@ -9,6 +9,7 @@ Two base variants, both built from the real diffusers/transformers classes and s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -24,9 +25,14 @@ TINY_KEYS = ("good", "tiny/crack", "tiny/scratch")
 TINY_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anomaly", "*", "defect", "crack", "good", "scratch", "a")
 
 
-def tiny_fast_config(image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS) -> FastModelConfig:
-    """The ``tiny`` preset with the test keys."""
-    return tiny_config(keys=keys, image_channels=image_channels)
+def tiny_fast_config(
+    image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS, inpaint: bool = False
+) -> FastModelConfig:
+    """The ``tiny`` preset with the test keys (``inpaint``: the UNet takes z ‖ m ‖ (1 − m) z_bg)."""
+    cfg = tiny_config(keys=keys, image_channels=image_channels)
+    if inpaint:
+        cfg.unet = dataclasses.replace(cfg.unet, conditioning="inpaint")
+    return cfg
 
 
 def tiny_base_components(image_channels: int = 3, seed: int = 0) -> BaseComponents:
@@ -40,9 +46,9 @@ def tiny_base_model_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) 
     return save_base_model(tiny_base_components(image_channels, seed), Path(tmp_path) / "base")
 
 
-def tiny_fast_ldm(image_channels: int = 3, seed: int = 0) -> FastLDM:
+def tiny_fast_ldm(image_channels: int = 3, seed: int = 0, inpaint: bool = False) -> FastLDM:
     """A tiny FastLDM (from-scratch base + FARM + Adaptor), all weights from ``seed``; builds in well under a second."""
-    return FastLDM.from_scratch(tiny_fast_config(image_channels), seed=seed)
+    return FastLDM.from_scratch(tiny_fast_config(image_channels, inpaint=inpaint), seed=seed)
 
 
 def write_taef2_folder(folder: Path, seed: int = 0) -> Path:

@@ -14,10 +14,10 @@ from pipelines.config import load_config
 from pipelines.train.checkpoint import CheckpointError, RunStore, flatten_optimizer_state, unflatten_optimizer_state
 from pipelines.train.config import StageConfig, TrainConfig, check_dataset
 from pipelines.train.data import check_stage_rows, load_training_data
-from pipelines.train.grid import compose, fast_grid, vae_grid
+from pipelines.train.grid import base_grid, compose, fast_grid, vae_grid
 from pipelines.train.loops import WeightsEMA, lr_at
 from pipelines.train.models import build_model, stage_state
-from pipelines.train.run import _check_run_info
+from pipelines.train.run import _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
@@ -84,6 +84,7 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("stage.base.lr_schedule=linear", "lr_schedule"),
         ("scaling.max_failures=-1", "TrainConfig.scaling.max_failures must be an integer >= 0"),
         ("model.first_stage_uri=", "first_stage_uri is empty"),
+        ("model.unet_conditioning=masked", "unet_conditioning"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, override: str, message: str) -> None:
@@ -137,6 +138,12 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     base = data.stage_columns("base", base_masks=True)  # for loss.fg_weight > 0: empty for the normal images
     assert base["mask"].shape == (7, 1, 32, 32) and not base["mask"][:4].any()
     assert np.array_equal(base["mask"][4:], data.masks)
+    inpaint = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint")  # normal images borrow the masks
+    borrowed = stage_rows(data, inpaint, "base")["mask"]
+    assert np.array_equal(borrowed[:4], data.masks[[0, 1, 2, 0]]) and np.array_equal(borrowed[4:], data.masks)
+    assert "mask" not in stage_rows(data, cfg, "base")  # plain UNet without fg_weight: no mask column
+    with pytest.raises(ValueError, match="unet_conditioning applies to a base trained here"):
+        tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint", "model.base_model_uri=/b", "stages=[fast]")
     preview = data.preview(4)
     assert preview["normal"].shape == (4, 3, 32, 32) and sorted(set(preview["mask_key_ids"].tolist())) == [1, 2]
     with pytest.raises(ValueError, match="cannot fill one batch of 2 on each of 2"):
@@ -292,6 +299,12 @@ def test_vae_and_fast_grids_are_pngs_of_the_right_size() -> None:
     assert fast.shape == (2 * 32 + 2, 3 * 32 + 4, 3)
     assert np.array_equal(fast[:32, :32], imgs[0].transpose(1, 2, 0))  # column 1: the normal image itself
     assert png == fast_grid(model, imgs, masks, ["tiny/crack", "tiny/scratch"], 4, 0, torch.device("cpu"))
+    inpaint = tiny_fast_ldm(inpaint=True).eval()  # the base grid of an inpaint UNet fills masks on normal images
+    keys = ["good", "tiny/crack"]
+    base = decode_png(base_grid(inpaint, keys, 3, 4, 0, torch.device("cpu"), (imgs, masks)))
+    assert base.shape == (2 * 32 + 2, 3 * 32 + 4, 3)
+    with pytest.raises(ValueError, match="inpaint UNet needs normal images and masks"):
+        base_grid(inpaint, keys, 3, 4, 0, torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------------------- one step per stage (no Ray)
