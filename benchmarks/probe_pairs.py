@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.quality_contrast import grain_ratio, ring_contrast
+from benchmarks.quality_contrast import Tally
 from fast_core import qc
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import decode_png, encode_png
@@ -82,17 +82,6 @@ def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, info: ModelInfo
     return out[0] if info.image_channels == 1 else out.transpose(1, 2, 0)
 
 
-def _collect(
-    key: str, image: np.ndarray, mask: np.ndarray, contrast: dict[str, list[float]], grain: dict[str, list[float]]
-) -> None:
-    """Append the pair's ring contrast and grain ratio under ``key`` (a measure that is undefined is left out)."""
-    c, g = ring_contrast(image, mask), grain_ratio(image, mask)
-    if c is not None:
-        contrast[key].append(c)
-    if g is not None:
-        grain[key].append(g)
-
-
 def _compare(real: list[float], painted: list[float], digits: int) -> dict[str, float | None]:
     """Real and painted medians and their ratio painted / real (None where a side is empty or the real one is 0)."""
     r = statistics.median(real) if real else None
@@ -130,10 +119,7 @@ def paint_and_compare(
     )
     synth = FastSynthesizer(model_uri=model_uri, sampler=SynthesisConfig(nfe=10), num_cpus=threads)
     out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
-    painted: dict[str, list[float]] = defaultdict(list)
-    real: dict[str, list[float]] = defaultdict(list)
-    painted_grain: dict[str, list[float]] = defaultdict(list)
-    real_grain: dict[str, list[float]] = defaultdict(list)
+    real, painted = Tally(), Tally()
     sheet: list[list[np.ndarray]] = []
     rejected: dict[str, str] = {}
     mode = "L" if info.image_channels == 1 else "RGB"
@@ -142,19 +128,19 @@ def paint_and_compare(
         for j, path in paths:
             mask = load_mask(rows[j]["mask_uri"])
             image = load_image(path, mode)
-            _collect(key, image, mask_at(mask, *image.shape[:2]), real, real_grain)
+            real.add(key, image, mask_at(mask, *image.shape[:2]))
             real_cells.append(_window_cell(image, mask, cell, info))
             if out["status"][j] != "":
                 rejected[rows[j]["sample_id"]] = str(out["status"][j])
                 continue
             fake, label = decode_png(out["image_png"][j], mode), decode_png(out["mask_png"][j]) > 0
-            _collect(key, fake, label, painted, painted_grain)
+            painted.add(key, fake, label)
             fake_cells.append(_window_cell(fake, label, cell, info))
         sheet += [real_cells, fake_cells]
     per_key = {}
     for key in real_paths:
-        contrast = _compare(real[key], painted[key], 2)
-        grain = _compare(real_grain[key], painted_grain[key], 3)
+        contrast = _compare(real.contrast[key], painted.contrast[key], 2)
+        grain = _compare(real.grain[key], painted.grain[key], 3)
         per_key[key] = {
             **contrast,
             "grain": grain,

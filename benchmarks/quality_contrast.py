@@ -38,6 +38,19 @@ from fast_core.data.windows import mask_at
 RING_PX = 3
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """Grey levels as float64 (H, W): the image itself, or the mean of its colour channels."""
+    grey = image.astype(np.float64)
+    return grey.mean(axis=2) if grey.ndim == 3 else grey
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """Binary dilation of ``mask`` (bool) by ``px`` pixels (square structuring element); px = 0 returns it."""
+    if px == 0:
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * px + 1))) > 0
+
+
 def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
     """|mean inside ``mask`` − mean over the ``ring_px`` ring around it| in grey levels; None when either is empty.
 
@@ -46,22 +59,12 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -
     >>> ring_contrast(x, m, 1)
     200.0
     """
-    grey = image.astype(np.float64)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=2)
+    grey = _grey(image)
     inside = mask.astype(bool)
-    grown = Image.fromarray(inside.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * ring_px + 1))
-    ring = (np.asarray(grown) > 0) & ~inside
+    ring = _grow(inside, ring_px) & ~inside
     if not inside.any() or not ring.any():
         return None
     return float(abs(grey[inside].mean() - grey[ring].mean()))
-
-
-def _grow(mask: np.ndarray, px: int) -> np.ndarray:
-    """Binary dilation of ``mask`` (bool) by ``px`` pixels (square structuring element); px = 0 returns it."""
-    if px == 0:
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * px + 1))) > 0
 
 
 def grain_ratio(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
@@ -75,9 +78,7 @@ def grain_ratio(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> 
     >>> x[m] = 128; grain_ratio(x, m)  # a flat fill
     0.0
     """
-    grey = image.astype(np.float64)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=2)
+    grey = _grey(image)
     padded = np.pad(grey, 1, mode="reflect")
     h, w = grey.shape
     box = sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
@@ -106,8 +107,8 @@ def _medians(values: dict[str, list[float]], digits: int) -> dict[str, float]:
     return {k: round(statistics.median(v), digits) for k, v in sorted(values.items()) if v}
 
 
-class _Tally:
-    """Ring contrast and grain ratio of pairs, per defect key."""
+class Tally:
+    """Ring contrast and grain ratio of pairs, per defect key (a measure that is undefined for a pair is left out)."""
 
     def __init__(self) -> None:
         self.contrast: dict[str, list[float]] = defaultdict(list)
@@ -133,7 +134,7 @@ class _Tally:
 
 def dataset_contrast(uri: str, size: int | None) -> dict[str, Any]:
     """Ring contrast and grain ratio of every pair of the (local) dataset version at ``uri``."""
-    tally = _Tally()
+    tally = Tally()
     for part in sorted(glob.glob(str(Path(uri) / "data" / "part-*.parquet"))):
         for row in pq.read_table(part, columns=["category", "defect_type", "image", "mask"]).to_pylist():
             x, m = _at_segmenter_size(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), size)
@@ -143,7 +144,7 @@ def dataset_contrast(uri: str, size: int | None) -> dict[str, Any]:
 
 def real_third_contrast(root: str, size: int | None) -> dict[str, Any]:
     """Ring contrast and grain ratio of the real generator-training third (each image with its ground-truth mask)."""
-    tally = _Tally()
+    tally = Tally()
     for record in split_anomalies(read_dataset(root).records).gen_train:
         if record.mask_path is None:
             continue

@@ -85,11 +85,12 @@ class TrainingData:
             if stage == "vae" or not base_masks:
                 return {IMAGE: images, KEY_ID: key_ids}
             size = images.shape[-1]
-            empty = np.zeros((len(self.normal), 1, size, size), np.uint8)
             if borrow_masks and len(self.masks):
-                empty = self.masks[np.arange(len(self.normal)) % len(self.masks)]
+                normal_masks = self.masks[np.arange(len(self.normal)) % len(self.masks)]
+            else:
+                normal_masks = np.zeros((len(self.normal), 1, size, size), np.uint8)
             no_mask = np.zeros((len(self.extra_images), 1, size, size), np.uint8)
-            return {IMAGE: images, MASK: np.concatenate([empty, self.masks, no_mask]), KEY_ID: key_ids}
+            return {IMAGE: images, MASK: np.concatenate([normal_masks, self.masks, no_mask]), KEY_ID: key_ids}
         if stage == "fast":
             return {IMAGE: self.anomalies, MASK: self.masks, KEY_ID: self.anomaly_key_ids}
         if stage == "mask":
