@@ -37,6 +37,7 @@ from benchmarks.probe_pairs import paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
 from fast_core.data.windows import cut_around
+from fast_core.synthesis_config import SynthesisConfig
 from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
 from pipelines.train.data import defect_key
@@ -78,7 +79,7 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
         eps = torch.randn(z0.shape, generator=g)
-        z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps)
+        z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps, keys)
         preds = {
             "unet_key": model.unet_eps(z_mix, tt, keys, m, z0),
             "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys), m, z0),
@@ -148,9 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         "--pairs", type=int, default=8, help="masks painted per defect type for the ring-contrast gate (0: skip)"
     )
     ap.add_argument("--sheets", type=Path, default=None, help="folder for <name>_sheet.png contact sheets")
+    ap.add_argument(
+        "--guidance", type=float, default=1.0, help="guidance w of the painted pairs (SynthesisConfig.guidance)"
+    )
+    ap.add_argument("--no-farm", action="store_true", help="paint the pairs without FARM")
     args = ap.parse_args(argv)
     if args.images < 1 or args.pairs < 0:
         ap.error("--images must be >= 1 and --pairs >= 0")
+    try:
+        SynthesisConfig(nfe=10, guidance=args.guidance)
+    except ValueError as exc:
+        ap.error(str(exc))
     torch.set_num_threads(args.threads)
     rows: dict[str, dict[str, Any]] = {}
     for spec in args.models:
@@ -162,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
         if args.pairs:
-            contrast, sheet = paint_and_compare(uri, info, args.dataset_root, args.pairs, threads=args.threads)
+            sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm)
+            contrast, sheet = paint_and_compare(
+                uri, info, args.dataset_root, args.pairs, threads=args.threads, sampler=sampler
+            )
             rows[name]["ring_contrast"] = contrast
             if args.sheets is not None:
                 args.sheets.mkdir(parents=True, exist_ok=True)

@@ -99,10 +99,16 @@ def _passes(ratio: float | None) -> bool:
 
 
 def paint_and_compare(
-    model_uri: str, info: ModelInfo, root: str, per_type: int = 8, cell: int = 96, threads: int = 2
+    model_uri: str,
+    info: ModelInfo,
+    root: str,
+    per_type: int = 8,
+    cell: int = 96,
+    threads: int = 2,
+    sampler: SynthesisConfig | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """(per-key ring contrast and grain ratio of painted vs real and the gate, contact sheet PNG) — see the module
-    docstring."""
+    docstring. ``sampler``: how the pairs are painted (default: AIAS-10 with FARM, unguided)."""
     rows, real_paths = probe_rows(root, model_uri, per_type)
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     pending = pa.table(
@@ -117,7 +123,7 @@ def paint_and_compare(
         frame=info.frame,
         window_margin=info.window_margin,
     )
-    synth = FastSynthesizer(model_uri=model_uri, sampler=SynthesisConfig(nfe=10), num_cpus=threads)
+    synth = FastSynthesizer(model_uri=model_uri, sampler=sampler or SynthesisConfig(nfe=10), num_cpus=threads)
     out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
     real, painted = Tally(), Tally()
     sheet: list[list[np.ndarray]] = []

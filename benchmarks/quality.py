@@ -112,17 +112,19 @@ class Preset:
 
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
-    "fast", "fast_no_farm", "fast_replace", "ddpm", "ddim", "dpmpp", "unipc", "cutpaste", "perlin", "realpaste",
-    "real_third", "real_third_fast",
+    "fast", "fast_no_farm", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
+    "ddpm", "ddim", "dpmpp", "unipc",
+    "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
 QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 #: The other fast solvers on the same model, FARM and loop (DPM-Solver++(2M) and UniPC at AIAS's NFE of 10): run them
 #: with --methods; in a CPU preset each adds one segmenter per seed (about 3–5 minutes) to budgets already spent.
 SOLVER_METHODS = ("dpmpp", "unipc")
-#: cpu-full leaves DDIM-50 and the paste ablation out (add them with --methods) to stay near 90 minutes: 8 sets ×
-#: 3 seeds × ~190 s segmenters (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on 2 cores) + ~16 min of
-#: synthesis (DDPM-200 most).
-CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ("ddim", "fast_replace") and m not in SOLVER_METHODS)
+#: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) to stay near
+#: 90 minutes: 8 sets × 3 seeds × ~190 s segmenters (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on
+#: 2 cores) + ~16 min of synthesis (DDPM-200 most).
+ABLATIONS = ("ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early")
+CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
     train_config="jobs/configs/train-cpu-window.yaml",
@@ -175,6 +177,8 @@ class Method:
     nfe: int = 10
     use_farm: bool = True
     paste: str = "residual"  # SynthesisConfig.paste
+    clip_x0: float | None = None  # SynthesisConfig.clip_x0 (TAEF2: 3 s, the decoder's own soft-clamp range)
+    farm_min_t: int = 0  # SynthesisConfig.farm_min_t
 
 
 def synthetic_methods(preset: Preset) -> dict[str, Method]:
@@ -183,6 +187,9 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast": Method("fast", "fast"),
         "fast_no_farm": Method("fast_no_farm", "fast", use_farm=False),
         "fast_replace": Method("fast_replace", "fast", paste="replace"),
+        "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
+        "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
+        "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
         "ddpm": Method("ddpm", "fast", sampler="ddpm", nfe=preset.ddpm_nfe),
         "ddim": Method("ddim", "fast", sampler="ddim", nfe=50),
         "dpmpp": Method("dpmpp", "fast", sampler="dpmpp", nfe=10),
@@ -193,6 +200,15 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "realpaste": Method("realpaste", "realpaste"),
     }
 
+
+#: |ẑ0| bound of the clipped FAST methods, in scaled latent units: TAEF2's decoder soft-clamps its input to ±3
+#: (3 tanh(u/3)), i.e. ±3 s = ±4.1 at the measured s = 1.375 of the CPU generator; beyond it nothing decodes
+#: differently, and an unconverged UNet's ẑ0 overshoots there (sampled latents up to |z| = 10 inside M without FARM).
+CLIP_X0 = 4.1
+#: fast_farm_early mixes with FARM only in the first two AIAS segments (t = 999, 874): FARM's MSE-trained estimate is
+#: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
+#: real latents (0.85 when it stops at t = 800).
+FARM_EARLY_T = 800
 
 #: Training sets that are not one synthetic method alone.
 REAL_SETS = ("real_third", "real_third_fast")
@@ -286,6 +302,8 @@ def synthesize_all(
                 nfe=method.nfe,
                 use_farm=method.use_farm,
                 paste=method.paste,  # type: ignore[arg-type]
+                clip_x0=method.clip_x0,
+                farm_min_t=method.farm_min_t,
             ),
             qc=QCConfig(min_mask_area_px=4),
             baseline=baseline if not fast else BaselineSettings(),

@@ -17,7 +17,11 @@ model's size S × S:
 * ``latent_mask_empty``    the latent mask m = down(M) had no anomaly cell, so the sampler never saw an anomaly
                            region (rejected only when :attr:`QCConfig.reject_latent_mask_empty`);
 * ``output_blank``         x_out is one constant value (max = min over all pixels and channels);
-* ``mask_area_too_small``  area(M) = Σ [M > 0] < :attr:`QCConfig.min_mask_area_px` after resizing to S × S.
+* ``mask_area_too_small``  area(M) = Σ [M > 0] < :attr:`QCConfig.min_mask_area_px` after resizing to S × S;
+* ``output_unchanged``     the mean change inside the label, Σ_{M>0} |x_out − x_n| / (C · area(M)) in grey levels,
+                           is below :attr:`QCConfig.min_change` [ours]: the generator painted (nearly) nothing where the
+                           label says "defect", and a segmenter trained on such a pair learns that defects are
+                           invisible. Off (0) by default.
 
 The loaders report ``input_unreadable``, ``mask_unreadable``, ``prompt_unknown`` and ``invalid_row`` with the same
 record shape; a baseline generator that cannot paint a row (no CutPaste patch fits, no Perlin mask within the area
@@ -41,6 +45,7 @@ OUTPUT_NONFINITE = "output_nonfinite"
 OUTPUT_BLANK = "output_blank"
 MASK_AREA_TOO_SMALL = "mask_area_too_small"
 GENERATOR_FAILED = "generator_failed"
+OUTPUT_UNCHANGED = "output_unchanged"
 
 REASONS = (
     INPUT_UNREADABLE,
@@ -54,6 +59,7 @@ REASONS = (
     OUTPUT_BLANK,
     MASK_AREA_TOO_SMALL,
     GENERATOR_FAILED,
+    OUTPUT_UNCHANGED,
 )
 
 
@@ -63,12 +69,17 @@ class QCConfig:
 
     min_mask_area_px: int = 1  # reject when fewer anomaly pixels than this remain in the S × S label
     reject_latent_mask_empty: bool = True  # reject pairs whose mask vanished at latent resolution (nothing synthesized)
+    min_change: float = 0.0  # reject when the mean |x_out − x_n| inside the label is below this (grey levels; 0 = off)
 
     def __post_init__(self) -> None:
         if isinstance(self.min_mask_area_px, bool) or not isinstance(self.min_mask_area_px, int):
             raise ValueError(f"QCConfig.min_mask_area_px must be an integer, got {self.min_mask_area_px!r}")
         if self.min_mask_area_px < 0:
             raise ValueError(f"QCConfig.min_mask_area_px = {self.min_mask_area_px} must be >= 0")
+        c = self.min_change
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c <= 255:
+            raise ValueError(f"QCConfig.min_change must be a number of grey levels in [0, 255], got {c!r}")
+        self.min_change = float(c)
         if not isinstance(self.reject_latent_mask_empty, bool):
             raise ValueError(
                 f"QCConfig.reject_latent_mask_empty must be true or false, got {self.reject_latent_mask_empty!r}"
@@ -131,6 +142,25 @@ def check_inputs(image: np.ndarray, mask: np.ndarray) -> Rejection | None:
     return None
 
 
+def mean_change(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """Σ_{M>0} |x_out − x_n| / (C · area(M)): the mean absolute change inside the label, in grey levels.
+
+    Args:
+        image: x_out as uint8 (S, S[, C]); reference: x_n, the same shape; mask: M (S, S), > 0 = anomaly.
+
+    >>> x = np.zeros((2, 2), np.uint8); y = x.copy(); y[0, 0] = 12
+    >>> mean_change(y, x, np.array([[255, 255], [0, 0]], np.uint8))
+    6.0
+    """
+    inside = mask > 0
+    if image.shape != reference.shape:
+        raise ValueError(f"mean_change: output {image.shape} and input {reference.shape} differ in shape")
+    if not inside.any():
+        return 0.0
+    diff = np.abs(image.astype(np.int16) - reference.astype(np.int16))
+    return float(diff[inside].mean())
+
+
 def check_output(
     image: np.ndarray,
     mask: np.ndarray,
@@ -138,8 +168,9 @@ def check_output(
     finite: bool,
     latent_mask_empty: bool,
     cfg: QCConfig,
+    change: float | None = None,
 ) -> Rejection | None:
-    """The first failed output check (order: nonfinite, latent mask, blank, area) for one pair, else None.
+    """The first failed output check (order: nonfinite, latent mask, blank, area, change) for one pair, else None.
 
     Args:
         image: the pasted output x_out as uint8 (S, S[, C]).
@@ -147,6 +178,7 @@ def check_output(
         finite: whether x_out was finite before quantisation.
         latent_mask_empty: whether the latent mask had no anomaly cell.
         cfg: bounds.
+        change: :func:`mean_change` of the pair where it was painted; needed when ``cfg.min_change`` > 0.
 
     >>> ok = np.arange(16, dtype=np.uint8).reshape(4, 4); m = np.full((4, 4), 255, np.uint8)
     >>> check_output(ok, m, finite=True, latent_mask_empty=False, cfg=QCConfig()) is None
@@ -155,6 +187,8 @@ def check_output(
     'output_blank'
     >>> check_output(ok, m, finite=True, latent_mask_empty=False, cfg=QCConfig(min_mask_area_px=17)).reason
     'mask_area_too_small'
+    >>> check_output(ok, m, finite=True, latent_mask_empty=False, cfg=QCConfig(min_change=2), change=1.5).reason
+    'output_unchanged'
     """
     if not finite:
         return Rejection(OUTPUT_NONFINITE, "the synthesized image had NaN or infinite values")
@@ -172,4 +206,13 @@ def check_output(
             f"mask area {area} px at {mask.shape[1]}x{mask.shape[0]} is below qc.min_mask_area_px = "
             f"{cfg.min_mask_area_px}",
         )
+    if cfg.min_change > 0:
+        if change is None:
+            raise ValueError("check_output: qc.min_change > 0 needs the pair's change (mean_change)")
+        if change < cfg.min_change:
+            return Rejection(
+                OUTPUT_UNCHANGED,
+                f"the mean change inside the mask is {change:.2f} grey levels, below qc.min_change = "
+                f"{cfg.min_change:g}: nothing visible was painted",
+            )
     return None

@@ -9,6 +9,7 @@ convention: 1 = anomaly (the region to synthesize), 0 = normal background.
         ẑ0_fg = FARM(z, m, t_s)
         z̃     = (1−m) z + m (√ᾱ_{t_s} ẑ0_fg + √(1−ᾱ_{t_s}) ζ)                     (z̃ = z without FARM)
         ε̂     = Adaptor(UNet(z̃, t_s, c), m);   ẑ0 = (z̃ − √(1−ᾱ_{t_s}) ε̂) / √ᾱ_{t_s}   (inpaint UNet: z̃ ‖ m ‖ (1−m) z_bg)
+                (guidance w ≠ 1, ours: ε̂ = ε̂_good + w (ε̂_c − ε̂_good), two UNet calls)
         z     = Π z + Σ ẑ0 + √V ξ                                                  (Π multiplies the un-mixed z)
         if lo < t_e < hi:  z = (1−m)(√ᾱ_{t_e} z_bg + √(1−ᾱ_{t_e}) ξ') + m z          (background re-injection)
     t = 1, 0: plain steps (no FARM, no mixing, no re-injection)
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fast_core.data.layout import GOOD  # the normal images' key: the negative branch of guidance
 from fast_core.samplers import Scheduler, alpha_bar, make_scheduler, scheduler_step, target_timestep
 from fast_core.synthesis_config import SynthesisConfig
 
@@ -123,6 +125,7 @@ def _check_inputs(
     masks: torch.Tensor,
     keys: list[str],
     generators: list[torch.Generator],
+    cfg: SynthesisConfig,
 ) -> None:
     """Shapes, ranges and lengths of the inputs of :func:`synthesize`; raise ``ValueError`` on the first problem."""
     if images.ndim != 4 or images.shape[1] != model.image_channels:
@@ -136,9 +139,42 @@ def _check_inputs(
         raise ValueError("masks must be binary: 1 = anomaly (synthesize), 0 = background")
     if not images.is_floating_point() or float(images.min()) < -1.0 or float(images.max()) > 1.0:
         raise ValueError("images must be floating point in [-1, 1]")
+    if cfg.guidance != 1.0 and GOOD not in model.keys:
+        raise ValueError(
+            f"guidance={cfg.guidance} needs the normal key {GOOD!r} in the model's conditioner (it has "
+            f"{model.keys}); use guidance 1 for this model"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------ loop
+def _guided_eps(
+    model: FastLDM,
+    w: float,
+    z_mix: torch.Tensor,
+    t_vec: torch.Tensor,
+    keys: list[str],
+    m: torch.Tensor,
+    z_bg: torch.Tensor,
+) -> torch.Tensor:
+    """ε̂ = Adaptor(UNet(z̃, t, c), m); with w ≠ 1, classifier-free guidance against the normal key [ours]:
+
+        ε̂ = ε̂_good + w (ε̂_c − ε̂_good),   ε̂_k = Adaptor(UNet(z̃, t, c(k)), m)
+
+    The base stage teaches the UNet to fill a masked region with normal texture under "good" and with a defect under
+    a defect key; w > 1 pushes the sample along the difference, away from normal texture. Both branches run in one
+    batch (2B); the networks are in eval mode, so a sample does not depend on its batch-mates.
+    """
+    if w == 1.0:
+        return model.predict_eps(z_mix, t_vec, keys, m, z_bg).float()
+    b = z_mix.shape[0]
+    both = model.predict_eps(
+        torch.cat([z_mix, z_mix]), torch.cat([t_vec, t_vec]), [*keys, *[GOOD] * b], torch.cat([m, m]),
+        torch.cat([z_bg, z_bg]),
+    ).float()  # fmt: skip
+    eps_c, eps_good = both[:b], both[b:]
+    return eps_good + w * (eps_c - eps_good)
+
+
 def _denoise(
     model: FastLDM,
     scheduler: Scheduler,
@@ -162,18 +198,21 @@ def _denoise(
         ab_t = alpha_bar(scheduler, t)
 
         # 1. foreground reconstruction and anomaly-aware noise: z̃ = (1−m) z + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ζ)
-        if cfg.use_farm and not in_tail:
+        if cfg.use_farm and not in_tail and t >= cfg.farm_min_t:
             with amp():
-                z0_fg = model.farm(z, m, t_vec).float()  # (B, C, h, w)
+                z0_fg = model.farm_estimate(z, m, t_vec, keys).float()  # (B, C, h, w)
             zeta = _randn(z.shape[1:], generators, device)
             z_mix = (1.0 - m) * z + m * (math.sqrt(ab_t) * z0_fg + math.sqrt(1.0 - ab_t) * zeta)
         else:
             z_mix = z
 
-        # 2. noise prediction ε̂ = Adaptor(UNet(z̃, t, c), m)
+        # 2. noise prediction ε̂ = Adaptor(UNet(z̃, t, c), m), or guided: ε̂_good + w (ε̂_c − ε̂_good)
         with amp():
-            eps = model.predict_eps(z_mix, t_vec, keys, m, z_bg).float()  # (B, C, h, w)
-        calls += 1
+            eps = _guided_eps(model, cfg.guidance, z_mix, t_vec, keys, m, z_bg)  # (B, C, h, w)
+        calls += 1 if cfg.guidance == 1.0 else 2
+        if cfg.clip_x0 is not None:  # ẑ0 = (z̃ − √(1−ᾱ_t) ε̂)/√ᾱ_t clamped to [−c, c]; ε̂ recomputed from it
+            x0 = ((z_mix - math.sqrt(1.0 - ab_t) * eps) / math.sqrt(ab_t)).clamp(-cfg.clip_x0, cfg.clip_x0)
+            eps = (z_mix - math.sqrt(ab_t) * x0) / math.sqrt(1.0 - ab_t)
 
         # 3. sampler step t → t_e (AIAS: Π z + Σ ẑ0 + √V ξ; baselines: diffusers' update of z̃)
         t_e = target_timestep(cfg.sampler, scheduler, t)
@@ -266,7 +305,7 @@ def synthesize(
     _amp_context(device, dtype)  # validate the pair before any work
     amp = functools.partial(_amp_context, device, dtype)  # a fresh autocast context per network call
     keys, generators = list(keys), list(generators)
-    _check_inputs(model, images, masks, keys, generators)
+    _check_inputs(model, images, masks, keys, generators, cfg)
     x_all = images.to(device=device, dtype=torch.float32)
     m_all = masks.to(device=device, dtype=torch.float32)
     timer = _PhaseTimer(device)

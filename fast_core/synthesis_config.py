@@ -18,6 +18,7 @@ NFE (UNet evaluations per sample) each sampler can run:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +57,7 @@ class SynthesisConfig:
     coefficients: Literal["exact", "release"] = "exact"  # AIAS segment coefficients: closed form or authors' release
     spacing: Literal["uniform", "quadratic", "logsnr"] = "uniform"  # AIAS segment boundary placement
     use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
+    farm_min_t: int = 0  # mix with FARM only at t >= this (0: every step but the tail, FAST_SPEC §3) [ours]
     bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
     start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
     # pixel → latent mask: resize then >= 0.5, or max-pool; None: the rule the model was trained with (its config)
@@ -63,6 +65,11 @@ class SynthesisConfig:
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
     # what goes inside M: the decoded latent (replace, FAST_SPEC §3), or the input plus the decoded change (residual)
     paste: Literal["residual", "replace"] = "residual"
+    # classifier-free guidance w towards the defect key, against the normal key "good" [ours]:
+    # ε̂ = ε̂_good + w (ε̂_key − ε̂_good); 1 = off (one UNet call per step), otherwise two calls per step
+    guidance: float = 1.0
+    # clamp the UNet's clean-latent estimate ẑ0 to [−c, c] before each step (None: no clipping, FAST_SPEC §3) [ours]
+    clip_x0: float | None = None
 
     def __post_init__(self) -> None:
         """Check the choices and the ranges; raise ``ValueError`` naming the field."""
@@ -87,5 +94,16 @@ class SynthesisConfig:
                 f"(re-inject when lo < t_e < hi; (0, 0) disables), got {self.bg_window!r}"
             )
         self.bg_window = window
+        w = self.guidance
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf:
+            raise ValueError(f"SynthesisConfig.guidance must be a number >= 0 (1 = off), got {self.guidance!r}")
+        self.guidance = float(self.guidance)
+        f = self.farm_min_t
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"SynthesisConfig.farm_min_t must be an integer in [0, {NUM_TRAIN_TIMESTEPS}], got {f!r}")
+        c = self.clip_x0
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c < math.inf):
+            raise ValueError(f"SynthesisConfig.clip_x0 must be a number > 0 or null (no clipping), got {c!r}")
+        self.clip_x0 = None if c is None else float(c)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"SynthesisConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")

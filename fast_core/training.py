@@ -54,24 +54,30 @@ def _alpha_bar(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def farm_mixed_input(
-    model: FastLDM, z0: torch.Tensor, m: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+    model: FastLDM,
+    z0: torch.Tensor,
+    m: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    keys: list[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The FAST stage's noised, FARM-mixed input (FAST_SPEC §6), under the caller's autocast:
 
         z_t   = √ᾱ_t z_0 + √(1−ᾱ_t) ε
-        ẑ0_fg = FARM(z_t, m, t)
+        ẑ0_fg = FARM(z_t, m, t)                                             (keyed FARM: also the key)
         z̃_t   = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
 
     Args:
         model: the FAST model (its ``farm``).
         z0: (B, C, h, w) clean latents; m: (B, 1, h, w) latent mask; t: (B,) timesteps; eps: (B, C, h, w) noise.
+        keys: the B defect keys (read by a keyed FARM).
 
     Returns:
         (ẑ0_fg as float32, z̃_t), both (B, C, h, w).
     """
     ab = _alpha_bar(t, z0)  # (B, 1, 1, 1)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-    z0_fg = model.farm(z_t, m, t).float()
+    z0_fg = model.farm_estimate(z_t, m, t, keys).float()
     return z0_fg, (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
 
 
@@ -157,7 +163,7 @@ def fast_training_step(
     t = sample_timesteps(z0.shape[0], generator, z0.device)  # (B,)
     eps = _randn(z0.shape, generator, z0)  # (B, C, h, w)
     with _autocast(z0.device, autocast_dtype):
-        z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps)
+        z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps, keys)
         eps_pred = model.predict_eps(z_mix, t, keys, m, z0).float()
     loss_eps = eps_loss(eps_pred, eps, m, fg_weight)
     loss_farm = F.mse_loss(z0_fg, m * z0)

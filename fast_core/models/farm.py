@@ -39,6 +39,9 @@ class FARMConfig:
     # How the mask reaches h/2 and h/4: "max" = max-pool (a coarse cell is anomalous when any finer cell is, so thin
     # defects keep their bottleneck gate open), "bilinear" = bilinear resize with soft values (the gate sees coverage).
     mask_pool: Literal["max", "bilinear"] = "max"
+    # Defect-aware FARM [ours]: K > 0 adds a learned, zero-initialised embedding per defect key to e_t, so the bias b
+    # and the soft mask g know the defect type; 0 = the spec's key-blind module.
+    num_keys: int = 0
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -51,6 +54,8 @@ class FARMConfig:
             raise ValueError(f"FARMConfig.time_dim must be a positive even int, got {self.time_dim}")
         if self.latent_size < 4 or self.latent_size % 4:
             raise ValueError(f"FARMConfig.latent_size must be a positive multiple of 4, got {self.latent_size}")
+        if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 0:
+            raise ValueError(f"FARMConfig.num_keys must be an integer >= 0, got {self.num_keys!r}")
         if self.num_train_timesteps < 1:
             raise ValueError(f"FARMConfig.num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
 
@@ -98,7 +103,8 @@ class FARM(nn.Module):
         h₁ = Block(z_t)                          # (B, w0, h, w)
         h₂ = Block(maxpool(h₁))                  # (B, w1, h/2, w/2)
         h₃ = Conv1×1(Block(maxpool(h₂)))          # (B, w2, h/4, w/4)
-        b_t = Linear(e_t);  g_t = σ(MLP(e_t))    # (B, w2, 1, 1), (B, 1, h/4, w/4)
+        e = e_t (+ e_k, keyed)                   # (B, time_dim); e_k: the defect key's embedding [ours]
+        b_t = Linear(e);  g_t = σ(MLP(e))        # (B, w2, 1, 1), (B, 1, h/4, w/4)
         u  = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
         d₂ = ConvBNReLU([up(Conv1×1(u)), m₂])    # (B, w1, h/2, w/2)
         d₁ = ConvBNReLU([up(d₂), m])             # (B, w0, h, w)
@@ -133,6 +139,10 @@ class FARM(nn.Module):
         self.dec2 = nn.Sequential(*_conv_bn_relu(w2 + 1, w1))
         self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1, w0))
         self.dec_out = nn.Conv2d(w0 + 1, c, 3, padding=1)
+        # defect keys (created last and zero-initialised: the other layers draw the same initial values as without)
+        self.key_embed = nn.Embedding(cfg.num_keys, cfg.time_dim) if cfg.num_keys else None
+        if self.key_embed is not None:
+            nn.init.zeros_(self.key_embed.weight)
 
     def _check_inputs(self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Validate shapes and the timestep range; return t as a (B,) long tensor."""
@@ -162,6 +172,18 @@ class FARM(nn.Module):
             )
         return t.long()
 
+    def _check_keys(self, key_ids: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+        """A keyed FARM's (B,) key indices, checked against the batch and ``num_keys``."""
+        k = self.config.num_keys
+        if key_ids is None:
+            raise ValueError(f"this FARM is keyed (num_keys={k}): pass key_ids, one defect-key index per sample")
+        key_ids = torch.as_tensor(key_ids, device=t.device)
+        if tuple(key_ids.shape) != tuple(t.shape) or key_ids.is_floating_point():
+            raise ValueError(f"FARM expects integer key_ids of shape {tuple(t.shape)}, got {tuple(key_ids.shape)}")
+        if int(key_ids.min()) < 0 or int(key_ids.max()) >= k:
+            raise ValueError(f"FARM key_ids must lie in [0, {k - 1}], got [{int(key_ids.min())}, {int(key_ids.max())}]")
+        return key_ids.long()
+
     def _pool_mask(self, m: torch.Tensor, factor: int) -> torch.Tensor:
         """The mask at 1/factor resolution: max-pool or bilinear resize (``config.mask_pool``)."""
         if self.config.mask_pool == "max":
@@ -184,13 +206,16 @@ class FARM(nn.Module):
         g = torch.sigmoid(self.time_mask(emb))  # (B, (h/4)·(w/4))
         return g.view(-1, 1, self.bottleneck_size, self.bottleneck_size)
 
-    def forward(self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor, key_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reconstruct the clean foreground latent.
 
         Args:
             z_t: (B, C, h, w) noisy latent; h = w = ``config.latent_size``.
             m: (B, 1, h, w) float anomaly mask in {0, 1} (1 = anomaly) at latent resolution.
             t: (B,) long timesteps in [0, T−1] (a 0-d tensor is broadcast to the batch).
+            key_ids: (B,) long defect-key indices in [0, num_keys); required by a keyed FARM, ignored otherwise.
 
         Returns:
             ẑ0_fg of shape (B, C, h, w), trained against m ⊙ z_0.
@@ -204,6 +229,8 @@ class FARM(nn.Module):
         h3 = self.enc_proj(self.enc3(F.max_pool2d(h2, 2)))  # (B, w2, h/4, w/4)
         # 2. time-gated bottleneck: u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
         emb = self.time_embed(t)  # (B, time_dim)
+        if self.key_embed is not None:
+            emb = emb + self.key_embed(self._check_keys(key_ids, t))
         bias_t = self.time_bias(emb)[:, :, None, None]  # (B, w2, 1, 1)
         g_t = self._soft_mask(emb)  # (B, 1, h/4, w/4)
         u = h3 * (m4 + (1.0 - m4) * g_t) + bias_t  # (B, w2, h/4, w/4)

@@ -206,6 +206,7 @@ class BaselineSynthesizer:
         out = dict(batch)
         for name in ("status", "stage", "detail", "mask_source"):
             out[name] = np.array(batch[name], copy=True)
+        out["image_in"] = batch["image"]  # x_n, for the change check of encode_and_qc
         out["image"] = np.array(batch["image"], copy=True)
         out["mask"] = np.array(batch["mask"], copy=True)
         out["finite"] = np.ones(n, dtype=bool)

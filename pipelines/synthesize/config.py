@@ -105,6 +105,11 @@ class BaselineSettings:
             raise ValueError(f"baseline.texture_dir = {self.texture_dir!r} must be a local folder")
 
 
+#: Sampler settings added after datasets were first made, with the value that leaves the sampler as it was: a setting
+#: at that value stays out of the fingerprint, so those datasets are still recognised (and resumed, not remade).
+LATER_SAMPLER_FIELDS: dict[str, object] = {"guidance": 1.0, "clip_x0": None, "farm_min_t": 0}
+
+
 @dataclass(kw_only=True)
 class SynthesizeConfig:
     """Settings of ``fastgen synthesize``."""
@@ -140,13 +145,19 @@ class SynthesizeConfig:
         sampler.pop("batch_size")
         if self.generator != "fast" or sampler["paste"] == "replace":  # baselines paint without it; FAST outputs
             sampler.pop("paste")  # made before the field existed (all "replace") keep their fingerprint
+        for name, off in LATER_SAMPLER_FIELDS.items():  # likewise: outputs made without them keep their fingerprint
+            if self.generator != "fast" or sampler[name] == off:
+                sampler.pop(name)
+        qc_content = to_dict(self.qc)
+        if qc_content["min_change"] == 0.0:  # off: outputs made before the check existed keep their fingerprint
+            qc_content.pop("min_change")
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),
             "model_uri": model_uri,
             "shard_size": self.shard_size,
             "sampler": sampler,
-            "qc": to_dict(self.qc),
+            "qc": qc_content,
         }
         if self.generator != "fast":  # only then: outputs made before the field existed keep their fingerprint
             content["generator"] = self.generator

@@ -12,9 +12,10 @@ Batch columns between stages (B rows, model size S, channels C):
 * after :func:`load_inputs`: the manifest metadata (``sample_id``, ``category``, ``defect_type``, ``prompt``,
   ``seed``, ``source_image``, ``mask_source``), the row's manifest index ``row`` and ``shard``, ``status``, ``stage``,
   ``detail``, ``image`` uint8 (B, S, S, C) resized as ``to_model_image`` does, ``mask`` uint8 (B, S, S) in {0, 255};
-* after :class:`FastSynthesizer`: ``image`` replaced by the pasted output x_out as uint8, plus ``finite``,
-  ``latent_mask_empty`` and ``nfe``; in the window frame with the residual paste also ``window_in``, the window
-  the model started from;
+* after :class:`FastSynthesizer` (or the baselines' painter): ``image`` replaced by the pasted output x_out as
+  uint8, ``image_in`` the input x_n it started from (for the change check), plus ``finite``, ``latent_mask_empty``
+  and ``nfe``; in the window frame with the residual paste also ``window_in`` (the same window, the reference of
+  the native-size paste);
 * after :func:`encode_and_qc`: ``image`` and ``mask`` replaced by PNG bytes ``image_png`` / ``mask_png``, plus
   ``mask_area``; the arrays are dropped so only bytes travel to the writer.
 """
@@ -255,6 +256,7 @@ class FastSynthesizer:
         finite = torch.isfinite(x_out).flatten(1).all(dim=1).numpy()
         image_out = np.array(batch["image"], copy=True)
         image_out[good] = to_uint8(torch.nan_to_num(x_out, nan=0.0, posinf=1.0, neginf=-1.0))
+        out["image_in"] = batch["image"]  # x_n, for the change check of encode_and_qc
         if "window" in batch and self.sampler.paste == "residual":
             out["window_in"] = batch["image"]  # the reference of the native-size residual paste (encode_and_qc)
         out["image"] = image_out
@@ -281,12 +283,16 @@ def encode_and_qc(batch: Batch, *, qc_cfg: qc.QCConfig) -> Batch:
         image, mask = batch["image"][i], batch["mask"][i]
         if "window" in batch:
             image, mask = _paste_back(batch, i)
+        change = None  # measured in the model frame, where the generator painted
+        if qc_cfg.min_change > 0 and "image_in" in batch:
+            change = qc.mean_change(batch["image"][i], batch["image_in"][i], batch["mask"][i])
         rejection = qc.check_output(
             image,
             mask,
             finite=bool(batch["finite"][i]),
             latent_mask_empty=bool(batch["latent_mask_empty"][i]),
             cfg=qc_cfg,
+            change=change,
         )
         if rejection is not None:
             out["status"][i], out["stage"][i], out["detail"][i] = rejection.reason, STAGE_QC, rejection.detail

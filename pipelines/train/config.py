@@ -98,6 +98,7 @@ class ModelConfig:
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
     # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
     unet_conditioning: Literal["none", "inpaint"] | None = None  # override the preset's (none)
+    farm_keyed: bool = False  # a defect-aware FARM (one learned embedding per key, FARMConfig.num_keys) [ours]
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -105,6 +106,8 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
+        if not isinstance(self.farm_keyed, bool):
+            raise ValueError(f"TrainConfig.model.farm_keyed must be true or false, got {self.farm_keyed!r}")
         if self.unet_conditioning is not None and self.base_model_uri is not None:
             raise ValueError(
                 "TrainConfig.model.unet_conditioning applies to a base trained here; a loaded base "

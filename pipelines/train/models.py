@@ -48,6 +48,8 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc.unet = dataclasses.replace(mc.unet, conditioning=cfg.model.unet_conditioning)
     if cfg.model.first_stage_uri is not None:
         mc = with_taef2(mc, cfg.dataset.image_size)
+    if cfg.model.farm_keyed:
+        mc.farm = dataclasses.replace(mc.farm, num_keys=len(keys))
     return mc
 
 

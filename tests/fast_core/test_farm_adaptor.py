@@ -143,6 +143,32 @@ def test_farm_rejects_wrong_inputs() -> None:
         FARMConfig(mask_pool="nearest")
 
 
+def test_keyed_farm_starts_as_the_key_blind_one_and_learns_per_key() -> None:
+    """num_keys > 0: the same initial weights as the spec's FARM plus a zero key embedding, so the first output equals
+    the key-blind one; after a step on one key the two keys' outputs differ. Without key_ids a keyed FARM refuses."""
+    cfg = FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8)
+    torch.manual_seed(0)
+    blind = FARM(cfg).eval()
+    torch.manual_seed(0)
+    keyed = FARM(FARMConfig(**{**to_dict(cfg), "num_keys": 3}))
+    z, m, t = torch.randn(2, 4, 8, 8), torch.ones(2, 1, 8, 8), torch.tensor([10, 500])
+    keyed.eval()
+    torch.testing.assert_close(keyed(z, m, t, torch.tensor([0, 2])), blind(z, m, t), atol=0, rtol=0)
+    keyed.train()
+    opt = torch.optim.SGD(keyed.parameters(), lr=1.0)
+    keyed(z, m, t, torch.tensor([1, 1])).pow(2).mean().backward()
+    opt.step()
+    keyed.eval()
+    a, b = keyed(z, m, t, torch.tensor([1, 1])), keyed(z, m, t, torch.tensor([0, 0]))
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="key_ids"):
+        keyed(z, m, t)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        keyed(z, m, t, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="num_keys"):
+        FARMConfig(num_keys=-1)
+
+
 def test_farm_config_round_trip() -> None:
     cfg = from_dict(FARMConfig, {"widths": [8, 16, 32], "latent_size": 16, "mask_pool": "bilinear"})
     assert cfg.widths == (8, 16, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 
 from fast_core import synthesis
 from fast_core.configbase import from_dict, to_dict
+from fast_core.models.ldm import FastLDM
 from fast_core.samplers import make_scheduler, target_timestep
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.synthesis import SynthesisConfig, masks_to_uint8, synthesize, to_uint8
-from tests.helpers.tiny_models import tiny_fast_ldm
+from tests.helpers.tiny_models import tiny_fast_config, tiny_fast_ldm
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +110,24 @@ def test_ddpm_noise_is_per_sample(model):
 
 # ------------------------------------------------------------------------------------------ reference loops (§3)
 def _reference(
-    model, x, mask, seed: int, sampler: str, nfe: int, window=(250, 750), paste: str = "residual"
+    model,
+    x,
+    mask,
+    seed: int,
+    sampler: str,
+    nfe: int,
+    window=(250, 750),
+    paste: str = "residual",
+    key: str | None = None,
+    guidance: float = 1.0,
+    clip_x0: float | None = None,
+    farm_min_t: int = 0,
 ) -> torch.Tensor:
     """FAST_SPEC §3 written out for one sample with explicit formulas: AIAS via (Π, Σ, V), DDIM (η = 0) by hand;
-    the paste replaces M with decode(z), or adds decode(z) − decode(z_bg) to x there (residual)."""
+    the paste replaces M with decode(z), or adds decode(z) − decode(z_bg) to x there (residual); with guidance w,
+    ε̂ = ε̂_good + w (ε̂_key − ε̂_good)."""
     g = torch.Generator().manual_seed(seed)
-    key = [model.conditioner.keys[0]]
+    key = [key or model.conditioner.keys[0]]
     sched = AIASScheduler()  # the ᾱ table (float64) and, for AIAS, the grid and segment coefficients
     if sampler == "aias":
         sched.set_timesteps(nfe)
@@ -131,14 +145,20 @@ def _reference(
             tail = sampler == "aias" and i >= len(grid) - 2
             ab, ab_e = sched.alpha_bar(t), sched.alpha_bar(t_e)
             tv = torch.tensor([t])
-            if not tail:
+            if not tail and t >= farm_min_t:
                 z0_fg = model.farm(z, m, tv)
                 zeta = torch.randn(z.shape[1:], generator=g)[None]
                 z_mix = (1 - m) * z + m * (math.sqrt(ab) * z0_fg + math.sqrt(1 - ab) * zeta)
             else:
                 z_mix = z
             eps = model.predict_eps(z_mix, tv, key, m, z_bg)  # z_bg: read by an inpaint UNet only
+            if guidance != 1.0:
+                eps_good = model.predict_eps(z_mix, tv, ["good"], m, z_bg)
+                eps = eps_good + guidance * (eps - eps_good)
             x0 = (z_mix - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+            if clip_x0 is not None:
+                x0 = x0.clamp(-clip_x0, clip_x0)
+                eps = (z_mix - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
             if sampler == "aias":
                 pi, sigma, var = sched.segment_coefficients(t, t_e)
                 xi = torch.randn(z.shape[1:], generator=g)[None]
@@ -172,6 +192,60 @@ def test_inpaint_model_loop_matches_reference():
     torch.testing.assert_close(out.images, _reference(model, images, masks, 4, "aias", 10), atol=1e-5, rtol=0)
     outside = masks.expand_as(images) == 0
     assert torch.equal(out.images[outside], images[outside])
+
+
+def test_guided_loop_matches_reference_and_costs_two_calls_per_step(monkeypatch):
+    model = tiny_fast_ldm(image_channels=3, seed=0, inpaint=True).eval()
+    assert model.keys[0] == "good"
+    images, masks = _inputs(1)
+    unet_calls = _count_calls(monkeypatch, model.unet)
+    guided = synthesize(model, images, masks, ["tiny/crack"], SynthesisConfig(nfe=5, guidance=3.0), _gens(4), "cpu")
+    assert unet_calls[0] == 5 and guided.nfe == 10  # both branches in one batch: 5 forward calls, 10 evaluations
+    expected = _reference(model, images, masks, 4, "aias", 5, key="tiny/crack", guidance=3.0)
+    torch.testing.assert_close(guided.images, expected, atol=1e-5, rtol=0)
+    plain = synthesize(model, images, masks, ["tiny/crack"], SynthesisConfig(nfe=5), _gens(4), "cpu")
+    assert (guided.images - plain.images).abs().max() > 1e-4
+    one = synthesize(model, images, masks, ["tiny/crack"], SynthesisConfig(nfe=5, guidance=1.0), _gens(4), "cpu")
+    assert torch.equal(one.images, plain.images)
+
+
+@pytest.mark.parametrize("sampler", ["aias", "ddim"])
+def test_clipped_and_early_farm_loops_match_reference(model, sampler):
+    """clip_x0 clamps ẑ0 (and so ε̂) before each step; farm_min_t mixes with FARM only at t >= it."""
+    images, masks = _inputs(1)
+    cfg = SynthesisConfig(sampler=sampler, nfe=5, clip_x0=0.05, farm_min_t=600)
+    out = _run(model, cfg, seeds=(4,), images=images, masks=masks)
+    expected = _reference(model, images, masks, 4, sampler, 5, clip_x0=0.05, farm_min_t=600)
+    torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+    plain = _run(model, SynthesisConfig(sampler=sampler, nfe=5), seeds=(4,), images=images, masks=masks)
+    assert (out.images - plain.images).abs().max() > 1e-4
+
+
+def test_farm_min_t_skips_farm_below_it(model, monkeypatch):
+    farm_calls = _count_calls(monkeypatch, model.farm)
+    _run(model, SynthesisConfig(nfe=10, farm_min_t=800))  # grid 999, 874, 749, …: FARM at the first two only
+    assert farm_calls[0] == 2
+
+
+def test_keyed_farm_gets_each_samples_key(monkeypatch):
+    cfg = tiny_fast_config()
+    cfg.farm = dataclasses.replace(cfg.farm, num_keys=len(cfg.prompt_encoder.keys))
+    model = FastLDM.from_scratch(cfg, seed=0).eval()
+    seen = []
+    original = model.farm.forward
+    monkeypatch.setattr(model.farm, "forward", lambda *a: seen.append(a[3].tolist()) or original(*a))
+    images, masks = _inputs(2)
+    synthesize(model, images, masks, ["tiny/scratch", "good"], SynthesisConfig(nfe=3), _gens(1, 2), "cpu")
+    assert seen == [[2, 0]]  # one FARM call (K = 1 segment), the keys' indices in the conditioner
+    with pytest.raises(ValueError, match="unknown defect keys"):
+        model.farm_estimate(torch.zeros(1, 4, 8, 8), torch.ones(1, 1, 8, 8), torch.tensor([5]), ["tiny/dent"])
+
+
+def test_guidance_needs_the_normal_key():
+    model = FastLDM.from_scratch(tiny_fast_config(keys=("tiny/a", "tiny/b")), seed=0).eval()
+    images, masks = _inputs(1)
+    with pytest.raises(ValueError, match="'good'"):
+        synthesize(model, images, masks, ["tiny/a"], SynthesisConfig(nfe=3, guidance=2.0), _gens(1), "cpu")
 
 
 def test_residual_paste_keeps_the_input_where_the_sampler_returns_the_background(model, monkeypatch):
@@ -328,6 +402,13 @@ def test_model_mode_is_restored(model):
         ({"batch_size": 0}, "batch_size"),
         ({"use_farm": "yes"}, "use_farm"),
         ({"paste": "blend"}, "paste"),
+        ({"guidance": -1.0}, "guidance"),
+        ({"guidance": float("nan")}, "guidance"),
+        ({"guidance": True}, "guidance"),
+        ({"clip_x0": 0.0}, "clip_x0"),
+        ({"clip_x0": float("inf")}, "clip_x0"),
+        ({"farm_min_t": 1001}, "farm_min_t"),
+        ({"farm_min_t": 1.5}, "farm_min_t"),
     ],
 )
 def test_bad_config_raises_naming_the_field(kwargs, field):

@@ -132,6 +132,33 @@ def test_encode_and_qc(setup: dict) -> None:
     assert strict["status"][0] == "mask_area_too_small" and "below qc.min_mask_area_px" in strict["detail"][0]
 
 
+def test_change_check_rejects_pairs_with_nothing_painted_inside_the_mask(setup: dict) -> None:
+    """qc.min_change: a pair whose output equals its input inside the label is rejected with a reason; a painted
+    one of the same batch passes; with the check off (0) both pass."""
+    rows = setup["rows"]
+    synth = FastSynthesizer(model_uri=setup["model"], sampler=SynthesisConfig(nfe=3))
+    out = synth(_load(rows[:2]))
+    np.testing.assert_array_equal(out["image_in"][1], _load(rows[:2])["image"][1])  # x_n travels with x_out
+    out["image"][1] = out["image_in"][1]  # nothing painted in row 1
+    inside = out["mask"][0] > 0
+    painted = np.abs(out["image"][0].astype(int) - out["image_in"][0].astype(int))[inside].mean()
+    assert painted > 0.5
+    checked = encode_and_qc(out, qc_cfg=qc.QCConfig(min_change=0.5))
+    assert checked["status"].tolist() == ["", "output_unchanged"] and checked["stage"][1] == "qc"
+    assert "0.00 grey levels, below qc.min_change = 0.5" in checked["detail"][1]
+    assert encode_and_qc(out, qc_cfg=qc.QCConfig())["status"].tolist() == ["", ""]
+    with pytest.raises(ValueError, match="min_change"):
+        qc.QCConfig(min_change=-1)
+
+
+def test_the_change_check_is_part_of_a_fingerprint_only_when_on() -> None:
+    def content(*overrides: str) -> dict:
+        return load_config(SynthesizeConfig, None, ["manifest=m", "out=o", *overrides]).content("model")
+
+    assert "min_change" not in content()["qc"]  # outputs made before the check existed keep their fingerprint
+    assert content("qc.min_change=3")["qc"]["min_change"] == 3.0
+
+
 def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(tmp_path: Path) -> None:
     """A window-frame model: inputs are cut at the image's own size around the mask (a mask of another size is
     resized to the image first), the output is the native image with only the mask's pixels changed."""
@@ -225,3 +252,15 @@ def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
     assert residual != replace and residual["sampler"]["paste"] == "residual"
     assert "paste" not in replace["sampler"]  # outputs made before the setting existed were all "replace"
     assert content("generator=cutpaste") == content("generator=cutpaste", "sampler.paste=replace")  # unused there
+
+
+def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() -> None:
+    def content(*overrides: str) -> dict:
+        return load_config(SynthesizeConfig, None, ["manifest=m", "out=o", *overrides]).content("model")
+
+    for name in ("guidance", "clip_x0", "farm_min_t"):  # at their "off" value: the fingerprint made before them
+        assert name not in content()["sampler"]
+    assert content("sampler.guidance=3.0")["sampler"]["guidance"] == 3.0
+    assert content("sampler.clip_x0=4.0")["sampler"]["clip_x0"] == 4.0
+    assert content("sampler.farm_min_t=800")["sampler"]["farm_min_t"] == 800
+    assert content("generator=perlin") == content("generator=perlin", "sampler.guidance=3.0", "sampler.clip_x0=4")

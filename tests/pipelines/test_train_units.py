@@ -16,7 +16,7 @@ from pipelines.train.config import StageConfig, TrainConfig, check_dataset
 from pipelines.train.data import check_stage_rows, load_training_data
 from pipelines.train.grid import base_grid, compose, fast_grid, vae_grid
 from pipelines.train.loops import WeightsEMA, lr_at
-from pipelines.train.models import build_model, stage_state
+from pipelines.train.models import build_model, model_config, stage_state
 from pipelines.train.run import _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
@@ -119,6 +119,23 @@ def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path
     weighted = tiny_cfg(dataset, tmp_path / "runs", "loss.fg_weight=10")
     with pytest.raises(ValueError, match="trained with different settings.*loss"):
         _check_run_info(store, weighted, keys, resume=True)
+
+
+def test_a_run_recorded_before_keyed_farm_existed_resumes_and_a_keyed_rerun_is_refused(
+    dataset: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_cfg(dataset, tmp_path / "runs")
+    store = RunStore(cfg.run_uri)
+    keys = ["good", "widget/dent", "widget/scratch"]
+    _check_run_info(store, cfg, keys, resume=False)
+    info = json.loads(Path(store.uri("run.json")).read_text())
+    del info["model"]["farm_keyed"]  # recorded before the setting existed: a key-blind FARM
+    Path(store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(store, cfg, keys, resume=True) is True
+    keyed = tiny_cfg(dataset, tmp_path / "runs", "model.farm_keyed=true")
+    with pytest.raises(ValueError, match="trained with different settings.*model"):
+        _check_run_info(store, keyed, keys, resume=True)
+    assert model_config(keyed, keys).farm.num_keys == 3 and model_config(cfg, keys).farm.num_keys == 0
 
 
 # -------------------------------------------------------------------------------------------------------- data
