@@ -50,7 +50,14 @@ def test_window_model_is_probed_in_windows(tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     argv = [str(root), model, "--images", "4", "--threads", "1", "--pairs", "1", "--json", str(out)]
     assert generator_probe.main(argv) == 0
-    assert json.loads(out.read_text())[model]["ring_contrast"]["per_defect_type"]["tiny/crack"]["real_median"] > 0
+    first = json.loads(out.read_text())[model]["ring_contrast"]["per_defect_type"]["tiny/crack"]
+    assert first["real_median"] > 0
+    # the pairs can be painted another way: guided and without FARM (same real side, other painted side)
+    assert generator_probe.main([*argv, "--guidance", "3", "--no-farm"]) == 0
+    other = json.loads(out.read_text())[model]["ring_contrast"]["per_defect_type"]["tiny/crack"]
+    assert other["real_median"] == first["real_median"] and other["painted_median"] != first["painted_median"]
+    with pytest.raises(SystemExit):
+        generator_probe.main([*argv, "--guidance", "-1"])
 
 
 def test_probe_needs_training_images(tmp_path: Path) -> None:
