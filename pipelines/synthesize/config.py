@@ -105,9 +105,16 @@ class BaselineSettings:
             raise ValueError(f"baseline.texture_dir = {self.texture_dir!r} must be a local folder")
 
 
-#: Sampler settings added after datasets were first made, with the value that leaves the sampler as it was: a setting
-#: at that value stays out of the fingerprint, so those datasets are still recognised (and resumed, not remade).
-LATER_SAMPLER_FIELDS: dict[str, object] = {"guidance": 1.0, "clip_x0": None, "farm_min_t": 0}
+#: Settings added after datasets were first made, with the value that leaves the output as it was ("replace" was the
+#: only paste): a setting at that value stays out of the fingerprint, so those datasets are still recognised (and
+#: resumed, not remade). The sampler's also stay out for baselines, which paint without a sampler.
+LATER_SAMPLER_FIELDS: dict[str, object] = {"paste": "replace", "guidance": 1.0, "clip_x0": None, "farm_min_t": 0}
+LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
+
+
+def _without_off(settings: dict[str, Any], later: dict[str, object], drop_all: bool = False) -> dict[str, Any]:
+    """``settings`` without the ``later`` fields that are at their "off" value (or without all of them)."""
+    return {k: v for k, v in settings.items() if k not in later or not (drop_all or v == later[k])}
 
 
 @dataclass(kw_only=True)
@@ -141,23 +148,15 @@ class SynthesizeConfig:
 
     def content(self, model_uri: str) -> dict[str, Any]:
         """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
-        sampler = to_dict(self.sampler)
+        sampler = _without_off(to_dict(self.sampler), LATER_SAMPLER_FIELDS, drop_all=self.generator != "fast")
         sampler.pop("batch_size")
-        if self.generator != "fast" or sampler["paste"] == "replace":  # baselines paint without it; FAST outputs
-            sampler.pop("paste")  # made before the field existed (all "replace") keep their fingerprint
-        for name, off in LATER_SAMPLER_FIELDS.items():  # likewise: outputs made without them keep their fingerprint
-            if self.generator != "fast" or sampler[name] == off:
-                sampler.pop(name)
-        qc_content = to_dict(self.qc)
-        if qc_content["min_change"] == 0.0:  # off: outputs made before the check existed keep their fingerprint
-            qc_content.pop("min_change")
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),
             "model_uri": model_uri,
             "shard_size": self.shard_size,
             "sampler": sampler,
-            "qc": qc_content,
+            "qc": _without_off(to_dict(self.qc), LATER_QC_FIELDS),
         }
         if self.generator != "fast":  # only then: outputs made before the field existed keep their fingerprint
             content["generator"] = self.generator
