@@ -42,6 +42,14 @@ class FARMConfig:
     # Defect-aware FARM [ours]: K > 0 adds a learned, zero-initialised embedding per defect key to e_t, so the bias b
     # and the soft mask g know the defect type; 0 = the spec's key-blind module.
     num_keys: int = 0
+    # U-Net skips [ours]: the decoder also reads the encoder's features at h/2 and h (h₂ and h₁). The spec's FARM has
+    # none, so all it knows of z_t passes a (h/4)² bottleneck: at 16² latents (128² windows on TAEF2) that is 4×4,
+    # too coarse to copy even a clean latent (measured: relative error 0.68 at t = 5, the same as at t = 500).
+    skips: bool = False
+    # Residual output [ours]: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F(z_t, m, t)), F the network above. √ᾱ_t z_t is the
+    # linear least-squares estimate of z_0 for unit-variance latents, so F only learns what it misses: at small t FARM
+    # starts as (almost) the identity instead of having to learn to copy z_t (EDM's skip preconditioning).
+    residual: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -54,6 +62,9 @@ class FARMConfig:
             raise ValueError(f"FARMConfig.time_dim must be a positive even int, got {self.time_dim}")
         if self.latent_size < 4 or self.latent_size % 4:
             raise ValueError(f"FARMConfig.latent_size must be a positive multiple of 4, got {self.latent_size}")
+        for name in ("skips", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FARMConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 0:
             raise ValueError(f"FARMConfig.num_keys must be an integer >= 0, got {self.num_keys!r}")
         if self.num_train_timesteps < 1:
@@ -84,6 +95,17 @@ def sinusoidal_table(num_timesteps: int, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).to(torch.float32)
 
 
+def schedule_alpha_bar(num_timesteps: int) -> torch.Tensor:
+    """ᾱ_t = ∏_{s≤t} (1 − β_s) of FAST's "scaled_linear" schedule, β_t = linspace(√β₀, √β₁, T)²_t with β₀ = 0.00085,
+    β₁ = 0.012 (FAST_SPEC §1): a (T,) float32 tensor.
+
+    >>> round(float(schedule_alpha_bar(1000)[999]), 5)
+    0.00466
+    """
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, num_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     """3×3 conv (padding 1) + BatchNorm + ReLU, as a list of layers."""
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -106,9 +128,13 @@ class FARM(nn.Module):
         e = e_t (+ e_k, keyed)                   # (B, time_dim); e_k: the defect key's embedding [ours]
         b_t = Linear(e);  g_t = σ(MLP(e))        # (B, w2, 1, 1), (B, 1, h/4, w/4)
         u  = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
-        d₂ = ConvBNReLU([up(Conv1×1(u)), m₂])    # (B, w1, h/2, w/2)
-        d₁ = ConvBNReLU([up(d₂), m])             # (B, w0, h, w)
+        d₂ = ConvBNReLU([up(Conv1×1(u)), m₂])    # (B, w1, h/2, w/2);  skips: [up(Conv1×1(u)), m₂, h₂]
+        d₁ = ConvBNReLU([up(d₂), m])             # (B, w0, h, w);      skips: [up(d₂), m, h₁]
         ẑ0_fg = Conv3×3([d₁, m])                 # (B, C, h, w)
+
+    With ``config.skips`` [ours] the decoder also reads h₂ and h₁, so fine detail of z_t need not pass the (h/4)²
+    bottleneck; the gate g_t still acts on the bottleneck alone. With ``config.residual`` [ours] the network's output
+    F is a correction to the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F), with FAST's schedule ᾱ.
 
     >>> farm = FARM(FARMConfig(latent_size=16))
     >>> farm(torch.zeros(2, 4, 16, 16), torch.zeros(2, 1, 16, 16), torch.tensor([999, 0])).shape
@@ -136,9 +162,13 @@ class FARM(nn.Module):
         )
         # decoder with the mask concatenated at every resolution
         self.dec_proj = nn.Conv2d(w2, w2, 1)
-        self.dec2 = nn.Sequential(*_conv_bn_relu(w2 + 1, w1))
-        self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1, w0))
+        skip1, skip2 = (w0, w1) if cfg.skips else (0, 0)
+        self.dec2 = nn.Sequential(*_conv_bn_relu(w2 + 1 + skip2, w1))
+        self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1 + skip1, w0))
         self.dec_out = nn.Conv2d(w0 + 1, c, 3, padding=1)
+        # ᾱ_t of FAST's training schedule (FAST_SPEC §1) for the residual output; not saved (derived)
+        if cfg.residual:
+            self.register_buffer("alpha_bar", schedule_alpha_bar(cfg.num_train_timesteps), persistent=False)
         # defect keys (created last and zero-initialised: the other layers draw the same initial values as without)
         self.key_embed = nn.Embedding(cfg.num_keys, cfg.time_dim) if cfg.num_keys else None
         if self.key_embed is not None:
@@ -237,7 +267,12 @@ class FARM(nn.Module):
         # 3. decoder, re-reading the mask at every resolution
         d = self.dec_proj(u)
         d = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, w2, h/2, w/2)
-        d = self.dec2(torch.cat([d, m2], dim=1))  # (B, w1, h/2, w/2)
+        skips = self.config.skips
+        d = self.dec2(torch.cat([d, m2, h2] if skips else [d, m2], dim=1))  # (B, w1, h/2, w/2)
         d = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, w1, h, w)
-        d = self.dec1(torch.cat([d, m], dim=1))  # (B, w0, h, w)
-        return self.dec_out(torch.cat([d, m], dim=1))  # (B, C, h, w)
+        d = self.dec1(torch.cat([d, m, h1] if skips else [d, m], dim=1))  # (B, w0, h, w)
+        out = self.dec_out(torch.cat([d, m], dim=1))  # (B, C, h, w)
+        if not self.config.residual:
+            return out
+        ab = self.alpha_bar[t].to(z_t.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return m * (ab.sqrt() * z_t + (1.0 - ab).sqrt() * out)

@@ -99,6 +99,9 @@ class ModelConfig:
     # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
     unet_conditioning: Literal["none", "inpaint"] | None = None  # override the preset's (none)
     farm_keyed: bool = False  # a defect-aware FARM (one learned embedding per key, FARMConfig.num_keys) [ours]
+    farm_skips: bool = False  # FARM's decoder also reads the encoder features at h/2 and h (FARMConfig.skips) [ours]
+    # FARM corrects the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F) (FARMConfig.residual) [ours]
+    farm_residual: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -106,8 +109,9 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
-        if not isinstance(self.farm_keyed, bool):
-            raise ValueError(f"TrainConfig.model.farm_keyed must be true or false, got {self.farm_keyed!r}")
+        for name in ("farm_keyed", "farm_skips", "farm_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
         if self.unet_conditioning is not None and self.base_model_uri is not None:
             raise ValueError(
                 "TrainConfig.model.unet_conditioning applies to a base trained here; a loaded base "

@@ -116,11 +116,12 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
 
 def _recorded(have: dict[str, Any], key: str) -> Any:
     """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), and
-    before ``model.farm_keyed`` with a key-blind FARM."""
+    before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
+    output)."""
     if key == "loss" and key not in have:
         return to_dict(LossSettings())
     if key == "model" and isinstance(have.get(key), dict):
-        return {"farm_keyed": False, **have[key]}
+        return {"farm_keyed": False, "farm_skips": False, "farm_residual": False, **have[key]}
     return have.get(key)
 
 

@@ -9,7 +9,8 @@ import torch
 
 from fast_core.configbase import from_dict, to_dict
 from fast_core.models.adaptor import Adaptor, AdaptorConfig
-from fast_core.models.farm import FARM, FARMConfig, sinusoidal_table
+from fast_core.models.farm import FARM, FARMConfig, schedule_alpha_bar, sinusoidal_table
+from fast_core.schedulers.scheduling_aias import AIASScheduler
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -167,6 +168,46 @@ def test_keyed_farm_starts_as_the_key_blind_one_and_learns_per_key() -> None:
         keyed(z, m, t, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="num_keys"):
         FARMConfig(num_keys=-1)
+
+
+def test_residual_farm_corrects_the_linear_estimate() -> None:
+    """residual: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F), F being the spec FARM with the same weights (the ᾱ table is
+    derived, not saved, so the state dicts match); ᾱ is FAST's training schedule. At t = 0 it is almost m ⊙ z_t."""
+    torch.testing.assert_close(schedule_alpha_bar(1000).double(), AIASScheduler().alphas_cumprod, atol=1e-7, rtol=0)
+    cfg = FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8)
+    torch.manual_seed(0)
+    plain = FARM(cfg).eval()
+    res = FARM(FARMConfig(**{**to_dict(cfg), "residual": True})).eval()
+    res.load_state_dict(plain.state_dict(), strict=True)
+    z, m, t = torch.randn(3, 4, 8, 8), _half_mask(3, 8), torch.tensor([0, 400, 999])
+    ab = schedule_alpha_bar(1000)[t].view(-1, 1, 1, 1)
+    want = m * (ab.sqrt() * z + (1 - ab).sqrt() * plain(z, m, t))
+    torch.testing.assert_close(res(z, m, t), want)
+    assert float((res(z, m, t)[0] - m[0] * z[0]).abs().max()) < 0.1  # √(1−ᾱ_0) ≈ 0.03
+    assert float(res(z, m, t)[:, :, 4:].abs().max()) == 0.0  # nothing outside the mask
+
+
+def test_farm_skips_feed_the_encoder_features_to_the_decoder() -> None:
+    """skips: the decoder's inputs at h/2 and h end with the encoder's h₂ and h₁ (read by forward hooks); a spec
+    FARM's weights do not load into a skip FARM (strict)."""
+    cfg = FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8, skips=True)
+    farm = FARM(cfg).eval()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        farm.enc1.register_forward_hook(lambda mod, inp, out: seen.__setitem__("h1", out)),
+        farm.enc2.register_forward_hook(lambda mod, inp, out: seen.__setitem__("h2", out)),
+        farm.dec1.register_forward_hook(lambda mod, inp, out: seen.__setitem__("d1_in", inp[0])),
+        farm.dec2.register_forward_hook(lambda mod, inp, out: seen.__setitem__("d2_in", inp[0])),
+    ]
+    farm(torch.randn(2, 4, 8, 8), _half_mask(2, 8), torch.tensor([3, 900]))
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(seen["d2_in"][:, -16:], seen["h2"], atol=0, rtol=0)
+    torch.testing.assert_close(seen["d1_in"][:, -8:], seen["h1"], atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        farm.load_state_dict(FARM(FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8)).state_dict())
+    with pytest.raises(ValueError, match="skips must be true or false"):
+        FARMConfig(skips=1)  # type: ignore[arg-type]
 
 
 def test_farm_config_round_trip() -> None:

@@ -121,7 +121,7 @@ def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path
         _check_run_info(store, weighted, keys, resume=True)
 
 
-def test_a_run_recorded_before_keyed_farm_existed_resumes_and_a_keyed_rerun_is_refused(
+def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_farm_is_refused(
     dataset: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_cfg(dataset, tmp_path / "runs")
@@ -129,13 +129,21 @@ def test_a_run_recorded_before_keyed_farm_existed_resumes_and_a_keyed_rerun_is_r
     keys = ["good", "widget/dent", "widget/scratch"]
     _check_run_info(store, cfg, keys, resume=False)
     info = json.loads(Path(store.uri("run.json")).read_text())
-    del info["model"]["farm_keyed"]  # recorded before the setting existed: a key-blind FARM
+    for name in ("farm_keyed", "farm_skips", "farm_residual"):  # recorded before the settings existed: spec FARM
+        del info["model"][name]
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, cfg, keys, resume=True) is True
     keyed = tiny_cfg(dataset, tmp_path / "runs", "model.farm_keyed=true")
     with pytest.raises(ValueError, match="trained with different settings.*model"):
         _check_run_info(store, keyed, keys, resume=True)
     assert model_config(keyed, keys).farm.num_keys == 3 and model_config(cfg, keys).farm.num_keys == 0
+    res = tiny_cfg(dataset, tmp_path / "runs", "model.farm_residual=true", "model.farm_skips=true")
+    with pytest.raises(ValueError, match="trained with different settings.*model"):
+        _check_run_info(store, res, keys, resume=True)
+    farm = model_config(res, keys).farm
+    assert (farm.residual, farm.skips, model_config(cfg, keys).farm.residual) == (True, True, False)
+    with pytest.raises(ValueError, match="model.farm_skips: expected true/false"):
+        tiny_cfg(dataset, tmp_path / "runs", "model.farm_skips=3")
 
 
 # -------------------------------------------------------------------------------------------------------- data
