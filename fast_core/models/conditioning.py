@@ -270,6 +270,10 @@ class TextualInversionConditioner(nn.Module):
         finally:
             handle.remove()
 
+    def key_indices(self, keys: list[str]) -> list[int]:
+        """Each key's row in ``self.keys``; an unknown key or an empty batch is a ``ValueError``."""
+        return _key_indices(keys, self._index, type(self).__name__)
+
     def forward(self, keys: list[str]) -> torch.Tensor:
         """Encoder hidden states for a batch of defect keys.
 
@@ -279,7 +283,7 @@ class TextualInversionConditioner(nn.Module):
         Returns:
             (B, L, D) last hidden states of the text encoder.
         """
-        idx = _key_indices(keys, self._index, type(self).__name__)
+        idx = self.key_indices(keys)
         vectors = self.token_vectors[torch.tensor(idx, device=self.token_vectors.device)]  # (B, n, D_tok)
         input_ids = self.input_ids.expand(len(idx), -1)  # (B, L)
         with self._substitute(vectors):
@@ -368,6 +372,10 @@ class LearnedPromptEncoder(nn.Module):
         """All parameters (the table and the transformer)."""
         return list(self.parameters())
 
+    def key_indices(self, keys: list[str]) -> list[int]:
+        """Each key's row in ``self.keys``; an unknown key or an empty batch is a ``ValueError``."""
+        return _key_indices(keys, self._index, type(self).__name__)
+
     def forward(self, keys: list[str]) -> torch.Tensor:
         """Context tokens for a batch of defect keys.
 
@@ -377,7 +385,7 @@ class LearnedPromptEncoder(nn.Module):
         Returns:
             (B, seq_len, dim) context for the UNet's cross-attention.
         """
-        idx = _key_indices(keys, self._index, type(self).__name__)
+        idx = self.key_indices(keys)
         x = self.tokens[torch.tensor(idx, device=self.tokens.device)]  # (B, L, D)
         for layer in self.layers:
             x = layer(x)

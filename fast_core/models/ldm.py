@@ -416,11 +416,7 @@ class FastLDM(nn.Module):
         """ẑ0_fg = FARM(z, m, t) (FAST_SPEC §4); a keyed FARM also gets each sample's index in ``keys``."""
         if self.farm.key_embed is None:
             return self.farm(z, m, t)
-        index = {k: i for i, k in enumerate(self.keys)}
-        unknown = sorted({k for k in keys if k not in index})
-        if unknown:
-            raise ValueError(f"FastLDM: unknown defect keys {unknown}; the model knows {self.keys}")
-        ids = torch.tensor([index[k] for k in keys], device=z.device, dtype=torch.long)
+        ids = torch.tensor(self.conditioner.key_indices(keys), device=z.device, dtype=torch.long)
         return self.farm(z, m, t, ids)
 
     def latent_mask(self, M: torch.Tensor, mode: MaskDownsample | None = None) -> torch.Tensor:
