@@ -1,9 +1,12 @@
 """Mask statistics and how far the generated masks' distribution lies from the real masks', for ``stats.json``.
 
-Per mask: area fraction, number of 8-connected components and bounding-box aspect ratio (width / height). Per
-statistic, :func:`compare_mask_sets` reports the 1-D Wasserstein distance between the generated and real samples
-(:func:`wasserstein_1d`, computed from the sorted samples) and a histogram summary of each on shared bin edges, as
-plain JSON-ready Python values. Pure numpy + scipy.ndimage.
+Per mask: area fraction, number of 8-connected components, bounding-box aspect ratio (width / height) and
+compactness 4π·area / perimeter² (:func:`fast_core.masks.filters.compactness`, the measure the filters use: about 0.9
+for a digital disc, → 0 for thin shapes). Per statistic, :func:`compare_mask_sets` reports the 1-D Wasserstein
+distance between the generated and real samples (:func:`wasserstein_1d`, computed from the sorted samples) and a
+histogram summary of each on shared bin edges, as plain JSON-ready Python values; with the shapes' nearest-real IoU
+of :mod:`fast_core.masks.shapes` (how many generated masks are near-copies of a real one, next to the same figure
+among the real masks). Pure numpy + scipy.ndimage.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from fast_core.masks.filters import compactness
+from fast_core.masks.shapes import NEAR_COPY_IOU, nearest_real_iou, real_near_copy_fraction
+
 __all__ = ["STAT_NAMES", "collect_mask_stats", "compare_mask_sets", "histogram_summary", "mask_stats", "wasserstein_1d"]
 
-STAT_NAMES: tuple[str, ...] = ("area_fraction", "num_components", "bbox_aspect")
+STAT_NAMES: tuple[str, ...] = ("area_fraction", "num_components", "bbox_aspect", "compactness")
 _EIGHT = np.ones((3, 3), dtype=bool)
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -27,11 +33,12 @@ def mask_stats(mask: np.ndarray) -> dict[str, float]:
 
     Returns:
         ``area_fraction`` = |mask| / (H·W); ``num_components`` (8-connectivity); ``bbox_aspect`` = width / height of
-        the bounding box of all anomaly pixels (NaN for an empty mask).
+        the bounding box of all anomaly pixels; ``compactness`` = 4πA / P² of
+        :func:`fast_core.masks.filters.compactness` (both NaN for an empty mask).
 
     >>> m = np.zeros((10, 10), bool); m[2:4, 1:9] = True
-    >>> mask_stats(m)
-    {'area_fraction': 0.16, 'num_components': 1.0, 'bbox_aspect': 4.0}
+    >>> {k: round(v, 4) for k, v in mask_stats(m).items()}
+    {'area_fraction': 0.16, 'num_components': 1.0, 'bbox_aspect': 4.0, 'compactness': 0.7854}
     """
     m = np.asarray(mask)
     if m.ndim != 2:
@@ -40,12 +47,18 @@ def mask_stats(mask: np.ndarray) -> dict[str, float]:
     area = int(np.count_nonzero(m))
     _, n = ndimage.label(m, structure=_EIGHT)
     if area == 0:
-        aspect = math.nan
+        aspect = compact = math.nan
     else:
         rows = np.flatnonzero(m.any(axis=1))
         cols = np.flatnonzero(m.any(axis=0))
         aspect = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
-    return {"area_fraction": area / m.size, "num_components": float(n), "bbox_aspect": float(aspect)}
+        compact = compactness(m)
+    return {
+        "area_fraction": area / m.size,
+        "num_components": float(n),
+        "bbox_aspect": float(aspect),
+        "compactness": float(compact),
+    }
 
 
 def collect_mask_stats(masks: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,13 +148,19 @@ def compare_mask_sets(generated: Iterable[np.ndarray], real: Iterable[np.ndarray
     For each name in :data:`STAT_NAMES`: ``wasserstein`` (:func:`wasserstein_1d`, None when either side has no
     finite value) and ``generated`` / ``real`` histogram summaries on shared edges spanning both samples.
 
+    And ``shape``: each generated mask's nearest-real IoU (:func:`fast_core.masks.shapes.nearest_real_iou`) as a
+    histogram summary on [0, 1], the fraction of near-copies (IoU > :data:`~fast_core.masks.shapes.NEAR_COPY_IOU`),
+    and the same fraction among the real masks (leave-one-out) to read it against; None where undefined.
+
     Returns:
-        ``{"n_generated": int, "n_real": int, "stats": {name: {"wasserstein", "generated", "real"}}}``.
+        ``{"n_generated": int, "n_real": int, "stats": {name: {"wasserstein", "generated", "real"}},
+        "shape": {"nearest_real_iou", "near_copy_fraction", "real_near_copy_fraction"}}``.
 
     >>> m = np.zeros((8, 8), bool); m[2:5, 2:4] = True
     >>> compare_mask_sets([m, m], [m])["stats"]["area_fraction"]["wasserstein"]
     0.0
     """
+    generated, real = list(generated), list(real)
     gen = collect_mask_stats(generated)
     ref = collect_mask_stats(real)
     out: dict[str, Any] = {"n_generated": int(gen[STAT_NAMES[0]].size), "n_real": int(ref[STAT_NAMES[0]].size)}
@@ -158,4 +177,16 @@ def compare_mask_sets(generated: Iterable[np.ndarray], real: Iterable[np.ndarray
             "real": histogram_summary(r, edges=edges, bins=bins),
         }
     out["stats"] = stats
+    out["shape"] = _shape_novelty(generated, real)
     return out
+
+
+def _shape_novelty(generated: list[np.ndarray], real: list[np.ndarray]) -> dict[str, Any]:
+    """The ``shape`` entry of :func:`compare_mask_sets`."""
+    has_real = any(np.asarray(r).any() for r in real)
+    iou = nearest_real_iou(generated, real) if has_real else np.zeros(0)
+    return {
+        "nearest_real_iou": histogram_summary(iou, edges=np.linspace(0.0, 1.0, 11)),
+        "near_copy_fraction": float(np.mean(iou > NEAR_COPY_IOU)) if iou.size else None,
+        "real_near_copy_fraction": real_near_copy_fraction(real),
+    }

@@ -3,8 +3,10 @@
 ``stats.json``: counts per source / defect key / rejection reason, area-fraction, component-count and
 bounding-box-aspect histograms (:func:`fast_core.masks.histogram_summary`) of the accepted masks, and per key the
 fidelity of the accepted masks to the key's real training masks (:func:`fast_core.masks.compare_mask_sets`: 1-D
-Wasserstein distances of those statistics); ``config.resolved.yaml``; ``contact_sheet.png`` (one row of accepted
-masks per key, then a row of rejected masks, each labelled by its reason); ``_SUCCESS`` last.
+Wasserstein distances of those statistics and of compactness, and how many masks are near-copies of a real one, next
+to the same figure among the real masks), over all sources (``fidelity``) and per source (``fidelity_by_source``:
+augmented and diffusion-sampled masks side by side); ``config.resolved.yaml``; ``contact_sheet.png`` (one row of
+accepted masks per key, then a row of rejected masks, each labelled by its reason); ``_SUCCESS`` last.
 """
 
 from __future__ import annotations
@@ -61,18 +63,20 @@ def build_stats(
     written = sum(len(c.sample_ids) for c in commits.values())
     rejected = sum(len(c.rejected_ids) for c in commits.values())
     by_key: dict[str, list[np.ndarray]] = defaultdict(list)
+    by_source: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     hist: dict[str, Any] = {}
     if data is not None and data.num_rows:
         cats, defects = data.column("category").to_pylist(), data.column("defect_type").to_pylist()
-        for cat, defect, m in zip(cats, defects, data.column("mask").to_pylist(), strict=True):
-            by_key[f"{cat}/{defect}"].append(decode_mask(m["bytes"]))
+        sources, masks = data.column("source").to_pylist(), data.column("mask").to_pylist()
+        for cat, defect, source, m in zip(cats, defects, sources, masks, strict=True):
+            mask = decode_mask(m["bytes"])
+            by_key[f"{cat}/{defect}"].append(mask)
+            by_source[source][f"{cat}/{defect}"].append(mask)
         for name in ("area_fraction", "num_components", "bbox_aspect"):
             values = np.array(data.column(name).to_pylist(), dtype=np.float64)
             hist[name] = histogram_summary(values)
-    fidelity = {
-        key: compare_mask_sets(by_key.get(key, []), refs) if by_key.get(key) else {"n_generated": 0}
-        for key, refs in sorted(references.items())
-    }
+    fidelity = _fidelity(by_key, references)
+    fidelity_by_source = {source: _fidelity(keys, references) for source, keys in sorted(by_source.items())}
     real_reasons = Counter(real_rejected.column("reason").to_pylist())
     return {
         "rows": written + rejected,
@@ -91,9 +95,20 @@ def build_stats(
         },
         "histograms": hist,
         "fidelity": fidelity,
+        "fidelity_by_source": fidelity_by_source,
         "shards": len(commits),
         **run,
         "versions": versions(),
+    }
+
+
+def _fidelity(
+    by_key: Mapping[str, Sequence[np.ndarray]], references: Mapping[str, Sequence[np.ndarray]]
+) -> dict[str, Any]:
+    """Per key with real masks: :func:`fast_core.masks.compare_mask_sets` of the key's accepted masks against them."""
+    return {
+        key: compare_mask_sets(by_key[key], refs) if by_key.get(key) else {"n_generated": 0}
+        for key, refs in sorted(references.items())
     }
 
 

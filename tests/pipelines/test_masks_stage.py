@@ -262,6 +262,13 @@ def test_ray_run_local_with_all_sources_resume_and_manifest(ray_local: None, dat
     assert set(stats["fidelity"]) == set(KEYS)
     fid = next(v for v in stats["fidelity"].values() if v["n_generated"])
     assert fid["stats"]["area_fraction"]["wasserstein"] is not None
+    assert fid["stats"]["compactness"]["wasserstein"] is not None
+    assert 0.0 <= fid["shape"]["near_copy_fraction"] <= 1.0
+    # augmented masks are transformed real masks; per source, their fidelity sits beside the sampled masks'
+    written_sources = {s for s, n in stats["written_by_source"].items() if n}
+    assert set(stats["fidelity_by_source"]) == written_sources and "augment" in written_sources
+    aug = [v for v in stats["fidelity_by_source"]["augment"].values() if v["n_generated"]]
+    assert sum(v["n_generated"] for v in aug) == stats["written_by_source"]["augment"]
     assert stats["histograms"]["num_components"]["n"] == stats["written"]
     assert (out / "contact_sheet.png").is_file() and (out / "_SUCCESS").is_file()
     real = pq.read_table(out / "rejected" / "real-masks.parquet")
