@@ -78,7 +78,7 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     m = model.latent_mask(M).float()
     fg = m.expand_as(z0) > 0
     sums = {name: [0.0, 0.0] for name in ("unet_key", "unet_good", "fast")}
-    farm_err = {t: 0.0 for t in TIMESTEPS}
+    farm_err: dict[int, float] = {}  # t → FARM's relative foreground error
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
         eps = torch.randn(z0.shape, generator=g)

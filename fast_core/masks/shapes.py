@@ -69,8 +69,14 @@ def _variants(shape: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _flat(shapes: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack([s.reshape(-1) for s in shapes]).astype(np.float32) if shapes else np.zeros((0, 1), np.float32)
+def _shape_iou(generated: Sequence[np.ndarray], real: Sequence[np.ndarray]) -> np.ndarray:
+    """(n_g, n_r) IoUs of normalised shapes, each real one at its best turn, flip and shift (:func:`_variants`)."""
+    g = np.stack([s.reshape(-1) for s in generated]).astype(np.float32)  # (n_g, S²)
+    r = np.stack([v.reshape(-1) for s in real for v in _variants(s)]).astype(np.float32)  # (72 n_r, S²)
+    inter = g @ r.T
+    union = g.sum(1, keepdims=True) + r.sum(1)[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+    return iou.reshape(len(generated), len(real), -1).max(axis=2).astype(np.float64)
 
 
 def nearest_real_iou(generated: Sequence[np.ndarray], real: Sequence[np.ndarray]) -> np.ndarray:
@@ -88,17 +94,12 @@ def nearest_real_iou(generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
     >>> nearest_real_iou([b], [a]).round(3).tolist()
     [1.0]
     """
-    refs = [v for r in real if np.asarray(r).any() for v in _variants(normalised_shape(r))]
+    refs = [normalised_shape(r) for r in real if np.asarray(r).any()]
     if not refs:
         raise ValueError("nearest_real_iou needs at least one non-empty real mask")
     if not generated:
         return np.zeros(0, dtype=np.float64)
-    g = _flat([normalised_shape(m) for m in generated])  # (n_g, S²)
-    r = _flat(refs)  # (72 n_r, S²)
-    inter = g @ r.T
-    union = g.sum(1, keepdims=True) + r.sum(1)[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
-    return iou.max(axis=1).astype(np.float64)
+    return _shape_iou([normalised_shape(m) for m in generated], refs).max(axis=1)
 
 
 def real_near_copy_fraction(real: Sequence[np.ndarray], threshold: float = NEAR_COPY_IOU) -> float | None:
@@ -109,8 +110,9 @@ def real_near_copy_fraction(real: Sequence[np.ndarray], threshold: float = NEAR_
     >>> real_near_copy_fraction([a, a.T, b])
     0.6666666666666666
     """
-    masks = [m for m in real if np.asarray(m).any()]
-    if len(masks) < 2:
+    shapes = [normalised_shape(m) for m in real if np.asarray(m).any()]
+    if len(shapes) < 2:
         return None
-    near = [nearest_real_iou([m], masks[:i] + masks[i + 1 :])[0] > threshold for i, m in enumerate(masks)]
-    return float(np.mean(near))
+    iou = _shape_iou(shapes, shapes)
+    np.fill_diagonal(iou, 0.0)  # leave each one out
+    return float(np.mean(iou.max(axis=1) > threshold))

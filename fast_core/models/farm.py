@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_core.configbase import check_choices
+from fast_core.schedulers.scheduling_aias import AIASScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +96,6 @@ def sinusoidal_table(num_timesteps: int, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).to(torch.float32)
 
 
-def schedule_alpha_bar(num_timesteps: int) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t} (1 − β_s) of FAST's "scaled_linear" schedule, β_t = linspace(√β₀, √β₁, T)²_t with β₀ = 0.00085,
-    β₁ = 0.012 (FAST_SPEC §1): a (T,) float32 tensor.
-
-    >>> round(float(schedule_alpha_bar(1000)[999]), 5)
-    0.00466
-    """
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, num_timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
-
-
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     """3×3 conv (padding 1) + BatchNorm + ReLU, as a list of layers."""
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -168,7 +158,8 @@ class FARM(nn.Module):
         self.dec_out = nn.Conv2d(w0 + 1, c, 3, padding=1)
         # ᾱ_t of FAST's training schedule (FAST_SPEC §1) for the residual output; not saved (derived)
         if cfg.residual:
-            self.register_buffer("alpha_bar", schedule_alpha_bar(cfg.num_train_timesteps), persistent=False)
+            alpha_bar = AIASScheduler(num_train_timesteps=cfg.num_train_timesteps).alphas_cumprod.to(torch.float32)
+            self.register_buffer("alpha_bar", alpha_bar, persistent=False)
         # defect keys (created last and zero-initialised: the other layers draw the same initial values as without)
         self.key_embed = nn.Embedding(cfg.num_keys, cfg.time_dim) if cfg.num_keys else None
         if self.key_embed is not None:
