@@ -51,7 +51,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ import numpy as np
 from benchmarks.quality_contrast import dataset_contrast, real_third_contrast
 from benchmarks.quality_report import METHOD_ORDER, anomaly_pairs, render_markdown, render_miou_chart, targets
 from benchmarks.quality_stats import aggregate_seeds
+from benchmarks.speed_common import git_commit
 from fast_core.data.layout import load_image, read_dataset, split_anomalies
 from fast_core.qc import QCConfig
 from fast_core.synthesis import SynthesisConfig
@@ -120,9 +120,9 @@ QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 #: The other fast solvers on the same model, FARM and loop (DPM-Solver++(2M) and UniPC at AIAS's NFE of 10): run them
 #: with --methods; in a CPU preset each adds one segmenter per seed (about 3–5 minutes) to budgets already spent.
 SOLVER_METHODS = ("dpmpp", "unipc")
-#: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) to stay near
-#: 90 minutes: 8 sets × 3 seeds × ~190 s segmenters (400 steps at ~0.4 s/step + ~30 s of testing, measured alone on
-#: 2 cores) + ~16 min of synthesis (DDPM-200 most).
+#: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) and runs its
+#: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
+#: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
 ABLATIONS = ("ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early")
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not in SOLVER_METHODS)
 
@@ -145,7 +145,7 @@ CPU_QUICK = Preset(
 
 PRESETS: dict[str, Preset] = {
     "cpu-quick": CPU_QUICK,
-    "cpu-full": dataclasses.replace(CPU_QUICK, seg_steps=400, seeds=(0, 1, 2), methods=CPU_FULL_METHODS),
+    "cpu-full": dataclasses.replace(CPU_QUICK, ddpm_nfe=100, seg_steps=400, seeds=(0, 1, 2), methods=CPU_FULL_METHODS),
     "gpu-full": Preset(
         train_config="jobs/configs/train-gpu-full.yaml",
         generator_name="gpu-full",
@@ -224,14 +224,13 @@ class Timings:
         self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 2)
 
 
-def _commit() -> str:
-    """``git rev-parse --short HEAD`` (+ ``-dirty`` when tracked files differ), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+def run_commit(started: str) -> str:
+    """The commit the run started at (``-dirty`` when tracked files differed), and the one at report time if other.
+
+    Ray workers import the code on disk as they start, so a commit made while the run goes on is named too.
+    """
+    now = git_commit()
+    return started if now == started else f"{started} (at report time: {now})"
 
 
 def defect_keys(root: str) -> list[str]:
@@ -553,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or REPO / "runs" / "quality" / name).resolve()
     report_dir = args.results or work / "report"
     timings = Timings()
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), git_commit()
     keys = defect_keys(args.dataset_root)
     if not keys:
         raise SystemExit(f"{args.dataset_root}: no defect type with a generator-training image")
@@ -608,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "preset_settings": {**preset.__dict__, "seg_steps": args.seg_steps or preset.seg_steps},
         "command": " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])]),
-        "commit": _commit(),
+        "commit": run_commit(started_at),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),

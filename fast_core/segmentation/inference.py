@@ -1,7 +1,8 @@
 """Segmenter inference: anomaly probabilities ``p = σ(logits)`` for whole images or by sliding windows; weight I/O.
 
 Whole-image prediction pads each batch on the bottom/right by reflection to a multiple of 32 (the encoder's stride),
-runs the model in eval mode under ``torch.inference_mode`` and crops back. Sliding-window prediction runs
+runs the model in eval mode under ``torch.inference_mode`` and crops back; inputs take the memory format of the
+model's weights (NHWC for a channels-last model). Sliding-window prediction runs
 ``tile × tile`` windows at ``stride`` and averages the probabilities of overlapping windows per pixel (for images
 larger than the training size). Weights are stored as ``model.safetensors`` plus ``config.json``
 (``{"arch", "in_channels", "encoder"}``; a file without ``encoder`` is a ResNet-18 one); nothing is ever unpickled.
@@ -35,6 +36,22 @@ def _pad_to_stride(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
+def model_memory_format(model: nn.Module) -> torch.memory_format:
+    """``torch.channels_last`` when the model's 4-D weights are stored NHWC, else ``torch.contiguous_format``.
+
+    The first weight whose two layouts differ decides (a (C_out, 1, k, k) weight is both at once).
+
+    >>> from fast_core.segmentation.models import build_segmenter
+    >>> model_memory_format(build_segmenter("unet", 1, seed=0).to(memory_format=torch.channels_last))
+    torch.channels_last
+    """
+    for p in (p for p in model.parameters() if p.ndim == 4):
+        nhwc, nchw = p.is_contiguous(memory_format=torch.channels_last), p.is_contiguous()
+        if nhwc != nchw:
+            return torch.channels_last if nhwc else torch.contiguous_format
+    return torch.contiguous_format
+
+
 @torch.inference_mode()
 def predict_proba(
     model: nn.Module,
@@ -55,11 +72,12 @@ def predict_proba(
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size} must be >= 1")
     model.eval()
+    memory_format = model_memory_format(model)
     h, w = images.shape[-2:]
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device, dtype or torch.float32)
-        logits = model(_pad_to_stride(x))[..., :h, :w]
+        logits = model(_pad_to_stride(x).contiguous(memory_format=memory_format))[..., :h, :w]
         out.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(out) if out else torch.empty(0, 1, h, w)
 

@@ -9,6 +9,9 @@ Inputs: either images already at one size S × S (the whole image is the trainin
 ``crop_size = c``, images of any sizes from which each step cuts one c × c crop per sample at native resolution,
 half of the crops of defect images forced onto the defect (:mod:`fast_core.segmentation.crops`).
 
+Memory format: with ``channels_last`` the model's weights and every batch are NHWC (the caller converts the model
+before wrapping it for data parallelism; :func:`train_segmenter` converts an unwrapped one itself).
+
 Optimiser: AdamW (trainable parameters only) with a constant or cosine-decayed learning rate. Augmentation
 (identical for every training set so methods are compared fairly): random horizontal/vertical flips, a small random
 affine warp (rotation, isotropic scale, translation; images bilinear, masks nearest, reflection padding for both so
@@ -77,6 +80,9 @@ class SegTrainConfig:
     crop_size: int | None = None  # c: train on c × c crops at native size; None: whole images (all one size)
     defect_crop_fraction: float = 0.5  # with crops: probability a defect image's crop is forced onto the defect
     log_every: int = 50  # log (and report) the running loss every this many steps
+    # NHWC memory format for the model and its batches: the same maths in another summation order, and on CPU about
+    # 1.45× faster per step for the EfficientNet-Lite0 U-Net (its depthwise convolutions)
+    channels_last: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -272,6 +278,9 @@ def train_segmenter(
     elif len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     device = torch.device(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        model.to(memory_format=memory_format)  # a no-op when it already is
     schedule = BatchSchedule(len(images), cfg.batch_size, cfg.seed, rank, world_size)
     optimizer, lr_sched = make_optimizer(model, cfg)
     history: list[dict[str, float]] = []
@@ -291,6 +300,7 @@ def train_segmenter(
         m = torch.from_numpy(np.ascontiguousarray(batch_masks))[:, None].to(device, torch.float32)  # (b, 1, S, S)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank, 1))
         x, m = augment_batch(x, m, cfg.augment, gen)
+        x = x.contiguous(memory_format=memory_format)
         parts = train_step(model, optimizer, x, m, cfg.bce_weight, cfg.dice_weight)
         lr_sched.step()
         for k, v in parts.items():

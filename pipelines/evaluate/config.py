@@ -98,6 +98,7 @@ class EvaluateConfig:
     normal_fraction: float = 0.2  # fraction of the training set that is normal train/good images with empty masks
     threshold: float = 0.5  # a pixel is predicted anomalous when its probability >= threshold
     eval_batch_size: int = 16  # inference batch
+    channels_last: bool = True  # NHWC segmenter for training and testing (same maths; ~1.4× faster on CPU)
     num_preview: int = 6  # test images in predictions.png (image | truth | prediction rows)
     log_every: int = 50  # training log/report interval in steps
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
@@ -156,5 +157,6 @@ class EvaluateConfig:
             crop_size=self.crop_size if self.resolution == "native" else None,
             defect_crop_fraction=self.defect_crop_fraction,
             log_every=self.log_every,
+            channels_last=self.channels_last,
             augment=self.augment,
         )

@@ -58,6 +58,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_segmenter(  # the same initial weights on every worker
         config["arch"], config["in_channels"], seed=cfg.seed, encoder=config["encoder"], pretrained=config["pretrained"]
     )
+    if cfg.channels_last:  # before any data-parallel wrapper builds its gradient buckets
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     if device.type == "cpu":  # a CPU worker uses the cores it reserved (Ray starts it with one thread)
@@ -90,6 +92,7 @@ def fit_segmenter(cfg: EvaluateConfig, images: list[np.ndarray], masks: list[np.
     import time
 
     import ray
+    import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -135,5 +138,7 @@ def fit_segmenter(cfg: EvaluateConfig, images: list[np.ndarray], masks: list[np.
             raise RuntimeError(f"segmenter training run {run_name} ended without a checkpoint")
         with result.checkpoint.as_directory() as folder:
             model = load_segmenter(Path(folder))
+    if train_cfg.channels_last:  # tested in the format it was trained in (predict_proba follows the weights)
+        model = model.to(memory_format=torch.channels_last)
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainResult(model=model, final_metrics=final, seconds=time.perf_counter() - start)

@@ -25,6 +25,7 @@ from fast_core.segmentation import (
     train_segmenter,
     train_step,
 )
+from fast_core.segmentation.inference import model_memory_format
 from fast_core.segmentation.training import images_from_uint8
 
 # smp 0.3.x: sum(p.numel() for p in smp.Unet("resnet18", encoder_weights=None, in_channels=C, classes=1).parameters())
@@ -153,6 +154,32 @@ def test_training_is_deterministic() -> None:
         train_segmenter(model, images, masks, cfg)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_channels_last_is_the_same_maths_in_another_layout() -> None:
+    """NHWC logits and gradients equal NCHW ones up to rounding; training leaves an NHWC model, same losses."""
+    images, masks = bright_squares(4, 32, seed=6)
+    x, m = images_from_uint8(images), torch.from_numpy(masks)[:, None].float()
+    outputs = {}
+    for nhwc in (False, True):
+        model = build_segmenter("unet", 1, seed=0)
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        model.to(memory_format=fmt)
+        loss, _ = segmentation_loss(model(x.contiguous(memory_format=fmt)), m)
+        loss.backward()
+        outputs[nhwc] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert torch.allclose(outputs[True][0], outputs[False][0], atol=1e-6)
+    for name, grad in outputs[False][1].items():
+        assert float((outputs[True][1][name] - grad).norm()) <= 1e-3 * float(grad.norm()) + 1e-7, name
+    histories = {}
+    for nhwc in (False, True):
+        model = build_segmenter("unet", 1, seed=0)
+        cfg = SegTrainConfig(steps=3, batch_size=4, seed=1, log_every=1, channels_last=nhwc, augment=NO_AUGMENT)
+        histories[nhwc] = [h["loss"] for h in train_segmenter(model, images, masks, cfg)]
+        assert model_memory_format(model) == (torch.channels_last if nhwc else torch.contiguous_format)
+        probs = predict_proba(model, x)  # inputs follow the weights' layout
+        assert probs.shape == (4, 1, 32, 32)
+    assert histories[True] == pytest.approx(histories[False], rel=1e-3)
 
 
 def test_inference_padding_sliding_window_and_io(tmp_path: Path) -> None:
