@@ -2,9 +2,8 @@
 
 Pipeline (see :mod:`pipelines.synthesize.stages`)::
 
-    ray.data.read_parquet(manifest.parquet)
-      → repartition(target_num_rows_per_block=batch_size)   streaming re-blocking: one actor batch per block
-      → map_batches(load_inputs)           CPU tasks: drop rows of committed shards, fetch + decode + resize inputs
+    ray.data.from_arrow(pending manifest rows, in blocks of batch_size)   the driver has read and checked them
+      → map_batches(load_inputs)           CPU tasks: fetch + decode + resize inputs
       → map_batches(FastSynthesizer)       actor pool: model loaded once per actor; num_gpus/concurrency/batch_size
                                            (BaselineSynthesizer instead for a baseline generator: cutpaste,
                                            cutpaste_scar, perlin, realpaste)
@@ -26,11 +25,15 @@ Stages and resources. The actor pool asks for ``compute.num_gpus``/``num_cpus`` 
 resources (CPU-only runs with ``task_cpus == num_cpus``): decoding then runs in the actor's process, which saves a
 worker per CPU on a CPU-only machine; with GPU actors (or different CPU requests) it is a separate pool of CPU tasks.
 
-Resume. Before the pipeline starts, the committed shards are read from ``_commits/`` and their rows are dropped in
-the load stage, so a rerun synthesizes only the rest; a finished output (``_SUCCESS``) is left as it is. All bytes
-depend only on the manifest, the model and :meth:`SynthesizeConfig.content` (per-row seeds, deterministic PNG and
-Parquet writing, a ``run_id`` derived from the content hash), so an interrupted-and-resumed run produces the same
-files as an uninterrupted one.
+Input. The driver reads and checks the whole manifest before anything runs (:func:`pipelines.manifest.read_manifest`),
+so the pipeline starts from those rows, already cut into actor-batch blocks, instead of listing and reading the
+Parquet file again in Ray tasks (a ``ListFiles`` + ``ReadFiles`` pass that cost 5–7 s per run on a local cluster).
+
+Resume. Before the pipeline starts, the committed shards are read from ``_commits/`` and their rows are left out of
+the pipeline's input (the load stage also drops any row outside ``pending``), so a rerun synthesizes only the rest; a
+finished output (``_SUCCESS``) is left as it is. All bytes depend only on the manifest, the model and
+:meth:`SynthesizeConfig.content` (per-row seeds, deterministic PNG and Parquet writing, a ``run_id`` derived from the
+content hash), so an interrupted-and-resumed run produces the same files as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.config import dump_config
-from pipelines.manifest import MANIFEST_FILE, SUMMARY_FILE, read_manifest
+from pipelines.manifest import SUMMARY_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
 from pipelines.ray_utils import check_cpu_budget, ensure_ray
 from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
@@ -97,9 +100,9 @@ class SynthesisSummary:
 
 # ------------------------------------------------------------------------------------------------ manifest
 def read_manifest_index(uri: str, storage_cfg: storage.StorageConfig | None) -> pa.Table:
-    """``sample_id``, ``model_uri``, ``image_uri`` and ``prompt`` of every manifest row, in manifest order, after
-    :func:`read_manifest` checked the whole manifest (schema, nulls, one mask per row, unique ids)."""
-    return read_manifest(uri, storage_cfg).select(["sample_id", "model_uri", "image_uri", "prompt"])
+    """Every manifest row, in manifest order, after :func:`read_manifest` checked the whole manifest (schema, nulls,
+    one mask per row, unique ids)."""
+    return read_manifest(uri, storage_cfg)
 
 
 def _model(cfg: SynthesizeConfig, index: pa.Table) -> tuple[str, ModelInfo]:
@@ -127,16 +130,6 @@ def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:
             "generator can instead set baseline.image_size and baseline.image_channels)"
         )
     return str(uris[0])
-
-
-def _arrow_fs(uri: str, storage_cfg: storage.StorageConfig | None) -> tuple[Any, str]:
-    """(pyarrow filesystem or None, path) for Ray Data's readers."""
-    fs, path = storage.filesystem(uri, storage_cfg)
-    if not uri.startswith("s3://"):
-        return None, path
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return PyFileSystem(FSSpecHandler(fs)), path
 
 
 # ------------------------------------------------------------------------------------------------ shard building
@@ -251,18 +244,18 @@ def _build_dataset(
     cfg: SynthesizeConfig,
     model_uri: str,
     info: ModelInfo,
+    index: pa.Table,
     pending: pa.Table,
     textures: list[str],
     defect_images: dict[str, str] | None = None,
 ) -> Any:
-    """The lazy Ray Data pipeline over the manifest (see the module docstring)."""
+    """The lazy Ray Data pipeline over the manifest rows of the pending shards (see the module docstring)."""
     import ray.data
 
     c = cfg.compute
-    fs, path = _arrow_fs(storage.join(cfg.manifest, MANIFEST_FILE), cfg.storage)
-    # A manifest is one Parquet row group, which the reader returns as one block; re-block it (streaming) into
-    # actor-batch-sized blocks so that work spreads over the actors and results stream to the writer batch by batch.
-    ds = ray.data.read_parquet(path, filesystem=fs).repartition(target_num_rows_per_block=c.batch_size)
+    rows = index.take(pending.column("row").to_numpy())  # the pending rows, in manifest order
+    # One block per actor batch, so that work spreads over the actors and results stream to the writer batch by batch.
+    ds = ray.data.from_arrow([rows.slice(lo, c.batch_size) for lo in range(0, rows.num_rows, c.batch_size)])
     cpu_compute = ray.data.TaskPoolStrategy(size=c.cpu_tasks) if c.cpu_tasks else None
     ds = ds.map_batches(
         load_inputs,
@@ -426,7 +419,7 @@ def _run_pipeline(
         normals = index.column("image_uri").to_pylist()
         textures = texture_uris(cfg.baseline.texture_dir, normals, cfg.baseline.max_textures)
     defect_images = _defect_images(cfg, pending) if cfg.generator == "realpaste" else None
-    ds = _build_dataset(cfg, model_uri, info, pending, textures, defect_images)
+    ds = _build_dataset(cfg, model_uri, info, index, pending, textures, defect_images)
     return commit_stream(
         ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2),
         expected,
