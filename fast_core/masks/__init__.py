@@ -1,5 +1,6 @@
 """Mask tools for synthesis: seeded geometric augmentation of real masks, automatic filters, mask statistics, and a
-small mask diffusion model with its sampler.
+small mask diffusion model with its sampler (:mod:`fast_core.masks.diffusion`; its box frame learns shapes at their
+own scale, and :mod:`fast_core.masks.placement` puts a sampled shape back at a real size).
 
 Masks are 2-D boolean arrays with 1 = anomaly (the region to synthesize) and 0 = normal background. The diffusion
 names are imported on first use (PEP 562 ``__getattr__``), so ``import fast_core.masks`` does not load diffusers.

@@ -6,6 +6,16 @@ embedding per defect key, attention only at the lowest resolution) over masks sc
 
     x_0 = 2 M − 1,  M ∈ {0, 1}^{1×S×S}  (1 = anomaly)
 
+What an S × S training mask M is depends on the model's *frame* (:attr:`MaskDiffusionConfig.frame`):
+
+* ``"box"`` (the default of new train configs): M = shape(M_real), the real mask at its own resolution reduced to
+  its bounding box, padded to a centred square and resampled to S × S (:func:`fast_core.masks.shapes.normalised_shape`:
+  any-pooling down, nearest up), so a blowhole of a few pixels and a crack across the image both fill the frame. The
+  size goes apart, as every real mask's side fraction f = max(box_h, box_w) / √(H · W), kept per key in
+  ``box_sides``; a sample is placed back at a drawn real size (:mod:`fast_core.masks.placement`).
+* ``"image"`` (models saved before frames existed): M = the whole real mask nearest-resized to S × S; a sample is
+  the whole mask, resized to the output size. Small defects vanish at S = 64.
+
 Training (ε-prediction on the FAST schedule, FAST_SPEC §1: T = 1000, β_t = linspace(√0.00085, √0.012, T)²):
 
     t ~ U{0..T−1},  ε ~ N(0, I),  x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε,  loss = mean((ε_θ(x_t, t, k) − ε)²)
@@ -15,19 +25,22 @@ x_T ~ N(0, I) over its NFE grid, then M̂ = [x̂_0 > threshold] (threshold 0 is 
 random draw of a sample (its start noise and each step's ξ) comes from that sample's own generator, so a sample does
 not depend on the rest of its batch. Random flips and 90° rotations of the training masks are the caller's job.
 
-Saved as ``<dir>/config.json`` (:class:`MaskDiffusionConfig`) + ``<dir>/model.safetensors``; never pickled.
+Saved as ``<dir>/config.json`` (:class:`MaskDiffusionConfig`, with the frame and the side fractions) +
+``<dir>/model.safetensors``; never pickled. A config.json without ``frame`` is an ``"image"`` model.
 
 Notation: M mask, x_0 = 2M − 1, x_t noisy mask, ε noise, ε̂ = ε_θ(x_t, t, k) prediction, k defect-key index, ᾱ_t
-``alphas_cumprod``, S ``image_size``.
+``alphas_cumprod``, S ``image_size``, f side fraction.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,7 +49,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fast_core.configbase import from_dict, to_dict
+from fast_core.configbase import check_choices, from_dict, to_dict
 from fast_core.models.base import check_safetensors, check_state, read_json
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.training import sample_timesteps
@@ -44,10 +57,16 @@ from fast_core.training import sample_timesteps
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
+MaskFrame = Literal["image", "box"]
+
 
 @dataclass(kw_only=True)
 class MaskDiffusionConfig:
-    """Architecture of the mask diffusion UNet and the defect keys it is conditioned on."""
+    """Architecture of the mask diffusion UNet, the defect keys it is conditioned on, and its frame.
+
+    ``frame`` and ``box_sides`` do not change the network: they say what a sample means (module docstring). The
+    dataclass default ``"image"`` is what a config.json written before frames existed describes.
+    """
 
     keys: tuple[str, ...] = ()  # defect keys "<category>/<defect>", one class embedding each (order = class index)
     image_size: int = 64  # S: masks are S × S; divisible by 2^(len(block_out_channels) − 1)
@@ -55,8 +74,13 @@ class MaskDiffusionConfig:
     layers_per_block: int = 1  # ResNet blocks per level
     norm_num_groups: int = 8  # GroupNorm groups; divides every entry of block_out_channels
     attention_head_dim: int = 8  # channels per attention head (attention at the lowest resolution only)
+    # "image": a sample is the whole mask; "box": a sample is a shape in its bounding box, placed at a real size
+    frame: MaskFrame = "image"
+    # box frame: per key, the real training masks' side fractions f = max(box_h, box_w) / √(H · W); empty for "image"
+    box_sides: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         self.keys = tuple(self.keys)
         self.block_out_channels = tuple(self.block_out_channels)
         if not self.keys:
@@ -84,6 +108,34 @@ class MaskDiffusionConfig:
                 f"MaskDiffusionConfig.attention_head_dim = {self.attention_head_dim} must divide the lowest level's "
                 f"channels {self.block_out_channels[-1]}"
             )
+        self._check_box_sides()
+
+    def _check_box_sides(self) -> None:
+        """``box_sides``: for the box frame, a non-empty list of finite fractions > 0 for every key and no other key;
+        for the image frame, empty."""
+        if not isinstance(self.box_sides, dict):
+            raise ValueError(f"MaskDiffusionConfig.box_sides must map defect keys to lists, got {self.box_sides!r}")
+        if self.frame == "image":
+            if self.box_sides:
+                raise ValueError(
+                    "MaskDiffusionConfig.box_sides is given but frame = 'image' (whole-mask samples have no box to "
+                    "size); use frame = 'box' or leave box_sides empty"
+                )
+            return
+        unknown = sorted(set(self.box_sides) - set(self.keys))
+        if unknown:
+            raise ValueError(f"MaskDiffusionConfig.box_sides has key(s) not in keys: {', '.join(map(str, unknown))}")
+        missing = [k for k in self.keys if not self.box_sides.get(k)]
+        if missing:
+            raise ValueError(
+                f"MaskDiffusionConfig.frame = 'box' needs the real side fractions (box_sides) of every key; none for "
+                f"{', '.join(missing)}"
+            )
+        for key, sides in self.box_sides.items():
+            bad = [f for f in sides if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < math.inf]
+            if bad:
+                raise ValueError(f"MaskDiffusionConfig.box_sides[{key!r}] must hold finite numbers > 0, got {bad[:3]}")
+        self.box_sides = {k: [float(f) for f in self.box_sides[k]] for k in self.keys}
 
 
 def build_mask_unet(cfg: MaskDiffusionConfig) -> UNet2DModel:

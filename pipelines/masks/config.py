@@ -2,13 +2,17 @@
 
 Only :meth:`MasksConfig.content` (dataset, counts, sources, size, augmentation, filters, diffusion sampling, seed,
 shard size) decides the bytes of the output; compute, storage, cache and contact-sheet settings do not, so they may
-change between a run and its resume. Every check that needs no file system runs in ``__post_init__``; the checks that
-need the dataset (unknown ``counts.per_key`` keys, keys without usable real masks, keys the mask model lacks) run in
+change between a run and its resume. A setting added after outputs were made stays out of the content while it has
+its default (:data:`LATER_DIFFUSION_FIELDS`), so those outputs keep their fingerprint and still resume.
+
+Every check that needs no file system runs in ``__post_init__``; the checks that need the dataset (unknown
+``counts.per_key`` keys, keys without usable real masks, keys the mask model lacks) run in
 :func:`pipelines.masks.plan.build_plan`, still before anything is written.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,10 @@ from pipelines.storage import StorageConfig
 #: Most masks per defect key: sample_id indices have six digits.
 MAX_COUNT = 999_999
 SOURCE_NAMES = ("augment", "diffusion", "real")
+#: Diffusion settings added after mask outputs were made, at their defaults. Those outputs were sampled from
+#: whole-mask ("image" frame) models, which the jitter does not touch; a setting at this value stays out of the
+#: fingerprint, so they are still recognised (and resumed, not refused). Absent means this value: never change it.
+LATER_DIFFUSION_FIELDS: dict[str, object] = {"jitter": 0.15}
 
 
 def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
@@ -105,16 +113,22 @@ class MasksSourcesConfig:
 
 @dataclass(kw_only=True)
 class MaskSamplingConfig:
-    """How the mask diffusion model is sampled (AIAS, :func:`fast_core.masks.sample_masks`)."""
+    """How the mask diffusion model is sampled (AIAS, :func:`fast_core.masks.sample_masks`) and, for a box-frame model,
+    placed (:mod:`fast_core.masks.placement`: side = f* · eᵘ · √(H · W), u ~ U(−jitter, jitter))."""
 
     nfe: int = 10  # network evaluations per sample (>= 3)
     threshold: float = 0.0  # binarisation level of x̂_0 on the [−1, 1] scale
+    jitter: float = 0.15  # box frame: sizes spread around the real ones by a factor in [e^−jitter, e^jitter]
 
     def __post_init__(self) -> None:
         if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 3:
             raise ValueError(f"MasksConfig.diffusion.nfe = {self.nfe!r} must be an integer >= 3")
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"MasksConfig.diffusion.threshold = {self.threshold} must lie in [-1, 1]")
+        j = self.jitter
+        if isinstance(j, bool) or not isinstance(j, int | float) or not 0.0 <= j < math.inf:
+            raise ValueError(f"MasksConfig.diffusion.jitter = {j!r} must be a finite number >= 0")
+        self.jitter = float(j)
 
 
 @dataclass(kw_only=True)
@@ -199,6 +213,9 @@ class MasksConfig:
         if self.sources.diffusion <= 0:
             data.pop("mask_model_uri")
             data.pop("diffusion")
-        elif self.mask_model_uri and "://" not in self.mask_model_uri:
+            return data
+        later = LATER_DIFFUSION_FIELDS
+        data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k not in later or v != later[k]}
+        if self.mask_model_uri and "://" not in self.mask_model_uri:
             data["mask_model_uri"] = os.path.abspath(self.mask_model_uri)
         return data

@@ -28,6 +28,7 @@ from PIL import Image
 
 from fast_core.data.transforms import decode_png, encode_png
 from fast_core.masks import MaskAugmentConfig, MaskFilter, MaskFilterConfig, augment_mask, mask_stats
+from fast_core.masks.placement import draw_side, place_shape, placement_rng
 from pipelines import storage
 from pipelines.masks.schema import GENERATE_FAILED, STAGE_FILTER, STAGE_GENERATE
 from pipelines.storage import StorageConfig
@@ -194,7 +195,13 @@ class MaskSampler:
     """Ray Data actor: samples the ``diffusion`` rows of each batch with a mask diffusion model loaded once.
 
     Sample i uses ``torch.Generator().manual_seed(seed_i)`` (its start noise and every step's noise), so a row's mask
-    does not depend on the other rows of its batch; the S×S sample is nearest-resized to the row's (H, W).
+    does not depend on the other rows of its batch. The S×S sample becomes the row's (H, W) mask by the model's frame:
+
+    * ``"image"``: the sample is the whole mask, nearest-resized to (H, W);
+    * ``"box"``: the sample is a shape, placed at a real size of its key (:mod:`fast_core.masks.placement`) with
+      ``rng = placement_rng(seed_i)`` (a numpy stream of the row's seed apart from its torch noise):
+      ``place_shape(sample, draw_side(box_sides[key], (H, W), rng, jitter), (H, W), rng)``. A shape the placement
+      empties stays empty, and the filters reject it with their reason.
     """
 
     def __init__(
@@ -206,6 +213,7 @@ class MaskSampler:
         num_cpus: float = 1.0,
         storage_cfg: StorageConfig | None = None,
         cache_dir: str | None = None,
+        jitter: float = 0.15,
     ) -> None:
         import torch
 
@@ -217,6 +225,16 @@ class MaskSampler:
         self.model = MaskDiffusionModel.load(fetch_mask_model(model_uri, storage_cfg, cache_dir), device=self.device)
         self.nfe = nfe
         self.threshold = threshold
+        self.jitter = jitter
+
+    def to_frame(self, sample: np.ndarray, key: str, seed: int, shape: tuple[int, int]) -> np.ndarray:
+        """The (H, W) = ``shape`` mask of one S×S ``sample`` of ``key`` for the row seeded ``seed`` (see the class)."""
+        cfg = self.model.config
+        if cfg.frame == "image":
+            return resize_nearest(sample, shape)
+        rng = placement_rng(seed)
+        side = draw_side(cfg.box_sides[key], shape, rng, self.jitter)
+        return place_shape(sample, side, shape, rng)
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -231,10 +249,12 @@ class MaskSampler:
         keys = [f"{batch['category'][i]}/{batch['defect_type'][i]}" for i in todo]
         gens = [torch.Generator(device=self.device).manual_seed(int(batch["seed"][i])) for i in todo]
         samples = sample_masks(self.model, keys, gens, nfe=self.nfe, device=self.device, threshold=self.threshold)
-        pngs = batch["mask_png"].copy()
+        # a batch whose rows all lack a mask reaches here with mask_png as a null (float) column: rebuild it as bytes
+        pngs = _empty_bytes(len(batch["sample_id"]))
+        pngs[:] = [v if isinstance(v, bytes) else None for v in batch["mask_png"]]
         for j, i in enumerate(todo):
             shape = (int(batch["height"][i]), int(batch["width"][i]))
-            pngs[i] = mask_png(resize_nearest(samples[j], shape))
+            pngs[i] = mask_png(self.to_frame(samples[j], keys[j], int(batch["seed"][i]), shape))
         return {**batch, "mask_png": pngs}
 
 

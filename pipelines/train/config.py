@@ -17,7 +17,7 @@ from typing import Literal
 
 from fast_core.configbase import check_choices
 from fast_core.data.layout import Layout, find_categories
-from fast_core.masks.diffusion import MaskDiffusionConfig
+from fast_core.masks.diffusion import MaskDiffusionConfig, MaskFrame
 from pipelines import storage as st
 from pipelines.storage import StorageConfig
 
@@ -125,14 +125,28 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class MaskModelSettings:
-    """The mask diffusion model of stage "mask" (fast_core.masks.diffusion.MaskDiffusionConfig without the keys)."""
+    """The mask diffusion model of stage "mask" (fast_core.masks.diffusion.MaskDiffusionConfig without the keys).
 
-    image_size: int = 64  # S of the generated masks (training masks are nearest-resized to S × S)
+    ``frame`` says what the model learns from each training-third mask:
+
+    * ``"box"``: its shape at its own resolution, fast_core.masks.shapes.normalised_shape(M, S) (bounding box padded
+      to a centred square, any-pooled down / nearest up to S × S; pipelines.train.mask_data), with its size kept
+      apart as f = max(box_h, box_w) / √(H · W) and stored per key with the model (``box_sides``); the masks stage
+      places each sample at a drawn real size. Independent of ``dataset.frame`` and ``dataset.image_size``.
+    * ``"image"``: the whole mask as the generator's data has it (``dataset.image_size``, or a window), nearest-resized
+      to S × S; defects of a few pixels vanish.
+    """
+
+    image_size: int = 64  # S of the generated masks (box: the shape's frame; image: the whole mask)
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # channels per resolution level, highest resolution first
     layers_per_block: int = 1  # ResNet blocks per level
     norm_num_groups: int = 8  # GroupNorm groups
     attention_head_dim: int = 8  # channels per attention head (lowest level only)
     rotate90: bool = True  # augmentation: rotate each training mask by a random multiple of 90° (plus the flips)
+    frame: MaskFrame = "box"  # "box": shapes at their own scale + real sizes; "image": whole masks resized to S × S
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass(kw_only=True)
@@ -331,8 +345,8 @@ class TrainConfig:
         _positive_int("TrainConfig.grid_samples", self.grid_samples)
         if not 2 <= self.grid_nfe <= 1000:
             raise ValueError(f"TrainConfig.grid_nfe must be in 2..1000, got {self.grid_nfe!r}")
-        if "mask" in self.stages:
-            mask_model_config(self, ["category/defect"])  # validates the mask model's shape up front
+        if "mask" in self.stages:  # validates the mask model's shape up front (placeholder key and size)
+            mask_model_config(self, ["category/defect"], {"category/defect": [0.1]})
         if self.fault.stage is not None and self.fault.stage not in self.stages:
             raise ValueError(f"TrainConfig.fault.stage = {self.fault.stage!r} is not one of the stages {self.stages}")
 
@@ -356,9 +370,18 @@ class TrainConfig:
         return getattr(self.stage, stage)
 
 
-def mask_model_config(cfg: TrainConfig, defect_keys: list[str]) -> MaskDiffusionConfig:
-    """The :class:`MaskDiffusionConfig` of stage "mask" for ``defect_keys``."""
+def mask_model_config(
+    cfg: TrainConfig, defect_keys: list[str], box_sides: dict[str, list[float]] | None = None
+) -> MaskDiffusionConfig:
+    """The :class:`MaskDiffusionConfig` of stage "mask" for ``defect_keys``; the box frame also needs every key's real
+    side fractions ``box_sides`` (pipelines.train.mask_data), the image frame none.
+
+    Raises:
+        ValueError: a bad shape, or a box frame without side fractions for a key.
+    """
     m = cfg.mask_model
+    if m.frame == "box" and box_sides is None:
+        raise ValueError("mask_model_config: mask_model.frame = 'box' needs the real masks' side fractions (box_sides)")
     return MaskDiffusionConfig(
         keys=tuple(defect_keys),
         image_size=m.image_size,
@@ -366,6 +389,8 @@ def mask_model_config(cfg: TrainConfig, defect_keys: list[str]) -> MaskDiffusion
         layers_per_block=m.layers_per_block,
         norm_num_groups=m.norm_num_groups,
         attention_head_dim=m.attention_head_dim,
+        frame=m.frame,
+        box_sides=dict(box_sides) if m.frame == "box" and box_sides is not None else {},
     )
 
 

@@ -9,6 +9,7 @@ What each stage trains on (FAST_SPEC §6, §8; ``split_anomalies`` cuts each def
            also learns to fill a masked region of a normal image from its surroundings
     fast   the training-third anomaly images with their masks                      (image, mask, key)
     mask   the training-third masks                                                (mask, key)
+           (box-frame mask model: their shapes at native scale instead, pipelines.train.mask_data)
 
 Images are decoded once on the driver (``load_image`` → ``to_model_image`` at ``image_size``) and kept as uint8
 ``u = round((x + 1) · 127.5)``, the exact inverse of ``x = u / 127.5 − 1`` (4× smaller than float32 in the object
@@ -31,6 +32,8 @@ from pipelines.train.config import DatasetConfig
 
 if TYPE_CHECKING:
     import ray.data
+
+    from pipelines.train.mask_data import BoxShapes
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class TrainingData:
         extra_images: (E, C, S, S) uint8 training-third anomaly images without a mask (VAE/base only).
         extra_key_ids: (E,) int64.
         skipped: ``(path, reason)`` of every file left out.
+        mask_shapes: the mask stage's rows when its model is in the box frame (set by the run), else None.
     """
 
     keys: list[str]
@@ -72,11 +76,13 @@ class TrainingData:
     extra_images: np.ndarray
     extra_key_ids: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    mask_shapes: BoxShapes | None = None
 
     def stage_columns(self, stage: str, base_masks: bool = False, borrow_masks: bool = False) -> dict[str, np.ndarray]:
         """The columns stage ``stage`` trains on (see the module docstring); ``base_masks`` adds the mask column to
         the base stage (for ``loss.fg_weight > 0`` or an inpaint UNet; otherwise it would only cost object-store
-        bytes); ``borrow_masks`` (inpaint) gives normal image i the training mask i mod A instead of an empty one."""
+        bytes); ``borrow_masks`` (inpaint) gives normal image i the training mask i mod A instead of an empty one; the
+        mask stage's rows are ``mask_shapes`` when set."""
         if stage in ("vae", "base"):
             images = np.concatenate([self.normal, self.anomalies, self.extra_images])
             key_ids = np.concatenate(
@@ -94,6 +100,8 @@ class TrainingData:
         if stage == "fast":
             return {IMAGE: self.anomalies, MASK: self.masks, KEY_ID: self.anomaly_key_ids}
         if stage == "mask":
+            if self.mask_shapes is not None:
+                return self.mask_shapes.columns()
             return {MASK: self.masks, KEY_ID: self.anomaly_key_ids}
         raise ValueError(f"unknown stage {stage!r}")
 

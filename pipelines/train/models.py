@@ -120,8 +120,11 @@ def load_stage_weights(model: FastLDM, stage: str, weights: dict[str, torch.Tens
 def required_stages(cfg: TrainConfig, upto: str | None) -> list[str]:
     """The finished stages whose weights the model at the start of ``upto`` holds (None: the final model).
 
-    From scratch: vae before base, vae + base before fast. On a given base only fast itself counts.
+    From scratch: vae before base, vae + base before fast. On a given base only fast itself counts. The mask stage
+    trains its own model from scratch, so it needs none (``stages: [mask]`` is a run of its own).
     """
+    if upto == "mask":
+        return []
     before = STAGE_ORDER if upto is None else STAGE_ORDER[: STAGE_ORDER.index(upto)]
     owned = ("fast",) if cfg.model.base_model_uri is not None else ("vae", "base", "fast")
     return [s for s in before if s in owned]

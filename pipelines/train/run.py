@@ -1,6 +1,7 @@
 """``run_training(cfg)``: the stages in order, one Ray Train ``TorchTrainer`` each, then publish the model.
 
     check the config and the dataset; read and preprocess the images once (driver)
+    box-frame mask model: every training-third mask's shape at its own scale and its side fraction (mask_data)
     run.json: a new run records what it trains; a rerun (same run_name + storage_path) must match it, and resumes
     for stage in vae, base, fast, mask (those configured):
         finished (stages/<stage>.json)          → skipped
@@ -8,7 +9,8 @@
         else validate the latest checkpoint     → TorchTrainer(<stage>_loop, ScalingConfig, datasets={"train": …})
         the final checkpoint                    → metrics.jsonl, curves.png (every stage's loss), stages/<stage>.json
     publish_model(model, publish_uri or <run>/model)   (when the run has a FAST stage)
-    MaskDiffusionModel.save layout → <run>/mask_model  (when the run has a mask stage)
+    MaskDiffusionModel.save layout → <run>/mask_model  (when the run has a mask stage; box frame: with the real
+                                                        side fractions per key in its config.json)
 
 A worker failure is raised as :class:`TrainingFailed` with the worker's own message (a NaN loss names the stage and
 the step; the checkpoints written before it stay). See :mod:`pipelines.train.checkpoint` for the run layout.
@@ -28,19 +30,19 @@ import numpy as np
 import torch
 
 from fast_core.configbase import to_dict
-from fast_core.masks.diffusion import MaskDiffusionModel
 from fast_core.models.base import check_state
 from pipelines import console
 from pipelines import storage as st
 from pipelines.config import RESOLVED_NAME, dump_config
 from pipelines.model_store import ModelInfo, publish_model, read_model_info
 from pipelines.train.checkpoint import RUN_INFO, Checkpoint, RunStore
-from pipelines.train.config import LossSettings, StageConfig, TrainConfig, check_dataset, mask_model_config
+from pipelines.train.config import LossSettings, StageConfig, TrainConfig, check_dataset
 from pipelines.train.curves import CURVES, render_curves
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
+from pipelines.train.mask_data import load_box_shapes
 from pipelines.train.models import build_model, load_stage_weights, local_base_dir, required_stages
-from pipelines.train.steps import measure_scaling_factor
+from pipelines.train.steps import mask_model, measure_scaling_factor
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ class TrainSummary:
 
 
 def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
-    """The settings that shape the trained weights; a rerun that differs in any of them is refused."""
+    """The settings that shape the trained weights; a rerun that differs in any of them is refused (``mask_model``
+    only when the rerun trains the mask stage, :func:`_compared`)."""
     d = cfg.dataset
     return {
         "dataset": {
@@ -109,20 +112,29 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
         },
         "model": to_dict(cfg.model),
         "loss": to_dict(cfg.loss),
+        "mask_model": {"frame": cfg.mask_model.frame},
         "seed": cfg.seed,
         "keys": keys,
     }
 
 
 def _recorded(have: dict[str, Any], key: str) -> Any:
-    """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), and
-    before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
-    output)."""
+    """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), before
+    ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
+    output), and before ``mask_model`` with the whole-mask model (frame "image", the only one there was)."""
     if key == "loss" and key not in have:
         return to_dict(LossSettings())
     if key == "model" and isinstance(have.get(key), dict):
         return {"farm_keyed": False, "farm_skips": False, "farm_residual": False, **have[key]}
+    if key == "mask_model":
+        return {"frame": "image", **(have.get(key) or {})}
     return have.get(key)
+
+
+def _compared(cfg: TrainConfig, want: dict[str, Any]) -> list[str]:
+    """The fingerprint entries a rerun must match: all, but the mask model's frame only when the rerun trains or
+    publishes the mask stage (a run of the other stages is not refused for a mask setting it does not use)."""
+    return [k for k in want if k != "mask_model" or "mask" in cfg.stages]
 
 
 def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: bool) -> bool:
@@ -138,13 +150,24 @@ def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: 
         have = json.loads(st.read_text(uri, cfg.storage))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{uri}: not valid JSON ({exc})") from exc
-    diff = sorted(k for k in want if _recorded(have, k) != want[k])
+    diff = sorted(k for k in _compared(cfg, want) if _recorded(have, k) != want[k])
     if diff:
         detail = "; ".join(f"{k}: run has {_recorded(have, k)!r}, config gives {want[k]!r}" for k in diff)
+        hint = (
+            f" (or set mask_model.frame: {_recorded(have, 'mask_model')['frame']} to go on with this run's mask model)"
+            if "mask_model" in diff
+            else ""
+        )
         raise ValueError(
-            f"{store.run_uri} was trained with different settings ({detail}); use another run_name to start a new run"
+            f"{store.run_uri} was trained with different settings ({detail}); use another run_name to start a new "
+            f"run{hint}"
         )
     return True
+
+
+def _box_sides(data: TrainingData) -> dict[str, list[float]] | None:
+    """The real side fractions per defect key of a box-frame mask stage, else None."""
+    return data.mask_shapes.sides if data.mask_shapes is not None else None
 
 
 def _preview(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np.ndarray]:
@@ -199,6 +222,7 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData, start: int) -> 
         "keys": data.keys,
         "preview": _preview(data, cfg, stage),
         "scale_images": _scale_images(data) if stage == "vae" else None,
+        "box_sides": _box_sides(data) if stage == "mask" else None,
     }
     trainer = TorchTrainer(
         LOOPS[stage],
@@ -238,6 +262,8 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
     check_dataset(cfg.dataset)
     store = RunStore(cfg.run_uri, cfg.storage)
     data = load_training_data(cfg.dataset, cfg.seed)
+    if "mask" in cfg.stages and cfg.mask_model.frame == "box":
+        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size)
     for stage in cfg.stages:
         check_stage_rows(data, stage, cfg.stage_config(stage).batch_size, cfg.scaling.num_workers)
     for stage in cfg.stages:
@@ -312,14 +338,14 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         summaries.append(StageSummary(stage, scfg.steps, False, start, info["wall_s"], final_loss, grids))
 
     model_uri = _publish(cfg, store, data.keys) if "fast" in cfg.stages else None
-    mask_model_uri = _publish_mask(cfg, store, data.keys) if "mask" in cfg.stages else None
+    mask_model_uri = _publish_mask(cfg, store, data.keys, _box_sides(data)) if "mask" in cfg.stages else None
     return TrainSummary(
         run_uri=store.run_uri,
         model_uri=model_uri,
         mask_model_uri=mask_model_uri,
         keys=data.keys,
         stages=summaries,
-        skipped_files=len(data.skipped),
+        skipped_files=len(data.skipped) + (len(data.mask_shapes.skipped) if data.mask_shapes is not None else 0),
         wall_s=time.perf_counter() - t0,
     )
 
@@ -397,16 +423,19 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
     return uri
 
 
-def _publish_mask(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
-    """Write the finished mask stage's model (MaskDiffusionModel.save layout) to ``cfg.mask_model_uri``."""
+def _publish_mask(cfg: TrainConfig, store: RunStore, keys: list[str], box_sides: dict[str, list[float]] | None) -> str:
+    """Write the finished mask stage's model (MaskDiffusionModel.save layout; box frame: with ``box_sides``) to
+    ``cfg.mask_model_uri``."""
     ckpt = store.stage_weights("mask")
-    model = MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != "good"]), seed=cfg.seed)
+    model = mask_model(cfg, keys, box_sides)
     check_state(model.state_dict(), ckpt.final_weights, f"stage 'mask' checkpoint {ckpt.uri}")
     model.load_state_dict(ckpt.final_weights)
     with tempfile.TemporaryDirectory(prefix="fastgen-mask-model-") as tmp:
         model.save(tmp)
         st.put_dir(tmp, cfg.mask_model_uri, cfg.storage)
-    logger.info("mask diffusion model (keys %s) written to %s", model.keys, cfg.mask_model_uri)
+    logger.info(
+        "mask diffusion model (keys %s, frame %s) written to %s", model.keys, model.config.frame, cfg.mask_model_uri
+    )
     return cfg.mask_model_uri
 
 

@@ -2,7 +2,8 @@
 
     g      = Generator(seed = H(seed, stage, rank, step))   # step_seed: every random draw of the step, resume-exact
     batch  = prepare_batch(batch, g)                        # uint8 → [−1, 1]; flips (image and mask together);
-                                                            # mask stage: resize to the mask model, rot90
+                                                            # mask stage: rot90, and (image frame) resize to the
+                                                            # mask model (box-frame shapes are already S × S)
     loss   = StageObjective(model)(x, M, key_ids, g)        # fast_core.training.*_training_step / mask_training_step
 
 Trainable tensors per stage: vae the whole VAE; base the UNet + prompt encoder; fast the prompt vectors + FARM +
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fast_core.data.layout import GOOD
 from fast_core.masks.diffusion import MaskDiffusionModel, mask_training_step
 from fast_core.models.base import check_state
 from fast_core.models.ldm import FastLDM
@@ -131,12 +133,19 @@ def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.dev
     return 1.0 / std
 
 
+def mask_model(cfg: TrainConfig, keys: list[str], box_sides: dict[str, list[float]] | None) -> MaskDiffusionModel:
+    """The mask diffusion model of stage "mask" at its seed-initialised weights: every defect key of ``keys`` (not
+    ``"good"``), and for the box frame the real side fractions ``box_sides`` it carries to the masks stage."""
+    return MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != GOOD], box_sides), seed=cfg.seed)
+
+
 def stage_model(
-    cfg: TrainConfig, keys: list[str], store: RunStore, stage: str
+    cfg: TrainConfig, keys: list[str], store: RunStore, stage: str, box_sides: dict[str, list[float]] | None = None
 ) -> tuple[FastLDM | MaskDiffusionModel, list[nn.Parameter]]:
-    """The model stage ``stage`` trains (from its starting weights) and its trainable parameters."""
+    """The model stage ``stage`` trains (from its starting weights) and its trainable parameters (``box_sides``: the
+    mask stage's side fractions in the box frame, :func:`mask_model`)."""
     if stage == "mask":
-        model = MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != "good"]), seed=cfg.seed)
+        model = mask_model(cfg, keys, box_sides)
         return model, list(model.parameters())
     model = build_model(cfg, keys, store, stage)
     return model, configure_trainable(model, stage)
@@ -154,12 +163,18 @@ def load_weights(model: FastLDM | MaskDiffusionModel, stage: str, weights: dict[
 def prepare_batch(
     batch: dict[str, torch.Tensor], g: torch.Generator, cfg: TrainConfig, stage: str, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Images to [−1, 1] float, masks to {0, 1} float (mask stage: resized to the mask model's size), augmented."""
+    """Images to [−1, 1] float, masks to {0, 1} float, augmented. Mask stage: image-frame masks are nearest-resized to
+    the mask model's S × S; box-frame shapes must already be S × S (they are never resized here)."""
     x = batch[IMAGE].to(device=device, dtype=torch.float32) / 127.5 - 1.0 if IMAGE in batch else None
     mask = batch[MASK].to(device=device, dtype=torch.float32) if MASK in batch else None
     if stage == "mask":
         size = cfg.mask_model.image_size
-        if mask.shape[-1] != size:
+        if tuple(mask.shape[-2:]) != (size, size):
+            if cfg.mask_model.frame == "box":
+                raise ValueError(
+                    f"prepare_batch: box-frame mask shapes must be {size} × {size} (mask_model.image_size), got "
+                    f"{tuple(mask.shape[-2:])}"
+                )
             mask = torch.nn.functional.interpolate(mask, size=(size, size), mode="nearest")
         mask = flip_batch([mask], g, cfg.dataset.hflip, cfg.dataset.vflip)[0]
         return None, rotate_batch(mask, g) if cfg.mask_model.rotate90 else mask

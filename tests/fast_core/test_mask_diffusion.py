@@ -1,7 +1,9 @@
-"""The mask diffusion model: shapes, config checks, exact save/load, determinism, keys, and learning a toy set."""
+"""The mask diffusion model: shapes, config checks, frames, exact save/load, determinism, keys, and learning a toy
+set."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +85,39 @@ def test_unknown_keys_fail() -> None:
         sample_masks(model, ["toy/disc"] * 2, _gens(1))
     with pytest.raises(ValueError, match="only 0 and 1"):
         mask_training_step(model, _discs(1, 0) * 0.5, ["toy/disc"], None)
+
+
+def test_box_frame_needs_real_side_fractions_for_every_key() -> None:
+    sides = {"toy/disc": [0.02, 0.05], "toy/bar": [0.9]}
+    cfg = _cfg(frame="box", box_sides=sides)
+    assert cfg.frame == "box" and cfg.box_sides == sides
+    assert _cfg().frame == "image" and _cfg().box_sides == {}  # the dataclass default: configs saved before frames
+    with pytest.raises(ValueError, match="needs the real side fractions.*none for toy/disc, toy/bar"):
+        _cfg(frame="box")
+    with pytest.raises(ValueError, match="none for toy/bar"):
+        _cfg(frame="box", box_sides={"toy/disc": [0.1], "toy/bar": []})
+    with pytest.raises(ValueError, match="not in keys: toy/hole"):
+        _cfg(frame="box", box_sides={**sides, "toy/hole": [0.1]})
+    with pytest.raises(ValueError, match=r"box_sides\['toy/bar'\] must hold finite numbers > 0"):
+        _cfg(frame="box", box_sides={**sides, "toy/bar": [0.1, -0.2]})
+    with pytest.raises(ValueError, match="box_sides is given but frame = 'image'"):
+        _cfg(box_sides=sides)
+    with pytest.raises(ValueError, match="frame = 'crop' is not one of"):
+        _cfg(frame="crop")
+
+
+def test_box_frame_round_trips_and_an_old_config_loads_as_image(tmp_path: Path) -> None:
+    box = MaskDiffusionModel(_cfg(frame="box", box_sides={"toy/disc": [0.03], "toy/bar": [0.5, 1.25]}), seed=2)
+    loaded = MaskDiffusionModel.load(box.save(tmp_path / "box"))
+    assert loaded.config == box.config and loaded.config.box_sides["toy/bar"] == [0.5, 1.25]
+    # a config.json written before frames existed has neither field: it is a whole-mask ("image") model
+    folder = MaskDiffusionModel(_cfg(), seed=2).save(tmp_path / "old")
+    data = json.loads((folder / "config.json").read_text())
+    for name in ("frame", "box_sides"):
+        del data[name]
+    (folder / "config.json").write_text(json.dumps(data))
+    old = MaskDiffusionModel.load(folder)
+    assert old.config.frame == "image" and old.config.box_sides == {}
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:

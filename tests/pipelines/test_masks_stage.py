@@ -106,6 +106,8 @@ def test_key_without_usable_masks_and_unknown_counts_key_fail_before_work(datase
 
 
 def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="diffusion.jitter = -0.1 must be a finite number >= 0"):
+        load_config(MasksConfig, None, ["dataset.root=x", "out=y", "diffusion.jitter=-0.1"])
     with pytest.raises(ValueError, match="mask_model_uri is required"):
         load_config(MasksConfig, None, ["dataset.root=x", "out=y", "sources.diffusion=1.0"])
     with pytest.raises(ValueError, match="every weight is 0"):
@@ -210,9 +212,19 @@ def test_outside_foreground_is_rejected() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ diffusion
-def _tiny_mask_model(path: Path) -> Path:
-    cfg = MaskDiffusionConfig(keys=KEYS, image_size=16, block_out_channels=(8, 8), norm_num_groups=4)
+def _tiny_mask_model(path: Path, box_sides: dict[str, list[float]] | None = None) -> Path:
+    """A tiny untrained mask model of KEYS: whole-mask ("image" frame), or a box-frame one with ``box_sides``."""
+    frame = {} if box_sides is None else {"frame": "box", "box_sides": box_sides}
+    cfg = MaskDiffusionConfig(keys=KEYS, image_size=16, block_out_channels=(8, 8), norm_num_groups=4, **frame)
     return MaskDiffusionModel(cfg, seed=0).save(path)
+
+
+BOX_SIDES = {"widget/dent": [0.25], "widget/scratch": [0.1, 0.12]}  # × √(40 · 48) ≈ 43.8: sides of 11 and 4-5 px
+
+
+def _bbox_side(mask: np.ndarray) -> int:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) if rows.size else 0
 
 
 def test_mask_sampler_fills_diffusion_rows_deterministically(dataset: Path, tmp_path: Path) -> None:
@@ -229,6 +241,69 @@ def test_mask_sampler_fills_diffusion_rows_deterministically(dataset: Path, tmp_
         assert out["mask_png"][i] is not None and decode_mask(out["mask_png"][i]).shape == (40, 48)
         assert out["mask_png"][i] == again["mask_png"][i]
     assert all(out["mask_png"][i] == batch["mask_png"][i] for i in range(len(diff)) if i not in diff)
+
+
+def test_box_frame_sampler_places_each_shape_at_a_real_size(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model = _tiny_mask_model(tmp_path / "mm", BOX_SIDES)
+    mix = ("sources={augment: 0.0, diffusion: 1.0, real: 0.0}", f"mask_model_uri={model}")
+    cfg = _cfg(dataset, tmp_path / "o", *mix)
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    batch = _generate(build_plan(inputs, cfg), cfg)
+    sampler = MaskSampler(str(model), nfe=3, threshold=0.0, jitter=0.0)
+    out = sampler(batch)
+    sizes: dict[str, set[int]] = {k: set() for k in KEYS}
+    for i in range(len(out["sample_id"])):
+        mask = decode_mask(out["mask_png"][i])
+        key = f"{out['category'][i]}/{out['defect_type'][i]}"
+        assert mask.shape == (40, 48)
+        sizes[key].add(_bbox_side(mask))
+    # jitter 0: each shape spans at most its drawn side (the untrained samples nearly fill their frame)
+    assert max(sizes["widget/dent"]) == 11 and max(sizes["widget/scratch"]) <= 5 and min(sizes["widget/dent"]) > 5
+    # a row's mask is a function of its own seed: the same again, and alone in its batch
+    again = sampler(batch)
+    assert list(again["mask_png"]) == list(out["mask_png"])
+    single = sampler({k: v[3:4] for k, v in batch.items()})
+    assert single["mask_png"][0] == out["mask_png"][3]
+    # Ray Data hands over a column of nothing but missing PNGs as floats (NaN); the sampler fills it all the same
+    nulls = sampler({**batch, "mask_png": np.full(len(batch["sample_id"]), np.nan)})
+    assert list(nulls["mask_png"]) == list(out["mask_png"])
+    # the jitter spreads the sizes; the whole-mask model resizes its sample to the row's size instead
+    spread = MaskSampler(str(model), nfe=3, threshold=0.0, jitter=0.5)(batch)
+    assert list(spread["mask_png"]) != list(out["mask_png"])
+    whole = MaskSampler(str(_tiny_mask_model(tmp_path / "image")), nfe=3, threshold=0.0)(batch)
+    assert all(_bbox_side(decode_mask(p)) > 20 for p in whole["mask_png"])  # thresholded noise over the whole frame
+
+
+def test_jitter_stays_out_of_the_fingerprint_at_its_default(dataset: Path, tmp_path: Path) -> None:
+    """Outputs made before the setting existed (a whole-mask model, which the jitter does not touch) keep their
+    fingerprint; any other jitter is part of it."""
+    mix = ("sources={augment: 0.5, diffusion: 0.5, real: 0.0}", "mask_model_uri=/models/m")
+    assert _cfg(dataset, tmp_path / "o", *mix).content()["diffusion"] == {"nfe": 10, "threshold": 0.0}
+    assert _cfg(dataset, tmp_path / "o", *mix, "diffusion.jitter=0.3").content()["diffusion"]["jitter"] == 0.3
+    assert "diffusion" not in _cfg(dataset, tmp_path / "o").content()
+
+
+def test_box_frame_masks_through_generate_sampler_and_filters(dataset: Path, tmp_path: Path) -> None:
+    """The stage functions in pipeline order without Ray: plan → generate → sample and place → filter → shard rows."""
+    torch.set_num_threads(1)
+    model = _tiny_mask_model(tmp_path / "mm", BOX_SIDES)
+    mix = ("sources={augment: 0.5, diffusion: 0.5, real: 0.0}", f"mask_model_uri={model}", "diffusion.nfe=3")
+    cfg = _cfg(dataset, tmp_path / "o", *mix, "filter.min_component_px=1", "filter.max_components=50")
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    plan = build_plan(inputs, cfg)
+    sampled = MaskSampler(str(model), nfe=3, threshold=0.0, jitter=cfg.diffusion.jitter)(_generate(plan, cfg))
+    rows = pa.table(
+        {k: pa.array(list(v), pa.binary()) if k == "mask_png" else pa.array(list(v)) for k, v in sampled.items()}
+    )
+    data, rejected, files, counts = shard_tables(filter_shard(rows, cfg.filter, {}), "run-box")
+    assert data.num_rows + rejected.num_rows == plan.num_rows
+    diffusion = [i for i, s in enumerate(data.column("source").to_pylist()) if s == "diffusion"]
+    assert diffusion  # placed shapes pass the filters
+    for i in diffusion:
+        mask = decode_mask(data.column("mask")[i].as_py()["bytes"])
+        assert mask.shape == (40, 48) and 0 < _bbox_side(mask) <= 14  # the largest drawn side: 11 · e^0.15 < 13
+        assert data.column("area_fraction")[i].as_py() < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ end to end (Ray)
@@ -305,6 +380,31 @@ def test_ray_run_local_with_all_sources_resume_and_manifest(ray_local: None, dat
     rows = read_manifest(str(manifest_uri))
     assert rows.num_rows == 10 and all(s.startswith("shard:widget__") for s in rows.column("mask_source").to_pylist())
     assert {k: v["masks_used"] for k, v in result.summary["keys"].items()} == stats["written_by_key"]
+
+
+@pytest.mark.ray
+def test_ray_run_with_a_box_frame_model_resumes_to_the_same_bytes(
+    ray_local: None, dataset: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    model = _tiny_mask_model(tmp_path / "mm", BOX_SIDES)
+    mix = ("sources={augment: 0.0, diffusion: 1.0, real: 0.0}", f"mask_model_uri={model}", "diffusion.nfe=3")
+    out = tmp_path / "out"
+    summary = run_masks(_cfg(dataset, out, *mix))
+    assert summary.rows == 12 and summary.written + summary.rejected == 12
+    data = pq.read_table(out / "data").to_pylist() if summary.written else []
+    rejected = [r for r in pq.read_table(out / "rejected").to_pylist() if r["mask_png"] is not None]
+    masks = [decode_mask(r["mask"]["bytes"]) for r in data] + [decode_mask(r["mask_png"]) for r in rejected]
+    assert masks and all(m.shape == (40, 48) and _bbox_side(m) <= 14 for m in masks)
+    job = json.loads((out / "_commits" / "job.json").read_text())
+    assert job["content"]["diffusion"] == {"nfe": 3, "threshold": 0.0}  # the default jitter is not recorded
+    first = _read_dir(out)
+    (out / "_SUCCESS").unlink()
+    (out / "_commits" / "part-00002.json").unlink()
+    assert run_masks(_cfg(dataset, out, *mix)).shards_written == 1
+    assert _read_dir(out) == first
+    with pytest.raises(ValueError, match="different job"):
+        run_masks(_cfg(dataset, out, *mix, "diffusion.jitter=0.3"))
 
 
 @pytest.mark.ray

@@ -23,6 +23,7 @@ from pipelines.model_store import BASE_DIR, load_model
 from pipelines.train import TrainConfig, TrainingFailed, run_training
 from pipelines.train.checkpoint import RunStore
 from pipelines.train.curves import CURVES, PANEL_HEIGHT, WIDTH, render_curves
+from pipelines.train.mask_data import load_box_shapes
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.tiny_models import tiny_base_model_dir, write_taef2_folder
 
@@ -90,6 +91,25 @@ def test_full_chain_two_workers_local_then_rerun_skips(ray_local: None, tiny_dat
     again = run_training(cfg)  # same run_name + storage_path: every stage is finished, nothing retrains
     assert all(s.skipped for s in again.stages)
     assert metric_steps(store, "fast") == [1, 2]
+
+
+def test_mask_stage_alone_in_the_box_frame_publishes_the_real_sizes(
+    ray_local: None, tiny_data: tuple[Path, Path], tmp_path
+) -> None:
+    """``stages: [mask]`` needs no other stage; two workers train on the native-scale shapes, and the published model
+    carries every key's real side fractions for the masks stage."""
+    root, _ = tiny_data
+    mask = ["stages=[mask]", "stage.mask.steps=2", "mask_model.image_size=16", "mask_model.block_out_channels=[8, 16]"]
+    cfg = tiny_cfg(root, str(tmp_path / "runs"), *mask)
+    summary = run_training(cfg)
+    assert [s.stage for s in summary.stages] == ["mask"] and np.isfinite(summary.stages[0].final_loss)
+    assert summary.model_uri is None and metric_steps(RunStore(cfg.run_uri), "mask") == [1, 2]
+    model = MaskDiffusionModel.load(summary.mask_model_uri)
+    box = load_box_shapes(cfg.dataset, summary.keys, 16)
+    assert model.config.frame == "box" and model.keys == ["tiny/crack", "tiny/scratch"]
+    assert model.config.box_sides == box.sides and all(len(v) == 2 for v in box.sides.values())
+    assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["mask_model"] == {"frame": "box"}
+    assert all(s.skipped for s in run_training(cfg).stages)
 
 
 @pytest.mark.s3

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fast_core.data.transforms import decode_png
 from pipelines.config import load_config
@@ -16,8 +18,9 @@ from pipelines.train.config import StageConfig, TrainConfig, check_dataset
 from pipelines.train.data import check_stage_rows, load_training_data
 from pipelines.train.grid import base_grid, compose, fast_grid, vae_grid
 from pipelines.train.loops import WeightsEMA, lr_at
-from pipelines.train.models import build_model, model_config, stage_state
-from pipelines.train.run import _check_run_info, stage_rows
+from pipelines.train.mask_data import load_box_shapes
+from pipelines.train.models import build_model, model_config, required_stages, stage_state
+from pipelines.train.run import _box_sides, _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
@@ -26,7 +29,7 @@ from pipelines.train.steps import (
     stage_model,
     step_seed,
 )
-from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
+from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file, write_empty_mask
 from tests.helpers.tiny_models import tiny_fast_ldm
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
@@ -54,6 +57,12 @@ def test_example_configs_load(name: str) -> None:
     cfg = load_config(TrainConfig, CONFIGS / name, ["dataset.root=/x"])
     assert cfg.stages == ("vae", "base", "fast")
     assert cfg.model_uri == f"{cfg.storage_path}/{cfg.run_name}/model"
+
+
+def test_mask_model_config_loads_in_the_box_frame() -> None:
+    cfg = load_config(TrainConfig, CONFIGS / "train-mask-cpu.yaml")
+    assert cfg.stages == ("mask",) and cfg.mask_model.frame == "box" and cfg.mask_model.image_size == 64
+    assert cfg.mask_model_uri == f"{cfg.storage_path}/{cfg.run_name}/mask_model"
 
 
 def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,6 +94,7 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("scaling.max_failures=-1", "TrainConfig.scaling.max_failures must be an integer >= 0"),
         ("model.first_stage_uri=", "first_stage_uri is empty"),
         ("model.unet_conditioning=masked", "unet_conditioning"),
+        ("mask_model.frame=crop", "mask_model.frame = 'crop' is not one of: 'image', 'box'"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, override: str, message: str) -> None:
@@ -146,6 +156,29 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
         tiny_cfg(dataset, tmp_path / "runs", "model.farm_skips=3")
 
 
+def test_a_run_recorded_before_mask_frames_resumes_as_image_and_a_changed_frame_is_refused(
+    dataset: Path, tmp_path: Path
+) -> None:
+    runs, keys = tmp_path / "runs", ["good", "widget/dent", "widget/scratch"]
+    image = tiny_cfg(dataset, runs, "stages=[mask]", "mask_model.frame=image")
+    store = RunStore(image.run_uri)
+    _check_run_info(store, image, keys, resume=False)
+    info = json.loads(Path(store.uri("run.json")).read_text())
+    assert info["mask_model"] == {"frame": "image"}
+    del info["mask_model"]  # recorded before the field existed: the whole-mask model, the only one there was
+    Path(store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(store, image, keys, resume=True) is True
+    box = tiny_cfg(dataset, runs, "stages=[mask]")  # the default frame of new configs
+    assert box.mask_model.frame == "box"
+    with pytest.raises(ValueError, match=r"mask_model: run has \{'frame': 'image'\}.*set mask_model.frame: image"):
+        _check_run_info(store, box, keys, resume=True)
+    # a rerun that does not train the mask stage is not refused for the mask frame it does not use
+    assert _check_run_info(store, tiny_cfg(dataset, runs), keys, resume=True) is True
+    fresh = RunStore(tiny_cfg(dataset, runs, "run_name=fresh").run_uri)
+    _check_run_info(fresh, tiny_cfg(dataset, runs, "run_name=fresh", "stages=[mask]"), keys, resume=False)
+    assert json.loads(Path(fresh.uri("run.json")).read_text())["mask_model"] == {"frame": "box"}
+
+
 # -------------------------------------------------------------------------------------------------------- data
 def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(dataset, tmp_path)
@@ -198,6 +231,89 @@ def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> 
     assert any(np.array_equal(first[:, y : y + 32, x : x + 32], crop) for y in range(40 - 31) for x in range(60 - 31))
     with pytest.raises(ValueError, match="window_margin"):
         tiny_cfg(root, tmp_path / "runs", "dataset.window_margin=-1")
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
+@pytest.fixture
+def defects_at_native_size(tmp_path: Path) -> Path:
+    """120 × 160 images; the training third (files 000, 001) holds a 5 px and a 3 px blowhole and a 2 × 150 px and a
+    100 × 3 px crack."""
+    root = make_dummy_mvtec(tmp_path / "native", n_good=2, defects={"blowhole": 6, "crack": 6}, size=(120, 160))
+    gt = root / "widget" / "ground_truth"
+    yy, xx = np.mgrid[:120, :160]
+    _write_mask(gt / "blowhole" / "000_mask.png", (yy - 50) ** 2 + (xx - 70) ** 2 <= 5)  # 5 × 5 disc
+    blob = np.zeros((120, 160), bool)
+    blob[90:93, 20:23] = True  # 3 × 3
+    _write_mask(gt / "blowhole" / "001_mask.png", blob)
+    crack = np.zeros((120, 160), bool)
+    crack[60:62, 5:155] = True  # 2 × 150, horizontal
+    _write_mask(gt / "crack" / "000_mask.png", crack)
+    vertical = np.zeros((120, 160), bool)
+    vertical[10:110, 80:83] = True  # 100 × 3
+    _write_mask(gt / "crack" / "001_mask.png", vertical)
+    return root
+
+
+def test_box_frame_shapes_keep_tiny_and_thin_defects_and_their_real_sizes(
+    defects_at_native_size: Path, tmp_path: Path
+) -> None:
+    root = defects_at_native_size
+    cfg = tiny_cfg(root, tmp_path / "runs", "stages=[mask]", "mask_model.image_size=16")
+    keys = ["good", "widget/blowhole", "widget/crack"]
+    box = load_box_shapes(cfg.dataset, keys, 16)
+    assert box.shapes.shape == (4, 1, 16, 16) and box.shapes.dtype == np.uint8 and box.key_ids.tolist() == [1, 1, 2, 2]
+    scale = math.sqrt(120 * 160)
+    assert box.sides == {
+        "widget/blowhole": [pytest.approx(5 / scale), pytest.approx(3 / scale)],
+        "widget/crack": [pytest.approx(150 / scale), pytest.approx(100 / scale)],
+    }
+    blowhole, square, crack, vertical = (s[0].astype(bool) for s in box.shapes)
+    assert square.all() and blowhole.mean() > 0.6  # a few pixels fill the whole frame, square or round:
+    assert blowhole[8, 8] and blowhole[8, 0] and not blowhole[0, 0]  # the disc keeps its corners off
+    # the thin cracks stay unbroken lines across the frame, one or two cells thick (any-pooling)
+    assert crack.any(axis=0).all() and 1 <= crack.any(axis=1).sum() <= 2
+    assert vertical.any(axis=1).all() and 1 <= vertical.any(axis=0).sum() <= 2
+    # the whole-mask (image) frame loses the blowholes at the same S: they are a pixel or less at 16 × 16
+    data = load_training_data(cfg.dataset)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(data.masks).float(), size=(16, 16), mode="nearest")
+    assert max(resized[:2].sum(dim=(1, 2, 3)).tolist()) <= 1.0
+    # the shapes and sizes do not depend on how the generator sees its images
+    window = tiny_cfg(root, tmp_path / "runs", "dataset.frame=window", "dataset.image_size=64")
+    other = load_box_shapes(window.dataset, keys, 16)
+    assert np.array_equal(other.shapes, box.shapes) and other.sides == box.sides
+    # the mask stage trains on them as they are: flipped and turned, never resized
+    data.mask_shapes = box
+    rows = stage_rows(data, cfg, "mask")
+    assert rows["mask"] is box.shapes and rows["key_id"] is box.key_ids
+    batch = {k: torch.from_numpy(v) for k, v in rows.items()}
+    _, mask = prepare_batch(batch, torch.Generator().manual_seed(0), cfg, "mask", torch.device("cpu"))
+    assert mask.shape == (4, 1, 16, 16) and mask.sum(dim=(1, 2, 3)).tolist() == box.shapes.sum(axis=(1, 2, 3)).tolist()
+    big = {k: torch.from_numpy(v) for k, v in data.stage_columns("fast").items() if k != "image"}
+    with pytest.raises(ValueError, match=r"box-frame mask shapes must be 16 × 16.*got \(32, 32\)"):
+        prepare_batch(big, torch.Generator().manual_seed(0), cfg, "mask", torch.device("cpu"))
+
+
+def test_box_frame_skips_bad_masks_with_reasons_and_needs_one_per_key(
+    defects_at_native_size: Path, tmp_path: Path
+) -> None:
+    root = defects_at_native_size
+    gt = root / "widget" / "ground_truth"
+    truncate_file(gt / "blowhole" / "001_mask.png", keep=0.3)
+    write_empty_mask(gt / "crack" / "000_mask.png")
+    cfg = tiny_cfg(root, tmp_path / "runs", "stages=[mask]")
+    keys = ["good", "widget/blowhole", "widget/crack"]
+    box = load_box_shapes(cfg.dataset, keys, 16)
+    assert box.key_ids.tolist() == [1, 2] and [len(v) for v in box.sides.values()] == [1, 1]
+    reasons = {Path(p).parent.name + "/" + Path(p).name: r for p, r in box.skipped}
+    assert reasons["blowhole/001_mask.png"].startswith("unreadable mask") and reasons["crack/000_mask.png"].startswith(
+        "empty mask"
+    )
+    write_empty_mask(gt / "blowhole" / "000_mask.png")
+    with pytest.raises(ValueError, match="no usable training-third mask for widget/blowhole.*mask_model.frame: image"):
+        load_box_shapes(cfg.dataset, keys, 16)
 
 
 def test_unreadable_image_is_skipped_with_reason(tmp_path: Path) -> None:
@@ -284,6 +400,8 @@ def test_build_model_needs_finished_earlier_stages(dataset: Path, tmp_path: Path
         build_model(cfg, ["good", "widget/dent"], store, "base")
     model = build_model(cfg, ["good", "widget/dent"], store, "vae")
     assert set(stage_state(model, "vae")) == {k for k in model.state_dict() if k.startswith("vae.")}
+    assert required_stages(cfg, "fast") == ["vae", "base"]
+    assert required_stages(cfg, "mask") == []  # the mask model trains from scratch: stages [mask] runs on its own
 
 
 # ------------------------------------------------------------------------------------------------ loop helpers
@@ -344,8 +462,10 @@ def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path
         "mask_model.block_out_channels=[8, 16]",
     )
     data = load_training_data(cfg.dataset)
+    if stage == "mask":  # the box frame (the default): shapes at native scale, the model carries the real sizes
+        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size)
     if stage in ("vae", "mask"):
-        model, params = stage_model(cfg, data.keys, RunStore(cfg.run_uri), stage)
+        model, params = stage_model(cfg, data.keys, RunStore(cfg.run_uri), stage, _box_sides(data))
         keys = data.keys
     else:  # base and fast start from finished earlier stages: use a from-scratch tiny model instead
         model = tiny_fast_ldm()
@@ -357,6 +477,7 @@ def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path
     x, mask = prepare_batch(batch, g, cfg, stage, torch.device("cpu"))
     if stage == "mask":
         assert x is None and mask.shape == (2, 1, 16, 16) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert model.config.frame == "box" and set(model.config.box_sides) == {"widget/dent", "widget/scratch"}
     else:
         assert x.shape == (2, 3, 32, 32) and -1.0 <= float(x.min()) <= float(x.max()) <= 1.0
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
