@@ -10,8 +10,10 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                 ``window_baseline_size`` (256²) so that both reach the segmenter at nearly native sharpness
     synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · FAST with FAST_SPEC §3's decoded-window
-                  paste instead of the residual one (``fast_replace``, with --methods) · DDPM-T (T = 200 on CPU,
-                  1000 on GPU) ·
+                  paste instead of the residual one (``fast_replace``, with --methods) · DDPM-T (T = 100 on
+                  cpu-full, 1000 on GPU) · FAST on generated masks (``fast_masks_augment`` / ``_diffusion`` /
+                  ``_mix``, with --methods: the mask stage makes the masks, a manifest of the same normal images
+                  and seeds pairs them, FAST paints them; the sampled ones need --mask-model-uri) ·
                   DDIM-50 · CutPaste · DRAEM-style Perlin (these two paint their own masks) · real-defect paste
                   (the row's real training-third defect cut out and pasted elsewhere on the normal image)
     evaluate    one segmenter per training set and segmenter seed (each method's pairs, "real third only", "real
@@ -36,6 +38,8 @@ Runbook (repository root, project venv active)::
     python -m benchmarks.quality ../shared/data/kolektorsdd --preset cpu-full \\
         --model-uri runs/quality/kolektorsdd/train/kolektorsdd-cpu-inpaint/model    # reuse a trained model
     python -m benchmarks.quality /data/mvtec --preset gpu-full --methods fast fast_no_farm cutpaste
+    python -m benchmarks.quality ../shared/data/magnetic_tile --preset cpu-full --methods fast_masks_augment \
+        fast_masks_diffusion fast_masks_mix --mask-model-uri runs/magnetic-tile-mask-cpu/mask_model
 
 Outputs under ``--work`` (default ``runs/quality/<dataset folder name>``); ``--results`` (default
 ``<work>/report``) gets results.json, results.md and miou.png.
@@ -72,7 +76,20 @@ from pipelines.evaluate import EvaluateConfig, run_evaluation
 from pipelines.evaluate.config import ScalingSettings, TrainSource
 from pipelines.evaluate.run import METRICS_NAME
 from pipelines.manifest import write_manifest
-from pipelines.manifest_config import ManifestConfig, ManifestCountsConfig, ManifestDatasetConfig
+from pipelines.manifest_config import (
+    ManifestConfig,
+    ManifestCountsConfig,
+    ManifestDatasetConfig,
+    ManifestMasksConfig,
+)
+from pipelines.masks.config import (
+    MasksComputeConfig,
+    MasksConfig,
+    MasksCountsConfig,
+    MasksDatasetConfig,
+    MasksSourcesConfig,
+)
+from pipelines.masks.run import run_masks
 from pipelines.model_store import read_model_info
 from pipelines.ray_utils import ensure_ray
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
@@ -110,10 +127,12 @@ class Preset:
     window_baseline_size: int = 256
 
 
+#: FAST on masks made by the mask stage (augmented, diffusion-sampled, half and half) instead of the real third.
+MASK_METHODS = ("fast_masks_augment", "fast_masks_diffusion", "fast_masks_mix")
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
     "fast", "fast_no_farm", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
-    "ddpm", "ddim", "dpmpp", "unipc",
+    *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
     "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
 QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
@@ -123,7 +142,7 @@ SOLVER_METHODS = ("dpmpp", "unipc")
 #: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) and runs its
 #: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
 #: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
-ABLATIONS = ("ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early")
+ABLATIONS = ("ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early", *MASK_METHODS)
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
@@ -179,6 +198,7 @@ class Method:
     paste: str = "residual"  # SynthesisConfig.paste
     clip_x0: float | None = None  # SynthesisConfig.clip_x0 (TAEF2: 3 s, the decoder's own soft-clamp range)
     farm_min_t: int = 0  # SynthesisConfig.farm_min_t
+    masks: str = "real"  # where the manifest's masks come from: "real" (training third) or a key of MASK_SOURCES
 
 
 def synthetic_methods(preset: Preset) -> dict[str, Method]:
@@ -190,6 +210,9 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
+        "fast_masks_augment": Method("fast_masks_augment", "fast", masks="augment"),
+        "fast_masks_diffusion": Method("fast_masks_diffusion", "fast", masks="diffusion"),
+        "fast_masks_mix": Method("fast_masks_mix", "fast", masks="mix"),
         "ddpm": Method("ddpm", "fast", sampler="ddpm", nfe=preset.ddpm_nfe),
         "ddim": Method("ddim", "fast", sampler="ddim", nfe=50),
         "dpmpp": Method("dpmpp", "fast", sampler="dpmpp", nfe=10),
@@ -209,6 +232,13 @@ CLIP_X0 = 4.1
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
 #: real latents (0.85 when it stops at t = 800).
 FARM_EARLY_T = 800
+
+#: The mask stage's source weights behind each FAST-on-generated-masks method (FAST_SPEC §7; `fastgen masks`).
+MASK_SOURCES: dict[str, dict[str, float]] = {
+    "augment": {"augment": 1.0, "diffusion": 0.0, "real": 0.0},
+    "diffusion": {"augment": 0.0, "diffusion": 1.0, "real": 0.0},
+    "mix": {"augment": 0.5, "diffusion": 0.5, "real": 0.0},
+}
 
 #: Training sets that are not one synthetic method alone.
 REAL_SETS = ("real_third", "real_third_fast")
@@ -345,21 +375,54 @@ def generator_tag(model_uri: str) -> str:
     return f"datasets-{safe}-{hashlib.sha256(model_uri.encode()).hexdigest()[:8]}"
 
 
-def manifest_config(root: str, requested: int, seed: int, model_uri: str, work: Path, tag: str = "") -> ManifestConfig:
+def manifest_config(
+    root: str, requested: int, seed: int, model_uri: str, work: Path, tag: str = "", masks_uri: str | None = None
+) -> ManifestConfig:
     """The manifest of N·(1 + headroom) rows per defect type: without a model for the baselines (``<work>/
-    manifest-n<R>-seed<s>-nomodel``), or for one generator (``<work>/<tag>/manifest-n<R>-seed<s>``)."""
+    manifest-n<R>-seed<s>-nomodel``), or for one generator (``<work>/<tag>/manifest-n<R>-seed<s>``, with
+    ``-<mask set>`` when its masks come from the mask stage's output at ``masks_uri`` instead of the training third).
+    The job seed fixes the normal images and row seeds, so every manifest of one run paints the same normal images."""
     folder = (
         work / tag / f"manifest-n{requested}-seed{seed}"
         if model_uri
         else work / f"manifest-n{requested}-seed{seed}-nomodel"
     )
+    masks = ManifestMasksConfig()
+    if masks_uri:
+        folder = folder.with_name(f"{folder.name}-{Path(masks_uri).name}")
+        masks = ManifestMasksConfig(source="shards", shards_uri=masks_uri)
     return ManifestConfig(
         dataset=ManifestDatasetConfig(root=root),
         counts=ManifestCountsConfig(default=requested),
+        masks=masks,
         job_seed=seed,
         model_uri=model_uri,
         out=str(folder),
     )
+
+
+def ensure_masks(
+    source: str, root: str, requested: int, seed: int, mask_model_uri: str | None, folder: Path, timings: Timings
+) -> str:
+    """The mask stage's output for one mask set of :data:`MASK_SOURCES` (``requested`` masks per defect type, at each
+    type's most common real mask shape, the stage's default filters); resumes or reuses a finished one."""
+    out = folder / f"masks-{source}-n{requested}-seed{seed}"
+    weights = MASK_SOURCES[source]
+    cfg = MasksConfig(
+        dataset=MasksDatasetConfig(root=root),
+        out=str(out),
+        counts=MasksCountsConfig(default=requested),
+        sources=MasksSourcesConfig(**weights),
+        mask_model_uri=mask_model_uri if weights["diffusion"] > 0 else None,
+        job_seed=seed,
+        compute=MasksComputeConfig(num_cpus=2),
+    )
+    logger.info("masks %s → %s", source, out)
+    start = time.perf_counter()
+    summary = run_masks(cfg)
+    timings.add(f"masks_{source}", time.perf_counter() - start)
+    logger.info("masks %s: %d written, %d rejected", source, summary.written, summary.rejected)
+    return str(out)
 
 
 def train_sources(name: str, datasets: dict[str, dict[str, Any]], n: int) -> list[TrainSource]:
@@ -513,6 +576,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model-uri", help="reuse this published FAST model instead of training one")
     parser.add_argument(
+        "--mask-model-uri",
+        help="a trained mask diffusion model (fastgen train, stage mask) for fast_masks_diffusion and fast_masks_mix",
+    )
+    parser.add_argument(
         "--train-set", action="append", default=[], metavar="KEY=VALUE", help="override in the generator TrainConfig"
     )
     parser.add_argument("--pairs-per-defect", type=int, help="N pairs per defect type (default: the preset's rule)")
@@ -539,6 +606,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     preset = PRESETS[args.preset]
     args.methods = list(args.methods or preset.methods)
     args.seeds = list(args.seeds or preset.seeds)
+    sampled = sorted(m for m in args.methods if m in ("fast_masks_diffusion", "fast_masks_mix"))
+    if sampled and not args.mask_model_uri:
+        parser.error(f"--methods {' '.join(sampled)} sample masks: give --mask-model-uri (a trained mask model)")
     return args
 
 
@@ -592,10 +662,14 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / f"datasets-{geometry[0]}px-{geometry[1]}ch"
         datasets.update(synthesize_all(baselines, manifest.uri, preset, folder, timings, geometry))
     fast_methods = [m for m in methods if m.generator == "fast"]
-    if fast_methods:
-        tag = generator_tag(model_uri)
-        manifest = write_manifest(manifest_config(root, requested, args.seed, model_uri, work, tag))
-        datasets.update(synthesize_all(fast_methods, manifest.uri, preset, work / tag, timings, geometry))
+    tag = generator_tag(model_uri) if model_uri else ""
+    for masks in sorted({m.masks for m in fast_methods}, key=lambda k: k != "real"):
+        group = [m for m in fast_methods if m.masks == masks]
+        masks_uri = None
+        if masks != "real":
+            masks_uri = ensure_masks(masks, root, requested, args.seed, args.mask_model_uri, work / tag, timings)
+        manifest = write_manifest(manifest_config(root, requested, args.seed, model_uri, work, tag, masks_uri))
+        datasets.update(synthesize_all(group, manifest.uri, preset, work / tag, timings, geometry))
     timings.add("manifests_and_synthesis", time.perf_counter() - t0)
     contrast = {"real_third": real_third_contrast(root, contrast_size)}
     contrast.update({m: dataset_contrast(d["uri"], contrast_size) for m, d in datasets.items()})

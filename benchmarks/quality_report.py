@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from benchmarks.quality_stats import compare, within
+from benchmarks.quality_stats import compare, not_worse, within
 
 #: Row order of every table and of the chart.
 METHOD_ORDER = (
@@ -26,6 +26,9 @@ METHOD_ORDER = (
     "fast_clip",
     "fast_no_farm_clip",
     "fast_farm_early",
+    "fast_masks_augment",
+    "fast_masks_diffusion",
+    "fast_masks_mix",
     "ddpm",
     "ddim",
     "dpmpp",
@@ -58,6 +61,9 @@ def method_label(name: str, ddpm_nfe: int) -> str:
         "fast_clip": "FAST, ẑ0 clipped to the decoder range",
         "fast_no_farm_clip": "FAST w/o FARM, ẑ0 clipped",
         "fast_farm_early": "FAST, FARM at t ≥ 800 only, ẑ0 clipped",
+        "fast_masks_augment": "FAST on augmented masks",
+        "fast_masks_diffusion": "FAST on diffusion-sampled masks",
+        "fast_masks_mix": "FAST on augmented + sampled masks (1:1)",
         "ddpm": f"DDPM-{ddpm_nfe} (same model)",
         "ddim": "DDIM-50 (same model)",
         "dpmpp": "DPM-Solver++(2M)-10 + FARM (same model)",
@@ -116,6 +122,10 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         },
         "fast_minus_no_farm": {**compare(fast, methods.get("fast_no_farm")), "target": "> 2σ"},
         "fast_minus_ddpm": {**within(fast, methods.get("ddpm"), 1.0), "target": "abs <= 1"},
+        "masks_mix_minus_augment": {
+            **not_worse(methods.get("fast_masks_mix"), methods.get("fast_masks_augment")),
+            "target": ">= -2σ",
+        },
     }
 
 

@@ -8,7 +8,8 @@ normal images change; the synthetic pairs do not). For a metric with per-seed va
 A comparison of methods a and b reports the gap d = mean_a − mean_b and the pooled std
 σ = sqrt((std_a² + std_b²) / 2). A difference counts only beyond its noise: a target "A beats B by g" is met when
 d ≥ g **and** d > 2σ; it is undecided (None) when either side has fewer than two seeds. An equivalence target
-("|d| ≤ t") is met when |d| ≤ t, whatever the seeds. All values here are in percentage points.
+("|d| ≤ t") is met when |d| ≤ t, whatever the seeds; a non-inferiority target ("A is not worse than B beyond the
+noise") when d ≥ −2σ. All values here are in percentage points.
 """
 
 from __future__ import annotations
@@ -86,4 +87,18 @@ def within(a: dict[str, Any] | None, b: dict[str, Any] | None, tolerance: float,
     """Gap a − b in points and whether |gap| ≤ ``tolerance`` (an equivalence target)."""
     result = compare(a, b, 0.0, metric)
     result["met"] = None if result["points"] is None else abs(result["points"]) <= tolerance
+    return result
+
+
+def not_worse(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str = "miou") -> dict[str, Any]:
+    """Gap a − b in points, the pooled σ, and whether "a is not worse than b by more than 2σ" (d ≥ −2σ) holds.
+
+    >>> x = {"overall": {"miou": 0.60}, "overall_std": {"miou": 0.02}}
+    >>> y = {"overall": {"miou": 0.62}, "overall_std": {"miou": 0.02}}
+    >>> not_worse(x, y)["met"], not_worse({**x, "overall": {"miou": 0.50}}, y)["met"]
+    (True, False)
+    """
+    result = compare(a, b, 0.0, metric)
+    if result["sigma"] is not None:
+        result["met"] = bool(result["points"] >= -2.0 * result["sigma"])
     return result

@@ -15,6 +15,7 @@ from PIL import Image
 from benchmarks import quality
 from benchmarks.quality_report import METHOD_ORDER
 from fast_core.data.transforms import decode_png
+from fast_core.masks.diffusion import MaskDiffusionConfig, MaskDiffusionModel
 from fast_core.segmentation import load_segmenter
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.tiny_models import publish_tiny_model
@@ -139,3 +140,48 @@ def test_baseline_only_run_on_rgb_data_stays_rgb(
     assert segmenter.in_channels == 3 and report["methods"]["cutpaste"]["anomaly_pairs"] == 2
     realpaste = report["methods"]["realpaste"]
     assert realpaste["pairs_by_key"] == {f"synthetic:{report['datasets']['realpaste']['uri']}": {"rgb/spot": 2}}
+
+
+@pytest.mark.timeout(1200)
+def test_fast_on_generated_mask_sets(tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#16's downstream check: FAST on augmented and on augmented + sampled masks, the same normal images and seeds."""
+    torch.set_num_threads(1)
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 3}, n_good=6)
+    for mask_file in sorted((root / "tiny" / "ground_truth").rglob("*.png")):
+        mask = np.zeros((32, 40), np.uint8)
+        mask[8:20, 10:26] = 255
+        Image.fromarray(mask).save(mask_file)
+    model = publish_tiny_model(str(tmp_path / "model"), image_channels=1, frame="window")
+    mask_cfg = MaskDiffusionConfig(
+        keys=("tiny/crack",), image_size=16, block_out_channels=(8, 8), norm_num_groups=4,
+        frame="box", box_sides={"tiny/crack": [0.4]},
+    )  # fmt: skip
+    mask_model = MaskDiffusionModel(mask_cfg, seed=0).save(tmp_path / "mask_model")
+    changes = {"seg_crop": 32, "seg_batch": 2, "synth_cpus": 1, "window_baseline_size": 48}
+    small = quality.Preset(**{**quality.PRESETS["cpu-quick"].__dict__, **changes})
+    monkeypatch.setitem(quality.PRESETS, "cpu-quick", small)
+    common = [str(root), "--model-uri", model, "--pairs-per-defect", "2", "--seg-steps", "1", "--work"]
+    methods = ["--methods", "fast_masks_augment", "fast_masks_mix", "--seeds", "0", "1"]
+    with pytest.raises(SystemExit):  # sampled masks without a mask model: refused before any work
+        quality.main([*common, str(tmp_path / "w"), *methods])
+    assert not (tmp_path / "w").exists()
+    assert quality.main([*common, str(tmp_path / "w"), *methods, "--mask-model-uri", str(mask_model)]) == 0
+    report = json.loads((tmp_path / "w" / "report" / "results.json").read_text())
+    assert set(report["methods"]) == {"fast_masks_augment", "fast_masks_mix"} and report["failed"] == {}
+    tag = tmp_path / "w" / quality.generator_tag(model)
+    for source in ("augment", "mix"):
+        masks = tag / f"masks-{source}-n3-seed0"
+        stats = json.loads((masks / "stats.json").read_text())
+        assert stats["rows"] == 3, source
+        manifest = pq.read_table(tag / f"manifest-n3-seed0-{masks.name}" / "manifest.parquet").to_pylist()
+        assert all(r["mask_png"] is not None for r in manifest), source  # the mask stage's masks, embedded
+        assert report["datasets"][f"fast_masks_{source}"]["written"] >= 2, source
+    assert set(json.loads((tag / "masks-mix-n3-seed0" / "stats.json").read_text())["fidelity_by_source"]) <= {
+        "augment",
+        "diffusion",
+    }
+    target = report["targets"]["masks_mix_minus_augment"]
+    assert target["sigma"] is not None and target["met"] == (target["points"] >= -2 * target["sigma"])
+    manifests = [tag / f"manifest-n3-seed0-masks-{s}-n3-seed0" / "manifest.parquet" for s in ("augment", "mix")]
+    normals = [{r["image_uri"] for r in pq.read_table(m).to_pylist()} for m in manifests]
+    assert normals[0] == normals[1]  # the same normal images under both mask sets
