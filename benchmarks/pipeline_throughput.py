@@ -12,12 +12,19 @@ only), the same manifest and the same config:
   import torch/diffusers, a one-off cost of a long job) and ``warm`` (the same run again into a new output, with
   worker processes Ray keeps).
 
-Pairs/s = manifest rows / wall seconds. The script also checks that the bare loop and every pipeline run wrote
-byte-identical ``data/`` shards (the pipeline adds scheduling, not different results).
+Pairs/s = manifest rows / wall seconds. Each run is also split at its first committed shard, from the modification
+times of the completion markers (``_commits/part-*.json``)::
+
+    startup_s     = t(first marker) − t(start)            model load, actor start-up, the first shard's work
+    steady pairs/s = (rows − rows of the first shard) / (t(last marker) − t(first marker))
+
+so that fixed costs, which do not grow with the rows, are not read as a rate. The script also checks that the bare
+loop and every pipeline run wrote byte-identical ``data/`` shards (the pipeline adds scheduling, not different
+results).
 
 Runbook (repository root, project venv active):
 
-    python -m benchmarks.pipeline_throughput                           # cpu_small preset (128²), 32 rows, NFE 10
+    python -m benchmarks.pipeline_throughput                           # cpu_small preset (128²), 256 rows, NFE 10
     python -m benchmarks.pipeline_throughput --preset tiny --rows 96   # 32² model: overhead-dominated
     python -m benchmarks.pipeline_throughput --threads 2 --num-cpus 8 --out /tmp/pipe.json
 
@@ -48,7 +55,7 @@ from fast_core.synthesis import SynthesisConfig
 from pipelines.manifest import MANIFEST_FILE, MANIFEST_SCHEMA, SUMMARY_FILE, row_seed, sample_id_for, table_to_parquet
 from pipelines.model_store import ModelInfo, publish_model
 from pipelines.ray_utils import ensure_ray
-from pipelines.shards import ShardStore, num_shards
+from pipelines.shards import COMMITS_DIR, ShardStore, num_shards
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 from pipelines.synthesize.run import job_identity, shard_tables
 from pipelines.synthesize.schema import DATA_SCHEMA, REJECTED_SCHEMA
@@ -143,6 +150,23 @@ def bare_loop(cfg: SynthesizeConfig, model_uri: str) -> float:
     return time.perf_counter() - start
 
 
+def commit_split(out: str, started: float, rows: int, shard_size: int) -> dict[str, float | None]:
+    """``startup_s`` and ``steady_pairs_per_s`` of one finished run from its markers' mtimes (module docstring);
+    ``started`` is the run's ``time.time()`` at its start. None where a run has a single shard."""
+    times = sorted(p.stat().st_mtime for p in (Path(out) / COMMITS_DIR).glob("part-*.json"))
+    if not times:
+        return {"startup_s": None, "steady_pairs_per_s": None}
+    span = times[-1] - times[0]
+    steady = (rows - min(shard_size, rows)) / span if len(times) > 1 and span > 0 else None
+    return {"startup_s": times[0] - started, "steady_pairs_per_s": steady}
+
+
+def _ratio(run: dict[str, Any], bare: dict[str, Any]) -> float | None:
+    """Steady-state pairs/s of ``run`` over the bare loop's (None when either has no steady state)."""
+    a, b = run.get("steady_pairs_per_s"), bare.get("steady_pairs_per_s")
+    return a / b if a and b else None
+
+
 def data_bytes(out: str) -> dict[str, bytes]:
     """The ``data/`` parts of an output, by name."""
     return {p.name: p.read_bytes() for p in sorted((Path(out) / "data").glob("*.parquet"))}
@@ -151,7 +175,7 @@ def data_bytes(out: str) -> dict[str, bytes]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--rows", type=int, default=32, help="manifest rows (pairs) per run")
+    p.add_argument("--rows", type=int, default=256, help="manifest rows (pairs) per run")
     p.add_argument("--nfe", type=int, default=10)
     p.add_argument("--batch", type=int, default=4, help="rows per actor call")
     p.add_argument("--shard-size", type=int, default=8)
@@ -181,21 +205,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     results: dict[str, Any] = {}
+    wall = time.time()
     bare_s = bare_loop(config(str(work / "bare"), 1), model_uri)
-    results["bare"] = {"seconds": bare_s, "pairs_per_s": args.rows / bare_s}
+    results["bare"] = {
+        "seconds": bare_s,
+        "pairs_per_s": args.rows / bare_s,
+        **commit_split(str(work / "bare"), wall, args.rows, args.shard_size),
+    }
     print(f"bare loop: {args.rows} pairs in {bare_s:.1f} s = {args.rows / bare_s:.3f} pairs/s", flush=True)
     cluster = ensure_ray(args.num_cpus)
     identical = True
     for actors in (1, 2):
         for phase in ("cold", "warm"):  # cold: first run, worker processes start; warm: the same run again
             out = str(work / f"ray{actors}-{phase}")
-            start = time.perf_counter()
+            start, wall = time.perf_counter(), time.time()
             run_synthesis(config(out, actors))
             seconds = time.perf_counter() - start
             same = data_bytes(out) == data_bytes(str(work / "bare"))
             identical &= same
             name = f"ray-{actors}-{phase}"
-            results[name] = {"seconds": seconds, "pairs_per_s": args.rows / seconds, "identical_to_bare": same}
+            results[name] = {
+                "seconds": seconds,
+                "pairs_per_s": args.rows / seconds,
+                "identical_to_bare": same,
+                **commit_split(out, wall, args.rows, args.shard_size),
+            }
             print(f"{name}: {seconds:.1f} s = {args.rows / seconds:.3f} pairs/s (same bytes: {same})", flush=True)
     rate = {name: r["pairs_per_s"] for name, r in results.items()}
     report = {
@@ -216,11 +250,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_ray1_warm_over_bare": rate["ray-1-warm"] / rate["bare"],
         "ratio_ray1_cold_over_bare": rate["ray-1-cold"] / rate["bare"],
         "speedup_ray2_over_ray1_warm": rate["ray-2-warm"] / rate["ray-1-warm"],
+        "steady_ratio_ray1_warm_over_bare": _ratio(results["ray-1-warm"], results["bare"]),
+        "steady_ratio_ray1_cold_over_bare": _ratio(results["ray-1-cold"], results["bare"]),
         "outputs_identical": identical,
     }
-    print("| run | s | pairs/s |\n|---|---|---|")
+    print("| run | s | pairs/s | start-up s | steady pairs/s |\n|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.1f} | {r['pairs_per_s']:.3f} |")
+        cells = [f"{r['seconds']:.1f}", f"{r['pairs_per_s']:.3f}", str(r["startup_s"]), str(r["steady_pairs_per_s"])]
+        print(f"| {name} | {' | '.join(cells)} |")
     print(
         f"ray-1 / bare: {report['ratio_ray1_warm_over_bare']:.2f} warm, {report['ratio_ray1_cold_over_bare']:.2f} "
         f"cold; ray-2 / ray-1 (warm): {report['speedup_ray2_over_ray1_warm']:.2f}; outputs identical: {identical}"

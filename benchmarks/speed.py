@@ -82,7 +82,7 @@ PARTS = ("sampler", "pipeline", "output", "gpu")
 MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "preset": ("small", "tiny"),
     "repeats": (3, 1),
-    "rows": (32, 8),
+    "rows": (256, 8),
     "shard_size": (8, 4),
     "pairs": (64, 8),
     "gpu_batches": ([1, 4, 8, 16, 32, 64], [1, 8]),
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=2, help="sampler: images per synthesize call (default 2)")
     runs = list(sampler_speed.RUNS)
     g.add_argument("--samplers", nargs="+", choices=runs, default=runs, help="sampler: configurations (default: all)")
-    g.add_argument("--rows", type=int, default=None, help="pipeline: manifest rows per run (default 32; --quick 8)")
+    g.add_argument("--rows", type=int, default=None, help="pipeline: manifest rows per run (default 256; --quick 8)")
     g.add_argument("--nfe", type=int, default=10, help="pipeline: AIAS NFE (default 10)")
     g.add_argument("--pipeline-batch", type=int, default=4, help="pipeline: rows per actor call (default 4)")
     g.add_argument("--shard-size", type=int, default=None, help="pipeline: rows per shard (default 8; --quick 4)")

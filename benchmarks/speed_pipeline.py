@@ -148,8 +148,9 @@ def md_pipeline(p: dict[str, Any]) -> str:
     lines = [
         f"Preset {p['preset']} ({p['image_size']}²), {p['rows']} rows, NFE {p['nfe']}, batch {p['batch']}, shards of "
         f"{p['shard_size']}, {p['threads_per_actor']} torch thread(s) per actor; {p['ray']}\n",
-        "| run | s | pairs/s | same bytes as bare | object store: peak (above start) | actors found | peak RSS each |",
-        "|---|---:|---:|---|---:|---:|---|",
+        "| run | s | pairs/s | start-up s | steady pairs/s | same bytes as bare | object store: peak (above start) | "
+        "actors found | peak RSS each |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for name, r in p["runs"].items():
         mem = p["ray_runs"].get(name, {}).get("memory")
@@ -161,8 +162,9 @@ def md_pipeline(p: dict[str, Any]) -> str:
             found = f"{len(mem['actors'])}/{mem['actors_expected']}"
             rss = ", ".join(fmt_bytes(a.get("peak_rss_bytes")) for a in mem["actors"].values()) or "—"
         lines.append(
-            f"| {name} | {r['seconds']:.1f} | {r['pairs_per_s']:.3f} | {r.get('identical_to_bare', '—')} | {store} | "
-            f"{found} | {rss} |"
+            f"| {name} | {r['seconds']:.1f} | {r['pairs_per_s']:.3f} | {fmt_num(r.get('startup_s'), '.1f')} | "
+            f"{fmt_num(r.get('steady_pairs_per_s'), '.3f')} | {r.get('identical_to_bare', '—')} | {store} | {found} | "
+            f"{rss} |"
         )
     mems = [r["memory"] for r in p["ray_runs"].values()]
     capacity = mems[0]["object_store_capacity_bytes"] if mems else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_gpu_benchmark_logic_on_the_tiny_model() -> None:
     assert speed_report.headline({"gpu": g})["gpu_best_pairs_per_s_nfe10"] == g["best"]["pairs_per_s"]
     md = speed_gpu.md_gpu(g)
     assert "Batch sweep" in md and "| channels_last | 10 | 2 |" in md
+
+
+def test_pipeline_runs_split_at_their_first_committed_shard(tmp_path: Path) -> None:
+    """Start-up = first marker − start; steady pairs/s = rows after the first shard / (last − first marker)."""
+    from benchmarks.pipeline_throughput import commit_split
+
+    commits = tmp_path / "out" / "_commits"
+    commits.mkdir(parents=True)
+    (commits / "job.json").write_text("{}")  # the claim, not a shard
+    for k, t in enumerate((1010.0, 1014.0, 1018.0)):  # shards of 8 rows committed 10, 14 and 18 s after the start
+        marker = commits / f"part-{k:05d}.json"
+        marker.write_text("{}")
+        os.utime(marker, (t, t))
+    split = commit_split(str(tmp_path / "out"), 1000.0, rows=24, shard_size=8)
+    assert split["startup_s"] == pytest.approx(10.0) and split["steady_pairs_per_s"] == pytest.approx(16 / 8)
+    assert commit_split(str(tmp_path / "none"), 0.0, rows=8, shard_size=8) == {
+        "startup_s": None,
+        "steady_pairs_per_s": None,
+    }
