@@ -29,6 +29,7 @@ from PIL import Image
 from fast_core.data.transforms import decode_png, encode_png
 from fast_core.masks import MaskAugmentConfig, MaskFilter, MaskFilterConfig, augment_mask, mask_stats
 from fast_core.masks.placement import draw_side, place_shape, placement_rng
+from fast_core.masks.shapes import normalised_shape
 from pipelines import storage
 from pipelines.masks.schema import GENERATE_FAILED, STAGE_FILTER, STAGE_GENERATE
 from pipelines.storage import StorageConfig
@@ -198,10 +199,12 @@ class MaskSampler:
     does not depend on the other rows of its batch. The S×S sample becomes the row's (H, W) mask by the model's frame:
 
     * ``"image"``: the sample is the whole mask, nearest-resized to (H, W);
-    * ``"box"``: the sample is a shape, placed at a real size of its key (:mod:`fast_core.masks.placement`) with
-      ``rng = placement_rng(seed_i)`` (a numpy stream of the row's seed apart from its torch noise):
-      ``place_shape(sample, draw_side(box_sides[key], (H, W), rng, jitter), (H, W), rng)``. A shape the placement
-      empties stays empty, and the filters reject it with their reason.
+    * ``"box"``: the sample is a shape. It is first brought back to the frame its training shapes had, its own
+      bounding box filling the S × S square (``normalised_shape(sample, S)``: a sample that covers only part of the
+      square would otherwise be placed smaller than the size drawn for it), then placed at a real size of its key
+      (:mod:`fast_core.masks.placement`) with ``rng = placement_rng(seed_i)`` (a numpy stream of the row's seed apart
+      from its torch noise): ``place_shape(shape, draw_side(box_sides[key], (H, W), rng, jitter), (H, W), rng)``.
+      A shape the placement empties stays empty, and the filters reject it with their reason.
     """
 
     def __init__(
@@ -234,7 +237,7 @@ class MaskSampler:
             return resize_nearest(sample, shape)
         rng = placement_rng(seed)
         side = draw_side(cfg.box_sides[key], shape, rng, self.jitter)
-        return place_shape(sample, side, shape, rng)
+        return place_shape(normalised_shape(sample, sample.shape[0]), side, shape, rng)
 
     def __call__(self, batch: Batch) -> Batch:
         import torch

@@ -258,8 +258,8 @@ def test_box_frame_sampler_places_each_shape_at_a_real_size(dataset: Path, tmp_p
         key = f"{out['category'][i]}/{out['defect_type'][i]}"
         assert mask.shape == (40, 48)
         sizes[key].add(_bbox_side(mask))
-    # jitter 0: each shape spans at most its drawn side (the untrained samples nearly fill their frame)
-    assert max(sizes["widget/dent"]) == 11 and max(sizes["widget/scratch"]) <= 5 and min(sizes["widget/dent"]) > 5
+    # jitter 0: each sample, brought back to fill its frame, spans its drawn side (11 px; 4 or 5 px)
+    assert sizes["widget/dent"] == {11} and sizes["widget/scratch"] <= {4, 5}
     # a row's mask is a function of its own seed: the same again, and alone in its batch
     again = sampler(batch)
     assert list(again["mask_png"]) == list(out["mask_png"])
