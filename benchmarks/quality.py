@@ -12,8 +12,9 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · FAST with FAST_SPEC §3's decoded-window
                   paste instead of the residual one (``fast_replace``, with --methods) · DDPM-T (T = 100 on
                   cpu-full, 1000 on GPU) · FAST on generated masks (``fast_masks_augment`` / ``_diffusion`` /
-                  ``_mix``, with --methods: the mask stage makes the masks, a manifest of the same normal images
-                  and seeds pairs them, FAST paints them; the sampled ones need --mask-model-uri) ·
+                  ``_mix``, with --methods: the mask stage makes the masks, a manifest with the same job seed and
+                  counts pairs them with the normal images, FAST paints them; the sampled ones need
+                  --mask-model-uri) ·
                   DDIM-50 · CutPaste · DRAEM-style Perlin (these two paint their own masks) · real-defect paste
                   (the row's real training-third defect cut out and pasted elsewhere on the normal image)
     evaluate    one segmenter per training set and segmenter seed (each method's pairs, "real third only", "real
@@ -381,7 +382,9 @@ def manifest_config(
     """The manifest of N·(1 + headroom) rows per defect type: without a model for the baselines (``<work>/
     manifest-n<R>-seed<s>-nomodel``), or for one generator (``<work>/<tag>/manifest-n<R>-seed<s>``, with
     ``-<mask set>`` when its masks come from the mask stage's output at ``masks_uri`` instead of the training third).
-    The job seed fixes the normal images and row seeds, so every manifest of one run paints the same normal images."""
+    Every manifest of one run has the same job seed and N·(1 + headroom) rows per type, drawn from the same normal
+    images; which of them each row gets also depends on how many masks the type has (pipelines.manifest draws a
+    permutation of the masks first), so two mask sets of different sizes pair differently."""
     folder = (
         work / tag / f"manifest-n{requested}-seed{seed}"
         if model_uri
