@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fast_core.configbase import check_choices, from_dict, to_dict
+from fast_core.masks.placement import bad_side_fractions
 from fast_core.models.base import check_safetensors, check_state, read_json
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.training import sample_timesteps
@@ -132,7 +132,7 @@ class MaskDiffusionConfig:
                 f"{', '.join(missing)}"
             )
         for key, sides in self.box_sides.items():
-            bad = [f for f in sides if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < math.inf]
+            bad = bad_side_fractions(sides)
             if bad:
                 raise ValueError(f"MaskDiffusionConfig.box_sides[{key!r}] must hold finite numbers > 0, got {bad[:3]}")
         self.box_sides = {k: [float(f) for f in self.box_sides[k]] for k in self.keys}

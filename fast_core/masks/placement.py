@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fast_core.masks.shapes import bounding_box
+
 __all__ = ["MIN_SIDE", "PLACEMENT_STREAM", "draw_side", "place_shape", "placement_rng", "resize_shape", "side_fraction"]
 
 MIN_SIDE = 2  # the smallest side draw_side returns (a one-pixel defect is left to the filters' min_component_px)
@@ -53,11 +55,15 @@ def side_fraction(mask: np.ndarray) -> float:
     m = np.asarray(mask).astype(bool)
     if m.ndim != 2:
         raise ValueError(f"side_fraction expects a 2-D (H, W) mask, got shape {m.shape}")
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if not rows.size:
+    box = bounding_box(m)
+    if box is None:
         raise ValueError("side_fraction: the mask is empty, so it has no bounding box")
-    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-    return float(side / math.sqrt(m.shape[0] * m.shape[1]))
+    return float(max(box.shape) / math.sqrt(m.shape[0] * m.shape[1]))
+
+
+def bad_side_fractions(sides: Sequence[float]) -> list[object]:
+    """The entries of ``sides`` that are not finite numbers > 0 (bools are not numbers here)."""
+    return [f for f in sides if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < math.inf]
 
 
 def _check_frame(out_hw: tuple[int, int], where: str) -> tuple[int, int]:
@@ -89,7 +95,7 @@ def draw_side(sides: Sequence[float], out_hw: tuple[int, int], rng: np.random.Ge
     h, w = _check_frame(out_hw, "draw_side")
     if not len(sides):
         raise ValueError("draw_side: no side fractions given; a box-frame model records at least one per key")
-    bad = [f for f in sides if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < math.inf]
+    bad = bad_side_fractions(sides)
     if bad:
         raise ValueError(f"draw_side: side fractions must be finite numbers > 0, got {bad[:3]}")
     if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < math.inf:
@@ -175,10 +181,9 @@ def place_shape(shape: np.ndarray, side: int, out_hw: tuple[int, int], rng: np.r
         raise ValueError(f"place_shape: side must be an integer in 1..{min(h, w)} (min(H, W)), got {side!r}")
     resized = resize_shape(shape, int(side))
     out = np.zeros((h, w), dtype=bool)
-    rows, cols = np.flatnonzero(resized.any(axis=1)), np.flatnonzero(resized.any(axis=0))
-    if not rows.size:
+    box = bounding_box(resized)
+    if box is None:
         return out
-    box = resized[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     bh, bw = box.shape
     top = int(rng.integers(0, h - bh + 1))
     left = int(rng.integers(0, w - bw + 1))

@@ -22,10 +22,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["NEAR_COPY_IOU", "SHAPE_SIZE", "nearest_real_iou", "normalised_shape", "real_near_copy_fraction"]
+__all__ = [
+    "NEAR_COPY_IOU",
+    "SHAPE_SIZE",
+    "bounding_box",
+    "nearest_real_iou",
+    "normalised_shape",
+    "real_near_copy_fraction",
+]
 
 SHAPE_SIZE = 32  # side S of a normalised shape
 NEAR_COPY_IOU = 0.9  # a generated mask whose nearest real shape has IoU above this is a near-copy
+
+
+def bounding_box(mask: np.ndarray) -> np.ndarray | None:
+    """The crop of a 2-D bool mask to its bounding box (a view), or None when it has no True pixel.
+
+    >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
+    >>> bounding_box(m).shape, bounding_box(np.zeros((2, 2), bool))
+    ((2, 3), None)
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def normalised_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
@@ -39,10 +59,9 @@ def normalised_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
     if m.ndim != 2:
         raise ValueError(f"normalised_shape expects a 2-D (H, W) mask, got shape {m.shape}")
     out = np.zeros((size, size), dtype=bool)
-    if not m.any():
+    box = bounding_box(m)
+    if box is None:
         return out
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    box = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = box.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=bool)
