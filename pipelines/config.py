@@ -93,3 +93,15 @@ def redact(data: Any) -> Any:
 def dump_config(cfg: Any) -> str:
     """The YAML text of a config dataclass, keys in field order, secrets redacted (see :func:`redact`)."""
     return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False)
+
+
+def without_later_defaults(
+    settings: dict[str, Any], later: dict[str, object], drop_all: bool = False
+) -> dict[str, Any]:
+    """``settings`` without the ``later`` fields (settings added after outputs were made) that are at their recorded
+    default, or without all of them (``drop_all``): such outputs keep their fingerprint and still resume.
+
+    >>> without_later_defaults({"nfe": 10, "jitter": 0.15}, {"jitter": 0.15})
+    {'nfe': 10}
+    """
+    return {k: v for k, v in settings.items() if k not in later or not (drop_all or v == later[k])}

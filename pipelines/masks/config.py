@@ -20,6 +20,7 @@ from typing import Any
 from fast_core.configbase import check_choices, to_dict
 from fast_core.data.layout import Layout
 from fast_core.masks import MaskAugmentConfig, MaskFilterConfig
+from pipelines.config import without_later_defaults
 from pipelines.storage import StorageConfig
 
 #: Most masks per defect key: sample_id indices have six digits.
@@ -215,7 +216,7 @@ class MasksConfig:
             data.pop("diffusion")
             return data
         later = LATER_DIFFUSION_FIELDS
-        data["diffusion"] = {k: v for k, v in data["diffusion"].items() if k not in later or v != later[k]}
+        data["diffusion"] = without_later_defaults(data["diffusion"], later)
         if self.mask_model_uri and "://" not in self.mask_model_uri:
             data["mask_model_uri"] = os.path.abspath(self.mask_model_uri)
         return data

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fast_core.configbase import check_choices, to_dict
 from fast_core.qc import QCConfig
 from fast_core.synthesis import SynthesisConfig
+from pipelines.config import without_later_defaults
 from pipelines.storage import StorageConfig
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -112,11 +113,6 @@ LATER_SAMPLER_FIELDS: dict[str, object] = {"paste": "replace", "guidance": 1.0, 
 LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
 
 
-def _without_off(settings: dict[str, Any], later: dict[str, object], drop_all: bool = False) -> dict[str, Any]:
-    """``settings`` without the ``later`` fields that are at their "off" value (or without all of them)."""
-    return {k: v for k, v in settings.items() if k not in later or not (drop_all or v == later[k])}
-
-
 @dataclass(kw_only=True)
 class SynthesizeConfig:
     """Settings of ``fastgen synthesize``."""
@@ -148,7 +144,7 @@ class SynthesizeConfig:
 
     def content(self, model_uri: str) -> dict[str, Any]:
         """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
-        sampler = _without_off(to_dict(self.sampler), LATER_SAMPLER_FIELDS, drop_all=self.generator != "fast")
+        sampler = without_later_defaults(to_dict(self.sampler), LATER_SAMPLER_FIELDS, drop_all=self.generator != "fast")
         sampler.pop("batch_size")
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
@@ -156,7 +152,7 @@ class SynthesizeConfig:
             "model_uri": model_uri,
             "shard_size": self.shard_size,
             "sampler": sampler,
-            "qc": _without_off(to_dict(self.qc), LATER_QC_FIELDS),
+            "qc": without_later_defaults(to_dict(self.qc), LATER_QC_FIELDS),
         }
         if self.generator != "fast":  # only then: outputs made before the field existed keep their fingerprint
             content["generator"] = self.generator
