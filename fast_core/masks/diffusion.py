@@ -13,6 +13,12 @@ What an S × S training mask M is depends on the model's *frame* (:attr:`MaskDif
   any-pooling down, nearest up), so a blowhole of a few pixels and a crack across the image both fill the frame. The
   size goes apart, as every real mask's side fraction f = max(box_h, box_w) / √(H · W), kept per key in
   ``box_sides``; a sample is placed back at a drawn real size (:mod:`fast_core.masks.placement`).
+* ``"stretch"``: M = the real mask's bounding box resampled to S × S along each axis on its own
+  (:func:`fast_core.masks.shapes.stretched_shape`), so the box fills the frame whatever its aspect and a thin crack
+  is a band across the square, not a one-cell line. Size *and* aspect go apart, as every real mask's box record
+  (box_h / H, box_w / W, fill of its stretched shape), kept per key in ``box_records``; a sample goes back into the box
+  of a real mask of similar fill (:func:`fast_core.masks.placement.draw_box`). Flips keep a box's sides, 90° turns
+  would swap them, so a stretch-frame model trains without turns.
 * ``"image"`` (models saved before frames existed): M = the whole real mask nearest-resized to S × S; a sample is
   the whole mask, resized to the output size. Small defects vanish at S = 64.
 
@@ -25,11 +31,11 @@ x_T ~ N(0, I) over its NFE grid, then M̂ = [x̂_0 > threshold] (threshold 0 is 
 random draw of a sample (its start noise and each step's ξ) comes from that sample's own generator, so a sample does
 not depend on the rest of its batch. Random flips and 90° rotations of the training masks are the caller's job.
 
-Saved as ``<dir>/config.json`` (:class:`MaskDiffusionConfig`, with the frame and the side fractions) +
+Saved as ``<dir>/config.json`` (:class:`MaskDiffusionConfig`, with the frame and the side or box fractions) +
 ``<dir>/model.safetensors``; never pickled. A config.json without ``frame`` is an ``"image"`` model.
 
 Notation: M mask, x_0 = 2M − 1, x_t noisy mask, ε noise, ε̂ = ε_θ(x_t, t, k) prediction, k defect-key index, ᾱ_t
-``alphas_cumprod``, S ``image_size``, f side fraction.
+``alphas_cumprod``, S ``image_size``, f side fraction, (a, b, φ) box record.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fast_core.configbase import check_choices, from_dict, to_dict
-from fast_core.masks.placement import bad_side_fractions
+from fast_core.masks.placement import bad_box_records, bad_side_fractions
 from fast_core.models.base import check_safetensors, check_state, read_json
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.training import sample_timesteps
@@ -57,15 +63,15 @@ from fast_core.training import sample_timesteps
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-MaskFrame = Literal["image", "box"]
+MaskFrame = Literal["image", "box", "stretch"]
 
 
 @dataclass(kw_only=True)
 class MaskDiffusionConfig:
     """Architecture of the mask diffusion UNet, the defect keys it is conditioned on, and its frame.
 
-    ``frame`` and ``box_sides`` do not change the network: they say what a sample means (module docstring). The
-    dataclass default ``"image"`` is what a config.json written before frames existed describes.
+    ``frame``, ``box_sides`` and ``box_records`` do not change the network: they say what a sample means (module
+    docstring). The dataclass default ``"image"`` is what a config.json written before frames existed describes.
     """
 
     keys: tuple[str, ...] = ()  # defect keys "<category>/<defect>", one class embedding each (order = class index)
@@ -74,10 +80,13 @@ class MaskDiffusionConfig:
     layers_per_block: int = 1  # ResNet blocks per level
     norm_num_groups: int = 8  # GroupNorm groups; divides every entry of block_out_channels
     attention_head_dim: int = 8  # channels per attention head (attention at the lowest resolution only)
-    # "image": a sample is the whole mask; "box": a sample is a shape in its bounding box, placed at a real size
+    # "image": a sample is the whole mask; "box": a shape in its square-padded box, placed at a real size;
+    # "stretch": a shape stretched over its box, placed at a real size and aspect
     frame: MaskFrame = "image"
-    # box frame: per key, the real training masks' side fractions f = max(box_h, box_w) / √(H · W); empty for "image"
+    # box frame: per key, the real training masks' side fractions f = max(box_h, box_w) / √(H · W); else empty
     box_sides: dict[str, list[float]] = field(default_factory=dict)
+    # stretch frame: per key, the real training masks' box records [box_h / H, box_w / W, stretched fill]; else empty
+    box_records: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -111,31 +120,50 @@ class MaskDiffusionConfig:
         self._check_box_sides()
 
     def _check_box_sides(self) -> None:
-        """``box_sides``: for the box frame, a non-empty list of finite fractions > 0 for every key and no other key;
-        for the image frame, empty."""
-        if not isinstance(self.box_sides, dict):
-            raise ValueError(f"MaskDiffusionConfig.box_sides must map defect keys to lists, got {self.box_sides!r}")
-        if self.frame == "image":
-            if self.box_sides:
+        """The sizes of the frame: ``box_sides`` (box) or ``box_records`` (stretch), one non-empty list of valid
+        fractions for every key and no other key; the other field, and both for the image frame, empty."""
+        own = {"box": "box_sides", "stretch": "box_records"}.get(self.frame)
+        for name in ("box_sides", "box_records"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise ValueError(f"MaskDiffusionConfig.{name} must map defect keys to lists, got {value!r}")
+            if name != own and value:
+                owner = "box" if name == "box_sides" else "stretch"
                 raise ValueError(
-                    "MaskDiffusionConfig.box_sides is given but frame = 'image' (whole-mask samples have no box to "
-                    "size); use frame = 'box' or leave box_sides empty"
+                    f"MaskDiffusionConfig.{name} is given but frame = {self.frame!r} ({name} goes with frame "
+                    f"{owner}); leave {name} empty or change the frame"
                 )
+        if own is None:
             return
-        unknown = sorted(set(self.box_sides) - set(self.keys))
+        sizes = getattr(self, own)
+        unknown = sorted(set(sizes) - set(self.keys))
         if unknown:
-            raise ValueError(f"MaskDiffusionConfig.box_sides has key(s) not in keys: {', '.join(map(str, unknown))}")
-        missing = [k for k in self.keys if not self.box_sides.get(k)]
+            raise ValueError(f"MaskDiffusionConfig.{own} has key(s) not in keys: {', '.join(map(str, unknown))}")
+        missing = [k for k in self.keys if not sizes.get(k)]
         if missing:
+            what = "side fractions" if own == "box_sides" else "box records"
             raise ValueError(
-                f"MaskDiffusionConfig.frame = 'box' needs the real side fractions (box_sides) of every key; none for "
+                f"MaskDiffusionConfig.frame = {self.frame!r} needs the real {what} ({own}) of every key; none for "
                 f"{', '.join(missing)}"
             )
-        for key, sides in self.box_sides.items():
-            bad = bad_side_fractions(sides)
-            if bad:
-                raise ValueError(f"MaskDiffusionConfig.box_sides[{key!r}] must hold finite numbers > 0, got {bad[:3]}")
-        self.box_sides = {k: [float(f) for f in self.box_sides[k]] for k in self.keys}
+        for key, values in sizes.items():
+            if own == "box_sides":
+                bad = bad_side_fractions(values)
+                if bad:
+                    raise ValueError(
+                        f"MaskDiffusionConfig.box_sides[{key!r}] must hold finite numbers > 0, got {bad[:3]}"
+                    )
+            else:
+                bad = bad_box_records(values)
+                if bad:
+                    raise ValueError(
+                        f"MaskDiffusionConfig.box_records[{key!r}] must hold [a, b, fill] triples of numbers in "
+                        f"(0, 1], got {bad[:3]}"
+                    )
+        if own == "box_sides":
+            self.box_sides = {k: [float(f) for f in self.box_sides[k]] for k in self.keys}
+        else:
+            self.box_records = {k: [[float(v) for v in r] for r in self.box_records[k]] for k in self.keys}
 
 
 def build_mask_unet(cfg: MaskDiffusionConfig) -> UNet2DModel:

@@ -29,6 +29,7 @@ __all__ = [
     "nearest_real_iou",
     "normalised_shape",
     "real_near_copy_fraction",
+    "stretched_shape",
 ]
 
 SHAPE_SIZE = 32  # side S of a normalised shape
@@ -75,6 +76,38 @@ def normalised_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
         src = np.arange(size) * side // size
         out = square[np.ix_(src, src)]
     return out
+
+
+def _resample_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """(n, w) → (size, w) along axis 0: any-pooling down (row i goes to ⌊i·size/n⌋), nearest up (⌊u·n/size⌋)."""
+    n = a.shape[0]
+    if n >= size:
+        out = np.zeros((size, a.shape[1]), dtype=bool)
+        np.logical_or.at(out, np.arange(n) * size // n, a)
+        return out
+    return a[np.arange(size) * n // size]
+
+
+def stretched_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
+    """The S × S *stretched* shape of a binary (H, W) mask: its bounding box resampled to S × S along each axis on its
+    own (any-pooling down, nearest up, as :func:`normalised_shape`), so the box fills the square whatever its aspect;
+    all False for an empty mask. The aspect is what a caller keeps apart (a 3 × 150 crack and a 30 × 30 blowhole
+    both fill the frame).
+
+    >>> m = np.zeros((40, 40), bool); m[10:12, 4:36] = True  # a 2 × 32 bar
+    >>> bool(stretched_shape(m, 8).all())
+    True
+    >>> d = np.eye(6, dtype=bool).repeat(2, axis=1)           # a diagonal, 6 × 12
+    >>> stretched_shape(d, 3).astype(int).tolist()
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    """
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"stretched_shape expects a 2-D (H, W) mask, got shape {m.shape}")
+    box = bounding_box(m)
+    if box is None:
+        return np.zeros((size, size), dtype=bool)
+    return _resample_rows(_resample_rows(box, size).T, size).T
 
 
 def _variants(shape: np.ndarray) -> list[np.ndarray]:

@@ -26,10 +26,11 @@ from pipelines.storage import StorageConfig
 #: Most masks per defect key: sample_id indices have six digits.
 MAX_COUNT = 999_999
 SOURCE_NAMES = ("augment", "diffusion", "real")
-#: Diffusion settings added after mask outputs were made, at their defaults. Those outputs were sampled from
-#: whole-mask ("image" frame) models, which the jitter does not touch; a setting at this value stays out of the
-#: fingerprint, so they are still recognised (and resumed, not refused). Absent means this value: never change it.
-LATER_DIFFUSION_FIELDS: dict[str, object] = {"jitter": 0.15}
+#: Diffusion settings added after mask outputs were made, at the value that reproduces those outputs. The first were
+#: sampled from whole-mask ("image" frame) models, which the jitter does not touch, and none dropped specks; a setting
+#: at this value stays out of the fingerprint, so they are still recognised (and resumed, not refused). Absent means
+#: this value: never change it. (``despeckle`` defaults to true, so new outputs carry it.)
+LATER_DIFFUSION_FIELDS: dict[str, object] = {"jitter": 0.15, "despeckle": False}
 
 
 def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
@@ -114,12 +115,15 @@ class MasksSourcesConfig:
 
 @dataclass(kw_only=True)
 class MaskSamplingConfig:
-    """How the mask diffusion model is sampled (AIAS, :func:`fast_core.masks.sample_masks`) and, for a box-frame model,
-    placed (:mod:`fast_core.masks.placement`: side = f* · eᵘ · √(H · W), u ~ U(−jitter, jitter))."""
+    """How the mask diffusion model is sampled (AIAS, :func:`fast_core.masks.sample_masks`) and, for a box- or
+    stretch-frame model, placed (:mod:`fast_core.masks.placement`: sizes f* · eᵘ · √(H · W), u ~ U(−jitter, jitter);
+    with ``despeckle``, a sample's components below ``filter.min_component_px`` pixels at the drawn size are dropped
+    and at most ``filter.max_components`` of the largest kept before it is trimmed and placed)."""
 
     nfe: int = 10  # network evaluations per sample (>= 3)
     threshold: float = 0.0  # binarisation level of x̂_0 on the [−1, 1] scale
-    jitter: float = 0.15  # box frame: sizes spread around the real ones by a factor in [e^−jitter, e^jitter]
+    jitter: float = 0.15  # box/stretch frame: sizes spread around the real ones by a factor in [e^−jitter, e^jitter]
+    despeckle: bool = True  # box/stretch frame: drop a sample's specks (see above) before it is placed
 
     def __post_init__(self) -> None:
         if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 3:

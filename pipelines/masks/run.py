@@ -7,7 +7,7 @@ Pipeline::
     ray.data.from_arrow(rows of pending shards)
       → map_batches(generate_masks)      CPU tasks: augment / real copies
       → map_batches(MaskSampler)         actor pool, only when sources.diffusion > 0: model loaded once per actor;
-                                         a whole-mask sample resized to the row's size, a box-frame shape placed
+                                         a whole-mask sample resized to the row's size, a box/stretch shape placed
                                          at one of its key's real sizes (fast_core.masks.placement)
       → iter_batches on the driver       buffer rows per shard; a complete shard is filtered in plan order
                                          (filter_shard) and committed through ShardStore
@@ -222,6 +222,7 @@ def _build_dataset(cfg: MasksConfig, pending: pa.Table) -> Any:
                 "storage_cfg": cfg.storage,
                 "cache_dir": cfg.model_cache_dir,
                 "jitter": cfg.diffusion.jitter,
+                "specks": (cfg.filter.min_component_px, cfg.filter.max_components) if cfg.diffusion.despeckle else None,
             },
         )
     return ds

@@ -28,8 +28,8 @@ from PIL import Image
 
 from fast_core.data.transforms import decode_png, encode_png
 from fast_core.masks import MaskAugmentConfig, MaskFilter, MaskFilterConfig, augment_mask, mask_stats
-from fast_core.masks.placement import draw_side, place_shape, placement_rng
-from fast_core.masks.shapes import normalised_shape
+from fast_core.masks.placement import draw_box, draw_side, drop_specks, place_shape, placement_rng
+from fast_core.masks.shapes import bounding_box, normalised_shape, stretched_shape
 from pipelines import storage
 from pipelines.masks.schema import GENERATE_FAILED, STAGE_FILTER, STAGE_GENERATE
 from pipelines.storage import StorageConfig
@@ -192,6 +192,26 @@ def fetch_mask_model(uri: str, storage_cfg: StorageConfig | None = None, cache_d
     return local
 
 
+def despeckled_sample(sample: np.ndarray, box: tuple[int, int], specks: tuple[float, int], square: bool) -> np.ndarray:
+    """``sample`` without the components that would be specks (``specks = (min_px, max_components)``, as
+    :func:`fast_core.masks.placement.drop_specks`) once its own box is brought to ``box`` = (h, w) pixels (square:
+    padded to a square first, as ``normalised_shape`` does); repeated until nothing more goes, as dropping a component
+    can shrink the box and so enlarge what a cell becomes."""
+    min_px, max_components = specks
+    for _ in range(8):
+        own = bounding_box(sample)
+        if own is None:
+            return sample
+        bh, bw = own.shape
+        if square:
+            bh = bw = max(bh, bw)
+        kept = drop_specks(sample, min_px, max_components, px_per_cell=box[0] / bh * box[1] / bw)
+        if np.array_equal(kept, sample):
+            return sample
+        sample = kept
+    return sample
+
+
 class MaskSampler:
     """Ray Data actor: samples the ``diffusion`` rows of each batch with a mask diffusion model loaded once.
 
@@ -203,8 +223,18 @@ class MaskSampler:
       bounding box filling the S × S square (``normalised_shape(sample, S)``: a sample that covers only part of the
       square would otherwise be placed smaller than the size drawn for it), then placed at a real size of its key
       (:mod:`fast_core.masks.placement`) with ``rng = placement_rng(seed_i)`` (a numpy stream of the row's seed apart
-      from its torch noise): ``place_shape(shape, draw_side(box_sides[key], (H, W), rng, jitter), (H, W), rng)``.
-      A shape the placement empties stays empty, and the filters reject it with their reason.
+      from its torch noise): side = draw_side(box_sides[key], (H, W), rng, jitter), then
+      ``place_shape(shape, (side, side), (H, W), rng, specks)``.
+    * ``"stretch"``: the same with the box stretched: the shape is ``stretched_shape(sample, S)``, its box
+      (h, w) = draw_box(box_records[key], (H, W), rng, jitter, fill) with fill the stretched fill of the sample
+      without its components of fewer than ``min_px`` cells (a real mask of similar fill lends its box), then
+      ``place_shape(shape, (h, w), (H, W), rng, specks)``.
+
+    With ``specks = (min_px, max_components)`` (the filters' bounds) the sample's specks go twice: first in the
+    S × S sample, each component weighed by the pixels a cell becomes once its box is stretched to the drawn size
+    (repeated until no more go, as dropping one shrinks the box), so that a stray speck does not make the shape's box
+    and the drawn size disagree; then in the placed mask, pixel for pixel. A shape the placement or the cleaning
+    empties stays empty, and the filters reject it with their reason.
     """
 
     def __init__(
@@ -217,6 +247,7 @@ class MaskSampler:
         storage_cfg: StorageConfig | None = None,
         cache_dir: str | None = None,
         jitter: float = 0.15,
+        specks: tuple[float, int] | None = None,
     ) -> None:
         import torch
 
@@ -229,6 +260,7 @@ class MaskSampler:
         self.nfe = nfe
         self.threshold = threshold
         self.jitter = jitter
+        self.specks = None if specks is None else (float(specks[0]), int(specks[1]))
 
     def to_frame(self, sample: np.ndarray, key: str, seed: int, shape: tuple[int, int]) -> np.ndarray:
         """The (H, W) = ``shape`` mask of one S×S ``sample`` of ``key`` for the row seeded ``seed`` (see the class)."""
@@ -236,8 +268,23 @@ class MaskSampler:
         if cfg.frame == "image":
             return resize_nearest(sample, shape)
         rng = placement_rng(seed)
-        side = draw_side(cfg.box_sides[key], shape, rng, self.jitter)
-        return place_shape(normalised_shape(sample, sample.shape[0]), side, shape, rng)
+        size = sample.shape[0]
+        if cfg.frame == "box":
+            side = draw_side(cfg.box_sides[key], shape, rng, self.jitter)
+            box, reduce = (side, side), normalised_shape
+        else:
+            box = draw_box(cfg.box_records[key], shape, rng, self.jitter, fill=self._fill(sample))
+            reduce = stretched_shape
+        if self.specks is not None:
+            sample = despeckled_sample(sample, box, self.specks, square=cfg.frame == "box")
+        return place_shape(reduce(sample, size), box, shape, rng, self.specks)
+
+    def _fill(self, sample: np.ndarray) -> float | None:
+        """The stretched fill of ``sample`` that picks its box (the class docstring), None for an empty sample."""
+        if self.specks is not None:
+            sample = drop_specks(sample, self.specks[0], self.specks[1])
+        fill = float(stretched_shape(sample, sample.shape[0]).mean())
+        return fill if fill > 0 else None
 
     def __call__(self, batch: Batch) -> Batch:
         import torch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fast_core.configbase import check_choices
 from fast_core.data.layout import Layout, find_categories
@@ -129,24 +129,44 @@ class MaskModelSettings:
 
     ``frame`` says what the model learns from each training-third mask:
 
+    * ``"stretch"`` (the default): its bounding box at its own resolution resampled to S × S along each axis on its own
+      (fast_core.masks.shapes.stretched_shape; pipelines.train.mask_data), with its box record (box_h / H, box_w / W,
+      stretched fill) stored per key with the model (``box_records``); the masks stage places each sample in the box
+      of a real mask of similar fill, so sizes and aspects are real ones. A thin crack is a band across the square
+      instead of a one-cell line. 90° turns would swap a box's sides, so ``rotate90`` must be off (the flips keep
+      them). Independent of ``dataset.frame`` and ``dataset.image_size``.
     * ``"box"``: its shape at its own resolution, fast_core.masks.shapes.normalised_shape(M, S) (bounding box padded
-      to a centred square, any-pooled down / nearest up to S × S; pipelines.train.mask_data), with its size kept
-      apart as f = max(box_h, box_w) / √(H · W) and stored per key with the model (``box_sides``); the masks stage
-      places each sample at a drawn real size. Independent of ``dataset.frame`` and ``dataset.image_size``.
+      to a centred square, any-pooled down / nearest up to S × S), with its size kept apart as
+      f = max(box_h, box_w) / √(H · W) and stored per key with the model (``box_sides``); the masks stage places each
+      sample at a drawn real size.
     * ``"image"``: the whole mask as the generator's data has it (``dataset.image_size``, or a window), nearest-resized
       to S × S; defects of a few pixels vanish.
     """
 
-    image_size: int = 64  # S of the generated masks (box: the shape's frame; image: the whole mask)
+    image_size: int = 64  # S of the generated masks (stretch, box: the shape's frame; image: the whole mask)
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # channels per resolution level, highest resolution first
     layers_per_block: int = 1  # ResNet blocks per level
     norm_num_groups: int = 8  # GroupNorm groups
     attention_head_dim: int = 8  # channels per attention head (lowest level only)
-    rotate90: bool = True  # augmentation: rotate each training mask by a random multiple of 90° (plus the flips)
-    frame: MaskFrame = "box"  # "box": shapes at their own scale + real sizes; "image": whole masks resized to S × S
+    # augmentation: rotate each training mask by a random multiple of 90° (plus the flips); null: on for the box and
+    # image frames, off for stretch (where it must be off)
+    rotate90: bool | None = None
+    # "stretch": boxes stretched to S × S + real sizes and aspects; "box": shapes padded to a square + real sizes;
+    # "image": whole masks resized to S × S
+    frame: MaskFrame = "stretch"
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.frame == "stretch" and self.rotate90 is True:
+            raise ValueError(
+                "mask_model.rotate90 must be false with frame 'stretch': a turn swaps a stretched shape's axes but not "
+                "the real box it is placed in (the flips keep both)"
+            )
+
+    @property
+    def turns(self) -> bool:
+        """Whether the mask stage turns its training masks by 90° multiples (``rotate90``, or the frame's default)."""
+        return self.frame != "stretch" if self.rotate90 is None else self.rotate90
 
 
 @dataclass(kw_only=True)
@@ -346,7 +366,8 @@ class TrainConfig:
         if not 2 <= self.grid_nfe <= 1000:
             raise ValueError(f"TrainConfig.grid_nfe must be in 2..1000, got {self.grid_nfe!r}")
         if "mask" in self.stages:  # validates the mask model's shape up front (placeholder key and size)
-            mask_model_config(self, ["category/defect"], {"category/defect": [0.1]})
+            size = [0.1, 0.1, 0.5] if self.mask_model.frame == "stretch" else 0.1
+            mask_model_config(self, ["category/defect"], {"category/defect": [size]})
         if self.fault.stage is not None and self.fault.stage not in self.stages:
             raise ValueError(f"TrainConfig.fault.stage = {self.fault.stage!r} is not one of the stages {self.stages}")
 
@@ -371,17 +392,20 @@ class TrainConfig:
 
 
 def mask_model_config(
-    cfg: TrainConfig, defect_keys: list[str], box_sides: dict[str, list[float]] | None = None
+    cfg: TrainConfig, defect_keys: list[str], box_sizes: dict[str, list[Any]] | None = None
 ) -> MaskDiffusionConfig:
-    """The :class:`MaskDiffusionConfig` of stage "mask" for ``defect_keys``; the box frame also needs every key's real
-    side fractions ``box_sides`` (pipelines.train.mask_data), the image frame none.
+    """The :class:`MaskDiffusionConfig` of stage "mask" for ``defect_keys``; the box and stretch frames also need every
+    key's real sizes ``box_sizes`` (pipelines.train.mask_data: side fractions, or [box_h, box_w] fractions), the
+    image frame none.
 
     Raises:
-        ValueError: a bad shape, or a box frame without side fractions for a key.
+        ValueError: a bad shape, or a box or stretch frame without sizes for a key.
     """
     m = cfg.mask_model
-    if m.frame == "box" and box_sides is None:
-        raise ValueError("mask_model_config: mask_model.frame = 'box' needs the real masks' side fractions (box_sides)")
+    if m.frame != "image" and box_sizes is None:
+        raise ValueError(
+            f"mask_model_config: mask_model.frame = {m.frame!r} needs the real masks' sizes (pipelines.train.mask_data)"
+        )
     return MaskDiffusionConfig(
         keys=tuple(defect_keys),
         image_size=m.image_size,
@@ -390,7 +414,8 @@ def mask_model_config(
         norm_num_groups=m.norm_num_groups,
         attention_head_dim=m.attention_head_dim,
         frame=m.frame,
-        box_sides=dict(box_sides) if m.frame == "box" and box_sides is not None else {},
+        box_sides=dict(box_sizes) if m.frame == "box" and box_sizes is not None else {},
+        box_records=dict(box_sizes) if m.frame == "stretch" and box_sizes is not None else {},
     )
 
 

@@ -276,7 +276,7 @@ def run_stage_loop(config: dict[str, Any]) -> None:
     """The shared body of every stage's loop; ``config`` comes from ``run.py``.
 
     Keys of ``config``: ``cfg`` (TrainConfig), ``stage``, ``keys``, ``preview`` (grid inputs), ``scale_images`` (vae:
-    images for the scaling factor), ``box_sides`` (mask stage, box frame: the real side fractions per key, else
+    images for the scaling factor), ``box_sizes`` (mask stage, box or stretch frame: the real sizes per key, else
     None), ``progress`` (the driver's progress channel, or None).
     """
     import ray.train
@@ -293,7 +293,7 @@ def run_stage_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     store = RunStore(cfg.run_uri, cfg.storage)
 
-    model, params = stage_model(cfg, keys, store, stage, config.get("box_sides"))
+    model, params = stage_model(cfg, keys, store, stage, config.get("box_sizes"))
     ckpt: Checkpoint | None = store.load_latest(stage)
     if ckpt is not None:
         load_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")

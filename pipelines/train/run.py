@@ -165,8 +165,8 @@ def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: 
     return True
 
 
-def _box_sides(data: TrainingData) -> dict[str, list[float]] | None:
-    """The real side fractions per defect key of a box-frame mask stage, else None."""
+def _box_sizes(data: TrainingData) -> dict[str, list[Any]] | None:
+    """The real sizes per defect key of a box- or stretch-frame mask stage (pipelines.train.mask_data), else None."""
     return data.mask_shapes.sides if data.mask_shapes is not None else None
 
 
@@ -222,7 +222,7 @@ def _fit_stage(cfg: TrainConfig, stage: str, data: TrainingData, start: int) -> 
         "keys": data.keys,
         "preview": _preview(data, cfg, stage),
         "scale_images": _scale_images(data) if stage == "vae" else None,
-        "box_sides": _box_sides(data) if stage == "mask" else None,
+        "box_sizes": _box_sizes(data) if stage == "mask" else None,
     }
     trainer = TorchTrainer(
         LOOPS[stage],
@@ -262,8 +262,8 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
     check_dataset(cfg.dataset)
     store = RunStore(cfg.run_uri, cfg.storage)
     data = load_training_data(cfg.dataset, cfg.seed)
-    if "mask" in cfg.stages and cfg.mask_model.frame == "box":
-        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size)
+    if "mask" in cfg.stages and cfg.mask_model.frame != "image":
+        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size, cfg.mask_model.frame)
     for stage in cfg.stages:
         check_stage_rows(data, stage, cfg.stage_config(stage).batch_size, cfg.scaling.num_workers)
     for stage in cfg.stages:
@@ -338,7 +338,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         summaries.append(StageSummary(stage, scfg.steps, False, start, info["wall_s"], final_loss, grids))
 
     model_uri = _publish(cfg, store, data.keys) if "fast" in cfg.stages else None
-    mask_model_uri = _publish_mask(cfg, store, data.keys, _box_sides(data)) if "mask" in cfg.stages else None
+    mask_model_uri = _publish_mask(cfg, store, data.keys, _box_sizes(data)) if "mask" in cfg.stages else None
     return TrainSummary(
         run_uri=store.run_uri,
         model_uri=model_uri,
@@ -423,11 +423,11 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
     return uri
 
 
-def _publish_mask(cfg: TrainConfig, store: RunStore, keys: list[str], box_sides: dict[str, list[float]] | None) -> str:
-    """Write the finished mask stage's model (MaskDiffusionModel.save layout; box frame: with ``box_sides``) to
+def _publish_mask(cfg: TrainConfig, store: RunStore, keys: list[str], box_sizes: dict[str, list[Any]] | None) -> str:
+    """Write the finished mask stage's model (MaskDiffusionModel.save layout; box and stretch frames: with the sizes) to
     ``cfg.mask_model_uri``."""
     ckpt = store.stage_weights("mask")
-    model = mask_model(cfg, keys, box_sides)
+    model = mask_model(cfg, keys, box_sizes)
     check_state(model.state_dict(), ckpt.final_weights, f"stage 'mask' checkpoint {ckpt.uri}")
     model.load_state_dict(ckpt.final_weights)
     with tempfile.TemporaryDirectory(prefix="fastgen-mask-model-") as tmp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,19 +134,19 @@ def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.dev
     return 1.0 / std
 
 
-def mask_model(cfg: TrainConfig, keys: list[str], box_sides: dict[str, list[float]] | None) -> MaskDiffusionModel:
+def mask_model(cfg: TrainConfig, keys: list[str], box_sizes: dict[str, list[Any]] | None) -> MaskDiffusionModel:
     """The mask diffusion model of stage "mask" at its seed-initialised weights: every defect key of ``keys`` (not
-    ``"good"``), and for the box frame the real side fractions ``box_sides`` it carries to the masks stage."""
-    return MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != GOOD], box_sides), seed=cfg.seed)
+    ``"good"``), and for the box and stretch frames the real sizes ``box_sizes`` it carries to the masks stage."""
+    return MaskDiffusionModel(mask_model_config(cfg, [k for k in keys if k != GOOD], box_sizes), seed=cfg.seed)
 
 
 def stage_model(
-    cfg: TrainConfig, keys: list[str], store: RunStore, stage: str, box_sides: dict[str, list[float]] | None = None
+    cfg: TrainConfig, keys: list[str], store: RunStore, stage: str, box_sizes: dict[str, list[Any]] | None = None
 ) -> tuple[FastLDM | MaskDiffusionModel, list[nn.Parameter]]:
-    """The model stage ``stage`` trains (from its starting weights) and its trainable parameters (``box_sides``: the
-    mask stage's side fractions in the box frame, :func:`mask_model`)."""
+    """The model stage ``stage`` trains (from its starting weights) and its trainable parameters (``box_sizes``: the
+    mask stage's real sizes in the box and stretch frames, :func:`mask_model`)."""
     if stage == "mask":
-        model = mask_model(cfg, keys, box_sides)
+        model = mask_model(cfg, keys, box_sizes)
         return model, list(model.parameters())
     model = build_model(cfg, keys, store, stage)
     return model, configure_trainable(model, stage)
@@ -164,19 +165,19 @@ def prepare_batch(
     batch: dict[str, torch.Tensor], g: torch.Generator, cfg: TrainConfig, stage: str, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Images to [−1, 1] float, masks to {0, 1} float, augmented. Mask stage: image-frame masks are nearest-resized to
-    the mask model's S × S; box-frame shapes must already be S × S (they are never resized here)."""
+    the mask model's S × S; box- and stretch-frame shapes must already be S × S (they are never resized here)."""
     x = batch[IMAGE].to(device=device, dtype=torch.float32) / 127.5 - 1.0 if IMAGE in batch else None
     mask = batch[MASK].to(device=device, dtype=torch.float32) if MASK in batch else None
     if stage == "mask":
         size = cfg.mask_model.image_size
         if tuple(mask.shape[-2:]) != (size, size):
-            if cfg.mask_model.frame == "box":
+            if cfg.mask_model.frame != "image":
                 raise ValueError(
-                    f"prepare_batch: box-frame mask shapes must be {size} × {size} (mask_model.image_size), got "
-                    f"{tuple(mask.shape[-2:])}"
+                    f"prepare_batch: {cfg.mask_model.frame}-frame mask shapes must be {size} × {size} "
+                    f"(mask_model.image_size), got {tuple(mask.shape[-2:])}"
                 )
             mask = torch.nn.functional.interpolate(mask, size=(size, size), mode="nearest")
         mask = flip_batch([mask], g, cfg.dataset.hflip, cfg.dataset.vflip)[0]
-        return None, rotate_batch(mask, g) if cfg.mask_model.rotate90 else mask
+        return None, rotate_batch(mask, g) if cfg.mask_model.turns else mask
     flipped = flip_batch([x] if mask is None else [x, mask], g, cfg.dataset.hflip, cfg.dataset.vflip)
     return flipped[0], (flipped[1] if mask is not None else None)

@@ -106,6 +106,24 @@ def test_box_frame_needs_real_side_fractions_for_every_key() -> None:
         _cfg(frame="crop")
 
 
+def test_stretch_frame_needs_real_box_records_and_round_trips(tmp_path: Path) -> None:
+    records = {"toy/disc": [[0.02, 0.03, 0.8]], "toy/bar": [[0.01, 0.9, 1.0], [0.9, 0.012, 0.3]]}
+    cfg = _cfg(frame="stretch", box_records=records)
+    assert cfg.box_records == records and cfg.box_sides == {}
+    loaded = MaskDiffusionModel.load(MaskDiffusionModel(cfg, seed=2).save(tmp_path / "stretch"))
+    assert loaded.config == cfg and loaded.config.box_records["toy/bar"] == [[0.01, 0.9, 1.0], [0.9, 0.012, 0.3]]
+    with pytest.raises(ValueError, match=r"needs the real box records \(box_records\).*none for toy/disc, toy/bar"):
+        _cfg(frame="stretch")
+    with pytest.raises(ValueError, match=r"box_records\['toy/bar'\] must hold \[a, b, fill\] triples"):
+        _cfg(frame="stretch", box_records={**records, "toy/bar": [[0.1, 0.2]]})
+    with pytest.raises(ValueError, match=r"box_records\['toy/bar'\] must hold"):
+        _cfg(frame="stretch", box_records={**records, "toy/bar": [[0.1, float("nan"), 0.5]]})
+    with pytest.raises(ValueError, match="box_sides is given but frame = 'stretch'"):
+        _cfg(frame="stretch", box_records=records, box_sides={"toy/disc": [0.1], "toy/bar": [0.2]})
+    with pytest.raises(ValueError, match="box_records is given but frame = 'box'"):
+        _cfg(frame="box", box_sides={"toy/disc": [0.1], "toy/bar": [0.2]}, box_records=records)
+
+
 def test_box_frame_round_trips_and_an_old_config_loads_as_image(tmp_path: Path) -> None:
     box = MaskDiffusionModel(_cfg(frame="box", box_sides={"toy/disc": [0.03], "toy/bar": [0.5, 1.25]}), seed=2)
     loaded = MaskDiffusionModel.load(box.save(tmp_path / "box"))

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from scipy import ndimage
 
 from fast_core.masks import MaskFilterConfig
 from fast_core.masks.diffusion import MaskDiffusionConfig, MaskDiffusionModel
@@ -212,9 +214,16 @@ def test_outside_foreground_is_rejected() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ diffusion
-def _tiny_mask_model(path: Path, box_sides: dict[str, list[float]] | None = None) -> Path:
-    """A tiny untrained mask model of KEYS: whole-mask ("image" frame), or a box-frame one with ``box_sides``."""
-    frame = {} if box_sides is None else {"frame": "box", "box_sides": box_sides}
+def _tiny_mask_model(
+    path: Path,
+    box_sides: dict[str, list[float]] | None = None,
+    box_records: dict[str, list[list[float]]] | None = None,
+) -> Path:
+    """A tiny untrained mask model of KEYS: whole-mask ("image" frame), a box-frame one with ``box_sides``, or a
+    stretch-frame one with ``box_records``."""
+    frame: dict[str, Any] = {} if box_sides is None else {"frame": "box", "box_sides": box_sides}
+    if box_records is not None:
+        frame = {"frame": "stretch", "box_records": box_records}
     cfg = MaskDiffusionConfig(keys=KEYS, image_size=16, block_out_channels=(8, 8), norm_num_groups=4, **frame)
     return MaskDiffusionModel(cfg, seed=0).save(path)
 
@@ -275,12 +284,54 @@ def test_box_frame_sampler_places_each_shape_at_a_real_size(dataset: Path, tmp_p
     assert all(_bbox_side(decode_mask(p)) > 20 for p in whole["mask_png"])  # thresholded noise over the whole frame
 
 
-def test_jitter_stays_out_of_the_fingerprint_at_its_default(dataset: Path, tmp_path: Path) -> None:
-    """Outputs made before the setting existed (a whole-mask model, which the jitter does not touch) keep their
-    fingerprint; any other jitter is part of it."""
+# in a 40 × 48 frame: dents 8 × 24 px, scratches 2 × 38 or 32 × 2 px
+BOX_RECORDS = {"widget/dent": [[0.2, 0.5, 0.6]], "widget/scratch": [[0.05, 0.8, 0.5], [0.8, 0.05, 0.5]]}
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)) if rows.size else (0, 0)
+
+
+def test_stretch_frame_sampler_places_each_shape_in_a_real_box_without_specks(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model = _tiny_mask_model(tmp_path / "mm", box_records=BOX_RECORDS)
+    mix = ("sources={augment: 0.0, diffusion: 1.0, real: 0.0}", f"mask_model_uri={model}", "counts.default=10")
+    cfg = _cfg(dataset, tmp_path / "o", *mix)
+    inputs, _ = collect_inputs(cfg, _local_loader)
+    batch = _generate(build_plan(inputs, cfg), cfg)
+    keys = [f"{c}/{d}" for c, d in zip(batch["category"], batch["defect_type"], strict=True)]
+    plain = MaskSampler(str(model), nfe=3, threshold=0.0, jitter=0.0)(batch)
+    specks = (cfg.filter.min_component_px, cfg.filter.max_components)
+    clean = MaskSampler(str(model), nfe=3, threshold=0.0, jitter=0.0, specks=specks)(batch)
+    boxes: dict[str, set[tuple[int, int]]] = {k: set() for k in KEYS}
+    for i, key in enumerate(keys):
+        before, after = decode_mask(plain["mask_png"][i]), decode_mask(clean["mask_png"][i])
+        assert before.shape == after.shape == (40, 48)
+        boxes[key].add(_bbox(before))  # untrained noise fills its drawn box: the box is the real one, exactly
+        labels, n = ndimage.label(after, structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel())[1:]
+        assert n <= specks[1] and (n == 0 or sizes.min() >= specks[0])  # what the filters ask, by construction
+        assert all(a <= b for a, b in zip(_bbox(after), _bbox(before), strict=True))  # inside the drawn box
+    assert boxes["widget/dent"] == {(8, 24)}
+    # 2 × 38 or 32 × 2; where the 16-cell sample is squeezed into 2 pixels an end column can fall under half a pixel
+    assert all(sorted(b)[0] == 2 and 28 <= sorted(b)[1] <= 38 for b in boxes["widget/scratch"])
+    assert {b[0] == 2 for b in boxes["widget/scratch"]} == {True, False}  # both real orientations
+    pairs = zip(plain["mask_png"], clean["mask_png"], strict=True)
+    assert any(not np.array_equal(decode_mask(p), decode_mask(q)) for p, q in pairs)  # noise has specks to drop
+
+
+def test_later_settings_stay_out_of_the_fingerprint_at_their_old_behaviour(dataset: Path, tmp_path: Path) -> None:
+    """Outputs made before the settings existed (a whole-mask model, which the jitter does not touch, and no speck
+    removal) keep their fingerprint; any other jitter, and the speck removal new configs default to, are part of it."""
     mix = ("sources={augment: 0.5, diffusion: 0.5, real: 0.0}", "mask_model_uri=/models/m")
-    assert _cfg(dataset, tmp_path / "o", *mix).content()["diffusion"] == {"nfe": 10, "threshold": 0.0}
+    old = _cfg(dataset, tmp_path / "o", *mix, "diffusion.despeckle=false").content()["diffusion"]
+    assert old == {"nfe": 10, "threshold": 0.0}
+    new = _cfg(dataset, tmp_path / "o", *mix).content()["diffusion"]
+    assert new == {"nfe": 10, "threshold": 0.0, "despeckle": True}
     assert _cfg(dataset, tmp_path / "o", *mix, "diffusion.jitter=0.3").content()["diffusion"]["jitter"] == 0.3
+    with pytest.raises(ValueError, match="despeckle: expected true/false, got 'yes'"):
+        _cfg(dataset, tmp_path / "o", *mix, "diffusion.despeckle='yes'")
     assert "diffusion" not in _cfg(dataset, tmp_path / "o").content()
 
 
@@ -393,11 +444,13 @@ def test_ray_run_with_a_box_frame_model_resumes_to_the_same_bytes(
     summary = run_masks(_cfg(dataset, out, *mix))
     assert summary.rows == 12 and summary.written + summary.rejected == 12
     data = pq.read_table(out / "data").to_pylist() if summary.written else []
-    rejected = [r for r in pq.read_table(out / "rejected").to_pylist() if r["mask_png"] is not None]
+    rejected = pq.read_table(out / "rejected").to_pylist() if summary.rejected else []
+    rejected = [r for r in rejected if r["mask_png"] is not None]
     masks = [decode_mask(r["mask"]["bytes"]) for r in data] + [decode_mask(r["mask_png"]) for r in rejected]
     assert masks and all(m.shape == (40, 48) and _bbox_side(m) <= 14 for m in masks)
     job = json.loads((out / "_commits" / "job.json").read_text())
-    assert job["content"]["diffusion"] == {"nfe": 3, "threshold": 0.0}  # the default jitter is not recorded
+    # the default jitter is not recorded; speck removal is (outputs made before it existed had none)
+    assert job["content"]["diffusion"] == {"nfe": 3, "threshold": 0.0, "despeckle": True}
     first = _read_dir(out)
     (out / "_SUCCESS").unlink()
     (out / "_commits" / "part-00002.json").unlink()

@@ -93,11 +93,11 @@ def test_full_chain_two_workers_local_then_rerun_skips(ray_local: None, tiny_dat
     assert metric_steps(store, "fast") == [1, 2]
 
 
-def test_mask_stage_alone_in_the_box_frame_publishes_the_real_sizes(
+def test_mask_stage_alone_in_the_stretch_frame_publishes_the_real_boxes(
     ray_local: None, tiny_data: tuple[Path, Path], tmp_path
 ) -> None:
-    """``stages: [mask]`` needs no other stage; two workers train on the native-scale shapes, and the published model
-    carries every key's real side fractions for the masks stage."""
+    """``stages: [mask]`` needs no other stage; two workers train on the native-scale stretched shapes (the default
+    frame), and the published model carries every key's real box records for the masks stage."""
     root, _ = tiny_data
     mask = ["stages=[mask]", "stage.mask.steps=2", "mask_model.image_size=16", "mask_model.block_out_channels=[8, 16]"]
     cfg = tiny_cfg(root, str(tmp_path / "runs"), *mask)
@@ -105,10 +105,10 @@ def test_mask_stage_alone_in_the_box_frame_publishes_the_real_sizes(
     assert [s.stage for s in summary.stages] == ["mask"] and np.isfinite(summary.stages[0].final_loss)
     assert summary.model_uri is None and metric_steps(RunStore(cfg.run_uri), "mask") == [1, 2]
     model = MaskDiffusionModel.load(summary.mask_model_uri)
-    box = load_box_shapes(cfg.dataset, summary.keys, 16)
-    assert model.config.frame == "box" and model.keys == ["tiny/crack", "tiny/scratch"]
-    assert model.config.box_sides == box.sides and all(len(v) == 2 for v in box.sides.values())
-    assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["mask_model"] == {"frame": "box"}
+    box = load_box_shapes(cfg.dataset, summary.keys, 16, "stretch")
+    assert model.config.frame == "stretch" and model.keys == ["tiny/crack", "tiny/scratch"]
+    assert model.config.box_records == box.sides and all(len(v) == 2 for v in box.sides.values())
+    assert json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["mask_model"] == {"frame": "stretch"}
     assert all(s.skipped for s in run_training(cfg).stages)
 
 

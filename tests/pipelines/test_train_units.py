@@ -20,7 +20,7 @@ from pipelines.train.grid import base_grid, compose, fast_grid, vae_grid
 from pipelines.train.loops import WeightsEMA, lr_at
 from pipelines.train.mask_data import load_box_shapes
 from pipelines.train.models import build_model, model_config, required_stages, stage_state
-from pipelines.train.run import _box_sides, _check_run_info, stage_rows
+from pipelines.train.run import _box_sizes, _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
@@ -59,9 +59,10 @@ def test_example_configs_load(name: str) -> None:
     assert cfg.model_uri == f"{cfg.storage_path}/{cfg.run_name}/model"
 
 
-def test_mask_model_config_loads_in_the_box_frame() -> None:
+def test_mask_model_config_loads_in_the_stretch_frame() -> None:
     cfg = load_config(TrainConfig, CONFIGS / "train-mask-cpu.yaml")
-    assert cfg.stages == ("mask",) and cfg.mask_model.frame == "box" and cfg.mask_model.image_size == 64
+    assert cfg.stages == ("mask",) and cfg.mask_model.frame == "stretch" and cfg.mask_model.image_size == 64
+    assert cfg.mask_model.turns is False
     assert cfg.mask_model_uri == f"{cfg.storage_path}/{cfg.run_name}/mask_model"
 
 
@@ -168,15 +169,16 @@ def test_a_run_recorded_before_mask_frames_resumes_as_image_and_a_changed_frame_
     del info["mask_model"]  # recorded before the field existed: the whole-mask model, the only one there was
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, image, keys, resume=True) is True
-    box = tiny_cfg(dataset, runs, "stages=[mask]")  # the default frame of new configs
-    assert box.mask_model.frame == "box"
+    stretch = tiny_cfg(dataset, runs, "stages=[mask]")  # the default frame of new configs
+    assert stretch.mask_model.frame == "stretch" and stretch.mask_model.turns is False
+    assert tiny_cfg(dataset, runs, "stages=[mask]", "mask_model.frame=box").mask_model.turns is True
     with pytest.raises(ValueError, match=r"mask_model: run has \{'frame': 'image'\}.*set mask_model.frame: image"):
-        _check_run_info(store, box, keys, resume=True)
+        _check_run_info(store, stretch, keys, resume=True)
     # a rerun that does not train the mask stage is not refused for the mask frame it does not use
     assert _check_run_info(store, tiny_cfg(dataset, runs), keys, resume=True) is True
     fresh = RunStore(tiny_cfg(dataset, runs, "run_name=fresh").run_uri)
     _check_run_info(fresh, tiny_cfg(dataset, runs, "run_name=fresh", "stages=[mask]"), keys, resume=False)
-    assert json.loads(Path(fresh.uri("run.json")).read_text())["mask_model"] == {"frame": "box"}
+    assert json.loads(Path(fresh.uri("run.json")).read_text())["mask_model"] == {"frame": "stretch"}
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -261,7 +263,7 @@ def test_box_frame_shapes_keep_tiny_and_thin_defects_and_their_real_sizes(
     defects_at_native_size: Path, tmp_path: Path
 ) -> None:
     root = defects_at_native_size
-    cfg = tiny_cfg(root, tmp_path / "runs", "stages=[mask]", "mask_model.image_size=16")
+    cfg = tiny_cfg(root, tmp_path / "runs", "stages=[mask]", "mask_model.image_size=16", "mask_model.frame=box")
     keys = ["good", "widget/blowhole", "widget/crack"]
     box = load_box_shapes(cfg.dataset, keys, 16)
     assert box.shapes.shape == (4, 1, 16, 16) and box.shapes.dtype == np.uint8 and box.key_ids.tolist() == [1, 1, 2, 2]
@@ -294,6 +296,30 @@ def test_box_frame_shapes_keep_tiny_and_thin_defects_and_their_real_sizes(
     big = {k: torch.from_numpy(v) for k, v in data.stage_columns("fast").items() if k != "image"}
     with pytest.raises(ValueError, match=r"box-frame mask shapes must be 16 × 16.*got \(32, 32\)"):
         prepare_batch(big, torch.Generator().manual_seed(0), cfg, "mask", torch.device("cpu"))
+
+
+def test_stretch_frame_keeps_thin_cracks_as_bands_and_real_box_sides(
+    defects_at_native_size: Path, tmp_path: Path
+) -> None:
+    root = defects_at_native_size
+    stretch = ("stages=[mask]", "mask_model.image_size=16", "mask_model.frame=stretch", "mask_model.rotate90=false")
+    cfg = tiny_cfg(root, tmp_path / "runs", *stretch)
+    keys = ["good", "widget/blowhole", "widget/crack"]
+    box = load_box_shapes(cfg.dataset, keys, 16, "stretch")
+    assert box.shapes.shape == (4, 1, 16, 16) and box.key_ids.tolist() == [1, 1, 2, 2]
+    records = box.sides["widget/crack"]
+    assert [[round(a * 120), round(b * 160), fill] for a, b, fill in records] == [[2, 150, 1.0], [100, 3, 1.0]]
+    crack, vertical = (s[0].astype(bool) for s in box.shapes[2:])
+    assert crack.all() and vertical.all()  # a 2 × 150 crack fills its stretched frame: the size and aspect carry it
+    model, _ = stage_model(cfg, keys, RunStore(cfg.run_uri), "mask", box.sides)
+    assert (
+        model.config.frame == "stretch" and model.config.box_records["widget/crack"][0] == box.sides["widget/crack"][0]
+    )
+    assert tiny_cfg(root, tmp_path / "runs", *stretch[:3]).mask_model.turns is False  # the frame's default
+    with pytest.raises(ValueError, match="rotate90 must be false with frame 'stretch'"):
+        tiny_cfg(root, tmp_path / "runs", *stretch[:3], "mask_model.rotate90=true")
+    with pytest.raises(ValueError, match="frame must be 'box' or 'stretch'"):
+        load_box_shapes(cfg.dataset, keys, 16, "image")  # type: ignore[arg-type]
 
 
 def test_box_frame_skips_bad_masks_with_reasons_and_needs_one_per_key(
@@ -462,10 +488,10 @@ def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path
         "mask_model.block_out_channels=[8, 16]",
     )
     data = load_training_data(cfg.dataset)
-    if stage == "mask":  # the box frame (the default): shapes at native scale, the model carries the real sizes
-        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size)
+    if stage == "mask":  # the stretch frame (the default): shapes at native scale, the model carries the real boxes
+        data.mask_shapes = load_box_shapes(cfg.dataset, data.keys, cfg.mask_model.image_size, "stretch")
     if stage in ("vae", "mask"):
-        model, params = stage_model(cfg, data.keys, RunStore(cfg.run_uri), stage, _box_sides(data))
+        model, params = stage_model(cfg, data.keys, RunStore(cfg.run_uri), stage, _box_sizes(data))
         keys = data.keys
     else:  # base and fast start from finished earlier stages: use a from-scratch tiny model instead
         model = tiny_fast_ldm()
@@ -477,7 +503,7 @@ def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path
     x, mask = prepare_batch(batch, g, cfg, stage, torch.device("cpu"))
     if stage == "mask":
         assert x is None and mask.shape == (2, 1, 16, 16) and set(mask.unique().tolist()) <= {0.0, 1.0}
-        assert model.config.frame == "box" and set(model.config.box_sides) == {"widget/dent", "widget/scratch"}
+        assert model.config.frame == "stretch" and set(model.config.box_records) == {"widget/dent", "widget/scratch"}
     else:
         assert x.shape == (2, 3, 32, 32) and -1.0 <= float(x.min()) <= float(x.max()) <= 1.0
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
