@@ -93,13 +93,19 @@ def side_fraction(mask: np.ndarray) -> float:
     Raises:
         ValueError: not 2-D, or no anomaly pixel (an empty mask has no box).
     """
+    m, box = _mask_and_box(mask, "side_fraction")
+    return float(max(box.shape) / math.sqrt(m.shape[0] * m.shape[1]))
+
+
+def _mask_and_box(mask: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The bool (H, W) mask and its bounding-box crop; ``ValueError`` when it is not 2-D or empty."""
     m = np.asarray(mask).astype(bool)
     if m.ndim != 2:
-        raise ValueError(f"side_fraction expects a 2-D (H, W) mask, got shape {m.shape}")
+        raise ValueError(f"{where} expects a 2-D (H, W) mask, got shape {m.shape}")
     box = bounding_box(m)
     if box is None:
-        raise ValueError("side_fraction: the mask is empty, so it has no bounding box")
-    return float(max(box.shape) / math.sqrt(m.shape[0] * m.shape[1]))
+        raise ValueError(f"{where}: the mask is empty, so it has no bounding box")
+    return m, box
 
 
 def box_record(mask: np.ndarray, size: int) -> tuple[float, float, float]:
@@ -113,12 +119,7 @@ def box_record(mask: np.ndarray, size: int) -> tuple[float, float, float]:
     Raises:
         ValueError: not 2-D, or no anomaly pixel.
     """
-    m = np.asarray(mask).astype(bool)
-    if m.ndim != 2:
-        raise ValueError(f"box_record expects a 2-D (H, W) mask, got shape {m.shape}")
-    box = bounding_box(m)
-    if box is None:
-        raise ValueError("box_record: the mask is empty, so it has no bounding box")
+    m, box = _mask_and_box(mask, "box_record")
     fill = float(stretched_shape(m, size).mean())
     return float(box.shape[0] / m.shape[0]), float(box.shape[1] / m.shape[1]), fill
 
@@ -154,22 +155,32 @@ def draw_side(sides: Sequence[float], out_hw: tuple[int, int], rng: np.random.Ge
     >>> draw_side([5.0], (64, 256), np.random.default_rng(0), jitter=0.0)    # clamped to min(H, W)
     64
     """
-    h, w = _check_frame(out_hw, "draw_side")
-    if not len(sides):
-        raise ValueError("draw_side: no side fractions given; a box-frame model records at least one per key")
-    bad = bad_side_fractions(sides)
-    if bad:
-        raise ValueError(f"draw_side: side fractions must be finite numbers > 0, got {bad[:3]}")
-    _check_jitter(jitter, "draw_side")
+    h, w = _check_draw("draw_side", sides, bad_side_fractions(sides), out_hw, jitter)
     f = float(sides[int(rng.integers(len(sides)))])
     u = float(rng.uniform(-jitter, jitter))
     side = math.floor(f * math.exp(u) * math.sqrt(h * w) + 0.5)
     return int(min(max(side, MIN_SIDE), min(h, w)))
 
 
-def _check_jitter(jitter: float, where: str) -> None:
+_DRAWN = {  # what each draw function reads per key: (name, frame that records it, rule)
+    "draw_side": ("side fractions", "box", "finite numbers > 0"),
+    "draw_box": ("box records", "stretch", "(a, b, fill) triples of numbers in (0, 1]"),
+}
+
+
+def _check_draw(
+    where: str, values: Sequence[object], bad: list[object], out_hw: tuple[int, int], jitter: float
+) -> tuple[int, int]:
+    """The checked (H, W) of a draw; raises ``ValueError`` for a bad frame, no or bad ``values``, or a bad jitter."""
+    name, frame, rule = _DRAWN[where]
+    h, w = _check_frame(out_hw, where)
+    if not len(values):
+        raise ValueError(f"{where}: no {name} given; a {frame}-frame model records at least one per key")
+    if bad:
+        raise ValueError(f"{where}: {name} must be {rule}, got {bad[:3]}")
     if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < math.inf:
         raise ValueError(f"{where}: jitter must be a finite number >= 0, got {jitter!r}")
+    return h, w
 
 
 def draw_box(
@@ -196,13 +207,7 @@ def draw_box(
     >>> {draw_box(recs, (64, 256), rng, jitter=0.0, fill=0.01) for _ in range(20)}   # sparse: a 32 × 128 box
     {(32, 128)}
     """
-    h, w = _check_frame(out_hw, "draw_box")
-    if not len(records):
-        raise ValueError("draw_box: no box records given; a stretch-frame model records at least one per key")
-    bad = bad_box_records(records)
-    if bad:
-        raise ValueError(f"draw_box: box records must be (a, b, fill) triples of numbers in (0, 1], got {bad[:3]}")
-    _check_jitter(jitter, "draw_box")
+    h, w = _check_draw("draw_box", records, bad_box_records(records), out_hw, jitter)
     candidates = np.arange(len(records))
     if fill is not None:
         if not 0 < fill <= 1:
