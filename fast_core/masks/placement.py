@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from fast_core.masks.shapes import bounding_box, stretched_shape
+from fast_core.masks.shapes import bounding_box, mask_and_box, stretched_shape
 
 __all__ = [
     "MIN_SIDE",
@@ -99,10 +99,7 @@ def side_fraction(mask: np.ndarray) -> float:
 
 def _mask_and_box(mask: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     """The bool (H, W) mask and its bounding-box crop; ``ValueError`` when it is not 2-D or empty."""
-    m = np.asarray(mask).astype(bool)
-    if m.ndim != 2:
-        raise ValueError(f"{where} expects a 2-D (H, W) mask, got shape {m.shape}")
-    box = bounding_box(m)
+    m, box = mask_and_box(mask, where)
     if box is None:
         raise ValueError(f"{where}: the mask is empty, so it has no bounding box")
     return m, box

@@ -26,6 +26,7 @@ __all__ = [
     "NEAR_COPY_IOU",
     "SHAPE_SIZE",
     "bounding_box",
+    "mask_and_box",
     "nearest_real_iou",
     "normalised_shape",
     "real_near_copy_fraction",
@@ -49,33 +50,13 @@ def bounding_box(mask: np.ndarray) -> np.ndarray | None:
     return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def normalised_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
-    """The S × S shape of a binary (H, W) mask (see the module docstring); all False for an empty mask.
-
-    >>> m = np.zeros((40, 40), bool); m[10:12, 4:36] = True  # a 2 × 32 bar
-    >>> s = normalised_shape(m, 8); s.sum(axis=1).tolist()
-    [0, 0, 0, 8, 8, 0, 0, 0]
-    """
+def mask_and_box(mask: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bool (H, W) mask and its bounding-box crop (None when empty); ``ValueError`` naming ``where`` when the
+    mask is not 2-D."""
     m = np.asarray(mask).astype(bool)
     if m.ndim != 2:
-        raise ValueError(f"normalised_shape expects a 2-D (H, W) mask, got shape {m.shape}")
-    out = np.zeros((size, size), dtype=bool)
-    box = bounding_box(m)
-    if box is None:
-        return out
-    h, w = box.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=bool)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = box
-    if side >= size:  # any-pooling: pixel i goes to cell ⌊i·S/side⌋
-        cell = np.arange(side) * size // side
-        ys, xs = np.nonzero(square)
-        out[cell[ys], cell[xs]] = True
-    else:  # nearest neighbour: cell u reads pixel ⌊u·side/S⌋
-        src = np.arange(size) * side // size
-        out = square[np.ix_(src, src)]
-    return out
+        raise ValueError(f"{where} expects a 2-D (H, W) mask, got shape {m.shape}")
+    return m, bounding_box(m)
 
 
 def _resample_rows(a: np.ndarray, size: int) -> np.ndarray:
@@ -86,6 +67,29 @@ def _resample_rows(a: np.ndarray, size: int) -> np.ndarray:
         np.logical_or.at(out, np.arange(n) * size // n, a)
         return out
     return a[np.arange(size) * n // size]
+
+
+def _resample(a: np.ndarray, size: int) -> np.ndarray:
+    """(n, w) → (size, size), each axis on its own by :func:`_resample_rows` (so thin defects survive going down)."""
+    return _resample_rows(_resample_rows(a, size).T, size).T
+
+
+def normalised_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
+    """The S × S shape of a binary (H, W) mask (see the module docstring); all False for an empty mask.
+
+    >>> m = np.zeros((40, 40), bool); m[10:12, 4:36] = True  # a 2 × 32 bar
+    >>> s = normalised_shape(m, 8); s.sum(axis=1).tolist()
+    [0, 0, 0, 8, 8, 0, 0, 0]
+    """
+    _, box = mask_and_box(mask, "normalised_shape")
+    if box is None:
+        return np.zeros((size, size), dtype=bool)
+    h, w = box.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=bool)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top : top + h, left : left + w] = box
+    return _resample(square, size)
 
 
 def stretched_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
@@ -101,13 +105,8 @@ def stretched_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
     >>> stretched_shape(d, 3).astype(int).tolist()
     [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     """
-    m = np.asarray(mask).astype(bool)
-    if m.ndim != 2:
-        raise ValueError(f"stretched_shape expects a 2-D (H, W) mask, got shape {m.shape}")
-    box = bounding_box(m)
-    if box is None:
-        return np.zeros((size, size), dtype=bool)
-    return _resample_rows(_resample_rows(box, size).T, size).T
+    _, box = mask_and_box(mask, "stretched_shape")
+    return np.zeros((size, size), dtype=bool) if box is None else _resample(box, size)
 
 
 def _variants(shape: np.ndarray) -> list[np.ndarray]:
