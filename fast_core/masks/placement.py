@@ -57,6 +57,7 @@ __all__ = [
     "bad_box_records",
     "bad_side_fractions",
     "box_record",
+    "despeckled_sample",
     "draw_box",
     "draw_side",
     "drop_specks",
@@ -316,6 +317,26 @@ def drop_specks(mask: np.ndarray, min_px: float, max_components: int, px_per_cel
     big = np.flatnonzero(sizes * px_per_cell >= min_px)
     keep = big[np.argsort(-sizes[big], kind="stable")[:max_components]] + 1
     return np.isin(labels, keep)
+
+
+def despeckled_sample(sample: np.ndarray, box: tuple[int, int], specks: tuple[float, int], square: bool) -> np.ndarray:
+    """``sample`` without the components that would be specks (``specks = (min_px, max_components)``, as
+    :func:`drop_specks`) once its own box is brought to ``box`` = (h, w) pixels (square:
+    padded to a square first, as ``normalised_shape`` does); repeated until nothing more goes, as dropping a component
+    can shrink the box and so enlarge what a cell becomes."""
+    min_px, max_components = specks
+    for _ in range(8):
+        own = bounding_box(sample)
+        if own is None:
+            return sample
+        bh, bw = own.shape
+        if square:
+            bh = bw = max(bh, bw)
+        kept = drop_specks(sample, min_px, max_components, px_per_cell=box[0] / bh * box[1] / bw)
+        if np.array_equal(kept, sample):
+            return sample
+        sample = kept
+    return sample
 
 
 def place_shape(

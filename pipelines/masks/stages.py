@@ -28,8 +28,8 @@ from PIL import Image
 
 from fast_core.data.transforms import decode_png, encode_png
 from fast_core.masks import MaskAugmentConfig, MaskFilter, MaskFilterConfig, augment_mask, mask_stats
-from fast_core.masks.placement import draw_box, draw_side, drop_specks, place_shape, placement_rng
-from fast_core.masks.shapes import bounding_box, normalised_shape, stretched_shape
+from fast_core.masks.placement import despeckled_sample, draw_box, draw_side, drop_specks, place_shape, placement_rng
+from fast_core.masks.shapes import normalised_shape, stretched_shape
 from pipelines import storage
 from pipelines.masks.schema import GENERATE_FAILED, STAGE_FILTER, STAGE_GENERATE
 from pipelines.storage import StorageConfig
@@ -190,26 +190,6 @@ def fetch_mask_model(uri: str, storage_cfg: StorageConfig | None = None, cache_d
     if not (local / "model.safetensors").is_file():
         storage.get_dir(uri, local, storage_cfg)
     return local
-
-
-def despeckled_sample(sample: np.ndarray, box: tuple[int, int], specks: tuple[float, int], square: bool) -> np.ndarray:
-    """``sample`` without the components that would be specks (``specks = (min_px, max_components)``, as
-    :func:`fast_core.masks.placement.drop_specks`) once its own box is brought to ``box`` = (h, w) pixels (square:
-    padded to a square first, as ``normalised_shape`` does); repeated until nothing more goes, as dropping a component
-    can shrink the box and so enlarge what a cell becomes."""
-    min_px, max_components = specks
-    for _ in range(8):
-        own = bounding_box(sample)
-        if own is None:
-            return sample
-        bh, bw = own.shape
-        if square:
-            bh = bw = max(bh, bw)
-        kept = drop_specks(sample, min_px, max_components, px_per_cell=box[0] / bh * box[1] / bw)
-        if np.array_equal(kept, sample):
-            return sample
-        sample = kept
-    return sample
 
 
 class MaskSampler:
