@@ -1,11 +1,14 @@
 """Synthesis pipeline throughput: the Ray Data pipeline against a bare single-process loop, and 1 vs 2 actors.
 
-All runs in one process, over the same published model (randomly initialised: speed depends on the architecture
-only), the same manifest and the same config:
+All runs from one process (``bare-2`` spawns two), over the same published model (randomly initialised: speed
+depends on the architecture only), the same manifest and the same config:
 
 * ``bare``: one Python loop doing exactly the pipeline's work without Ray: for each batch, ``load_inputs`` →
   ``FastSynthesizer`` → ``encode_and_qc``, then each complete shard is committed with ``ShardStore`` (PNGs, Parquet,
   markers). The model is loaded once (inside the timing, as the actor does).
+* ``bare-2``: the baseline of two actors: two such loops side by side in two spawned processes with the same thread
+  count each, process p doing the shards s with s mod 2 = p (its clock starts after its imports, before its model
+  load). The two-actor pipeline runs are compared with it, the one-actor runs with ``bare``.
 * ``ray-1``, ``ray-2``: :func:`pipelines.synthesize.run_synthesis` with one and two ``FastSynthesizer`` actors, each
   with ``--threads`` CPUs / torch threads (the bare loop uses the same thread count). Ray is started before timing;
   actor start-up and model loading are inside it. Each runs twice: ``cold`` (Ray's worker processes start and
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -108,8 +112,13 @@ def write_manifest(uri: Path, images: list[Path], masks: list[Path], rows: int, 
     return str(uri)
 
 
-def bare_loop(cfg: SynthesizeConfig, model_uri: str) -> float:
-    """The pipeline's work in one process, no Ray, committing each shard as soon as its rows are done; seconds."""
+def bare_loop(cfg: SynthesizeConfig, model_uri: str, part: int = 0, parts: int = 1) -> float:
+    """The pipeline's work in one process, no Ray, committing each shard as soon as its rows are done; seconds.
+
+    With ``parts`` > 1 this process does only the shards s with s mod ``parts`` = ``part`` (one of ``parts`` bare
+    processes side by side: :func:`bare_processes`); the rows keep their manifest row, shard and seed, so the union
+    of the parts is the one-process output, byte for byte.
+    """
     start = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.compute.num_cpus)))
     synth = FastSynthesizer(model_uri=model_uri, sampler=cfg.sampler, num_cpus=cfg.compute.num_cpus)
@@ -127,11 +136,14 @@ def bare_loop(cfg: SynthesizeConfig, model_uri: str) -> float:
     )
     store = ShardStore(cfg.out, data_schema=DATA_SCHEMA, rejected_schema=REJECTED_SCHEMA)
     store.claim({"run_id": run_id})
+    mine = [i for i in rows_idx if (i // cfg.shard_size) % parts == part]
+    left = {s: min(cfg.shard_size, n - s * cfg.shard_size) for s in range(num_shards(n, cfg.shard_size))}
     done: list[pa.Table] = []
-    b, next_shard = cfg.compute.batch_size, 0
-    for lo in range(0, n, b):
+    b = cfg.compute.batch_size
+    for lo in range(0, len(mine), b):
+        picked = mine[lo : lo + b]
         batch = load_inputs(
-            manifest.slice(lo, b),
+            manifest.take(picked),
             pending=pending,
             image_size=info.image_size,
             image_channels=info.image_channels,
@@ -139,21 +151,42 @@ def bare_loop(cfg: SynthesizeConfig, model_uri: str) -> float:
         )
         out = encode_and_qc(synth(batch), qc_cfg=cfg.qc)
         done.append(pa.table({k: pa.array(list(v)) if v.dtype == object else pa.array(v) for k, v in out.items()}))
-        while next_shard < num_shards(n, cfg.shard_size) and min(lo + b, n) >= min(
-            (next_shard + 1) * cfg.shard_size, n
-        ):
-            rows = pa.concat_tables(done)
-            part = rows.filter(pc.equal(rows.column("shard"), next_shard))
-            data, rejected, files, counts = shard_tables(part, info, cfg, model_uri, run_id)
-            store.commit(next_shard, data, rejected, files, run_id=run_id, counts=counts)
-            next_shard += 1
+        for i in picked:
+            left[i // cfg.shard_size] -= 1
+        for shard in sorted({i // cfg.shard_size for i in picked}):
+            if left[shard] == 0:
+                rows = pa.concat_tables(done)
+                part_rows = rows.filter(pc.equal(rows.column("shard"), shard))
+                data, rejected, files, counts = shard_tables(part_rows, info, cfg, model_uri, run_id)
+                store.commit(shard, data, rejected, files, run_id=run_id, counts=counts)
     return time.perf_counter() - start
 
 
-def commit_split(out: str, started: float, rows: int, shard_size: int) -> dict[str, float | None]:
+def _bare_part(cfg: SynthesizeConfig, model_uri: str, part: int, parts: int) -> tuple[float, float]:
+    """One of :func:`bare_processes`' processes: (``time.time()`` when its work started, when it ended)."""
+    started = time.time()
+    bare_loop(cfg, model_uri, part, parts)
+    return started, time.time()
+
+
+def bare_processes(cfgs: list[SynthesizeConfig], model_uri: str) -> dict[str, Any]:
+    """``len(cfgs)`` bare loops side by side, one spawned process each, process p doing the shards s with
+    s mod P = p into ``cfgs[p].out``: the no-Ray baseline of P actors. A process's clock starts after its imports and
+    before its model load, as a warm pipeline run's (whose worker processes exist, whose actors load the model inside
+    the clock); ``seconds`` = last end − first start."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(len(cfgs)) as pool:
+        spans = pool.starmap(_bare_part, [(cfg, model_uri, p, len(cfgs)) for p, cfg in enumerate(cfgs)])
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    return {"seconds": last - first, "started": first, "process_seconds": [e - s for s, e in spans]}
+
+
+def commit_split(out: str | list[str], started: float, rows: int, shard_size: int) -> dict[str, float | None]:
     """``startup_s`` and ``steady_pairs_per_s`` of one finished run from its markers' mtimes (module docstring);
-    ``started`` is the run's ``time.time()`` at its start. None where a run has a single shard."""
-    times = sorted(p.stat().st_mtime for p in (Path(out) / COMMITS_DIR).glob("part-*.json"))
+    ``started`` is the run's ``time.time()`` at its start; ``out`` one output, or the outputs of the processes of one
+    run (their markers pooled). None where a run has a single shard."""
+    outs = [out] if isinstance(out, str) else out
+    times = sorted(p.stat().st_mtime for o in outs for p in (Path(o) / COMMITS_DIR).glob("part-*.json"))
     if not times:
         return {"startup_s": None, "steady_pairs_per_s": None}
     span = times[-1] - times[0]
@@ -167,9 +200,10 @@ def _ratio(run: dict[str, Any], bare: dict[str, Any]) -> float | None:
     return a / b if a and b else None
 
 
-def data_bytes(out: str) -> dict[str, bytes]:
-    """The ``data/`` parts of an output, by name."""
-    return {p.name: p.read_bytes() for p in sorted((Path(out) / "data").glob("*.parquet"))}
+def data_bytes(out: str | list[str]) -> dict[str, bytes]:
+    """The ``data/`` parts of an output (or of the outputs of one run's processes, pooled), by name."""
+    outs = [out] if isinstance(out, str) else out
+    return {p.name: p.read_bytes() for o in outs for p in sorted((Path(o) / "data").glob("*.parquet"))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -213,8 +247,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **commit_split(str(work / "bare"), wall, args.rows, args.shard_size),
     }
     print(f"bare loop: {args.rows} pairs in {bare_s:.1f} s = {args.rows / bare_s:.3f} pairs/s", flush=True)
+    outs = [str(work / f"bare2-{p}") for p in range(2)]
+    two = bare_processes([config(out, 1) for out in outs], model_uri)
+    same = data_bytes(outs) == data_bytes(str(work / "bare"))
+    results["bare-2"] = {
+        "seconds": two["seconds"],
+        "pairs_per_s": args.rows / two["seconds"],
+        "identical_to_bare": same,
+        "process_seconds": two["process_seconds"],
+        **commit_split(outs, two["started"], args.rows, args.shard_size),
+    }
+    print(f"bare loop, 2 processes: {two['seconds']:.1f} s (same bytes: {same})", flush=True)
     cluster = ensure_ray(args.num_cpus)
-    identical = True
+    identical = same
     for actors in (1, 2):
         for phase in ("cold", "warm"):  # cold: first run, worker processes start; warm: the same run again
             out = str(work / f"ray{actors}-{phase}")
@@ -234,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rate = {name: r["pairs_per_s"] for name, r in results.items()}
     report = {
         "preset": args.preset,
+        "model_uri": model_uri,
         "image_size": size,
         "rows": args.rows,
         "nfe": args.nfe,
@@ -252,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup_ray2_over_ray1_warm": rate["ray-2-warm"] / rate["ray-1-warm"],
         "steady_ratio_ray1_warm_over_bare": _ratio(results["ray-1-warm"], results["bare"]),
         "steady_ratio_ray1_cold_over_bare": _ratio(results["ray-1-cold"], results["bare"]),
+        "steady_ratio_ray2_warm_over_bare2": _ratio(results["ray-2-warm"], results["bare-2"]),
+        "steady_ratio_ray2_cold_over_bare2": _ratio(results["ray-2-cold"], results["bare-2"]),
         "outputs_identical": identical,
     }
     print("| run | s | pairs/s | start-up s | steady pairs/s |\n|---|---|---|---|---|")

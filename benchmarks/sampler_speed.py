@@ -11,8 +11,16 @@ Runbook (from the repository root, with the project's virtual environment active
 
     python -m benchmarks.sampler_speed                         # `tiny` preset: 32² images, 4×8×8 latents, CPU, batch 4
     python -m benchmarks.sampler_speed --preset small          # `cpu_small` preset: 128² images, 4×32×32 latents
+    python -m benchmarks.sampler_speed --preset window         # window mode: 128² windows of 208×256 images
     python -m benchmarks.sampler_speed --device cuda --dtype float16 --batch 16 --preset small
     python -m benchmarks.sampler_speed --samplers AIAS-10 DDIM-50 --repeats 5 --out /tmp/speed.json
+
+Presets ``tiny`` and ``small`` run the global frame: the whole image is the model's input. ``window`` is the CPU
+product path (FAST_SPEC §9, ``jobs/configs/train-cpu-window.yaml``): ``cpu_small`` widths on the TAEF2 first stage
+(32 × 16 × 16 latents of 128² windows), an inpainting UNet and ``any`` mask downsampling; each image is a 208 × 256
+native frame (Magnetic Tile's size) with a defect box, and one call is the whole path a row takes in the window frame:
+cut the window around the mask (:func:`~fast_core.data.windows.cut_around`), synthesize it, paste it back inside the
+mask at native size (:func:`~fast_core.data.windows.paste_window`). The cut and the paste-back are their own columns.
 
 Output: a markdown table on stdout and JSON at ``--out`` (default ``benchmarks/results/sampler_speed.json``).
 The models are randomly initialised: speed does not depend on the weights, only on the architecture.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import statistics
@@ -31,10 +40,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from fast_core.models.ldm import FastLDM, model_preset
-from fast_core.synthesis import SynthesisConfig, synthesize
+from fast_core.data.windows import cut_around, paste_window
+from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset, with_taef2
+from fast_core.models.taef2 import TAEF2, TAEF2Config
+from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
 
 RUNS: dict[str, tuple[str, int]] = {  # label -> (sampler, nfe)
     "AIAS-10": ("aias", 10),
@@ -49,17 +61,79 @@ RUNS: dict[str, tuple[str, int]] = {  # label -> (sampler, nfe)
     "DDPM-1000": ("ddpm", 1000),
 }
 MODULES = ("unet", "farm", "adaptor")
-PRESETS = {"tiny": "tiny", "small": "cpu_small"}  # --preset -> fast_core.models.ldm preset
+PRESETS = {"tiny": "tiny", "small": "cpu_small", "window": "cpu_small"}  # --preset -> fast_core.models.ldm preset
+WINDOW_PRESETS = ("window",)  # presets that run the window frame (module docstring)
+WINDOW_SIZE = 128  # S of the window presets, as jobs/configs/train-cpu-window.yaml
+NATIVE_SHAPE = (208, 256)  # (H, W) of a window preset's native image: Magnetic Tile's size
+WINDOW_MARGIN = 0.25
+VARIANTS = ("eager", "channels_last", "compile")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def window_config(base: FastModelConfig, size: int) -> FastModelConfig:
+    """``base`` as ``jobs/configs/train-cpu-window.yaml`` builds it: inpainting UNet, ``any`` mask downsampling, the
+    zero-initialised residual Adaptor, on the TAEF2 first stage at ``size``² windows."""
+    cfg = dataclasses.replace(
+        base,
+        mask_downsample="any",
+        unet=dataclasses.replace(base.unet, conditioning="inpaint"),
+        adaptor=dataclasses.replace(base.adaptor, mode="residual_zero_init"),
+    )
+    return with_taef2(cfg, size)
+
+
 def build_model(preset: str, image_channels: int, device: torch.device) -> tuple[FastLDM, int]:
-    """The randomly initialised model of ``preset`` (``tiny`` or ``cpu_small``) on ``device`` and its image size."""
+    """The randomly initialised model of ``preset`` on ``device`` and its image (window) size; a window preset's
+    TAEF2 has random weights of the published shapes (speed depends on the shapes only)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
     cfg = model_preset(PRESETS[preset], keys=["good", "bench/defect"], image_channels=image_channels)
-    model = FastLDM.from_scratch(cfg, seed=0).to(device).eval()
-    return model, cfg.vae.sample_size
+    first_stage = None
+    if preset in WINDOW_PRESETS:
+        cfg = window_config(cfg, WINDOW_SIZE)
+        torch.manual_seed(0)
+        first_stage = TAEF2(TAEF2Config(image_channels=image_channels))
+    model = FastLDM.from_scratch(cfg, seed=0, first_stage=first_stage).to(device).eval()
+    return model, WINDOW_SIZE if first_stage is not None else cfg.vae.sample_size
+
+
+def native_inputs(batch: int, channels: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``batch`` textured native images (H, W, C) uint8 of :data:`NATIVE_SHAPE` and a defect box mask (H, W) each,
+    at a seeded place and size (10-40 % of the short side)."""
+    rng = np.random.default_rng(seed)
+    h, w = NATIVE_SHAPE
+    images, masks = [], []
+    for _ in range(batch):
+        images.append(rng.integers(0, 256, (h, w, channels), dtype=np.uint8))
+        bh, bw = (int(v) for v in rng.integers(h // 10, 2 * h // 5, 2))
+        y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
+        mask = np.zeros((h, w), np.uint8)
+        mask[y : y + bh, x : x + bw] = 255
+        masks.append(mask)
+    return images, masks
+
+
+def time_window(
+    model: Any, cfg: SynthesisConfig, batch: int, size: int, device: torch.device, dtype: torch.dtype, seed: int
+) -> tuple[Any, dict[str, float]]:
+    """One window-frame call: cut ``batch`` windows, synthesize them, paste them back; (result, cut/paste seconds)."""
+    channels = model.image_channels
+    natives, labels = native_inputs(batch, channels, seed)
+    start = time.perf_counter()
+    cuts = [cut_around(image, mask, size, channels, WINDOW_MARGIN) for image, mask in zip(natives, labels, strict=True)]
+    images = torch.from_numpy(np.stack([c.image for c in cuts])).float().div(127.5).sub(1.0).to(device)
+    masks = torch.from_numpy(np.stack([c.mask for c in cuts])).float()[:, None].to(device)
+    cut_s = time.perf_counter() - start
+    keys = [model.conditioner.keys[1]] * batch
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    result = synthesize(model, images, masks, keys, cfg, gens, device, dtype)
+    start = time.perf_counter()
+    windows = to_uint8(result.images)
+    for cut, window in zip(cuts, windows, strict=True):
+        pasted = paste_window(cut.native, window.transpose(2, 0, 1), cut.label, cut.window)
+        if pasted.shape != cut.native.shape:
+            raise RuntimeError(f"paste_window returned {pasted.shape} for a {cut.native.shape} image")
+    return result, {"window_cut": cut_s, "window_paste": time.perf_counter() - start}
 
 
 @contextlib.contextmanager
@@ -95,9 +169,37 @@ def module_timers(model: Any, device: torch.device) -> Iterator[dict[str, float]
 
 
 def time_one(
-    model: Any, sampler: str, nfe: int, batch: int, size: int, device: torch.device, dtype: torch.dtype, seed: int
+    model: Any,
+    sampler: str,
+    nfe: int,
+    batch: int,
+    size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    modules: bool = True,
 ) -> dict[str, float]:
-    """One timed synthesize call: total seconds, phase seconds and module seconds."""
+    """One timed synthesize call (in a window preset, with the cut and the paste-back): total seconds, phase seconds
+    and, with ``modules``, the seconds inside the UNet, FARM and Adaptor (off for compiled modules: a wrapper around
+    ``forward`` would break the compiled graph)."""
+    cfg = SynthesisConfig(sampler=sampler, nfe=nfe, batch_size=batch)
+    timers = module_timers(model, device) if modules else contextlib.nullcontext({})
+    with timers as seconds:
+        start = time.perf_counter()
+        if model.config.first_stage == "taef2":
+            result, window = time_window(model, cfg, batch, size, device, dtype, seed)
+        else:
+            result, window = time_global(model, cfg, batch, size, device, dtype, seed), {}
+        total = time.perf_counter() - start
+    if result.nfe != nfe:
+        raise RuntimeError(f"{sampler}: counted {result.nfe} UNet calls, expected {nfe}")
+    return {"total": total, **result.timings, **window, **seconds}
+
+
+def time_global(
+    model: Any, cfg: SynthesisConfig, batch: int, size: int, device: torch.device, dtype: torch.dtype, seed: int
+) -> Any:
+    """One global-frame call: ``batch`` random images with a centred square mask, synthesized whole."""
     channels = model.image_channels
     g = torch.Generator().manual_seed(seed)
     images = (torch.rand(batch, channels, size, size, generator=g) * 2 - 1).to(device)
@@ -105,14 +207,45 @@ def time_one(
     masks[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1.0
     keys = [model.conditioner.keys[0]] * batch
     gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
-    cfg = SynthesisConfig(sampler=sampler, nfe=nfe, batch_size=batch)
-    with module_timers(model, device) as modules:
+    return synthesize(model, images, masks, keys, cfg, gens, device, dtype)
+
+
+def prepare_variant(model: Any, variant: str) -> Any:
+    """``model`` set up as ``variant``: ``eager`` as it is, ``channels_last`` (NHWC weights: the convolutions run in
+    that layout), ``compile`` (``torch.compile`` of the UNet and of the first stage's encoder and decoder, in place;
+    the first call compiles)."""
+    if variant == "channels_last":
+        return model.to(memory_format=torch.channels_last)
+    if variant == "compile":
+        model.unet.compile()
+        first = model.vae
+        for part in (first.encoder, first.decoder):
+            part.compile()
+        return model
+    if variant != "eager":
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return model
+
+
+def time_variants(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """AIAS-10 per image for each of ``args.variants`` on a fresh model each, interleaved over ``args.repeats``
+    rounds (so drift in the machine's load falls on every variant alike); compile time is the first call's."""
+    models, rows = {}, []
+    for variant in args.variants:
+        model, size = build_model(args.preset, args.channels, device)
+        models[variant] = prepare_variant(model, variant)
         start = time.perf_counter()
-        result = synthesize(model, images, masks, keys, cfg, gens, device, dtype)
-        total = time.perf_counter() - start
-    if result.nfe != nfe:
-        raise RuntimeError(f"{sampler}: counted {result.nfe} UNet calls, expected {nfe}")
-    return {"total": total, **result.timings, **modules}
+        time_one(models[variant], "aias", 10, args.batch, size, device, dtype, args.seed, modules=False)
+        rows.append({"variant": variant, "first_call_s": time.perf_counter() - start, "runs": []})
+    for _ in range(args.repeats):
+        for row in rows:
+            model = models[row["variant"]]
+            row["runs"].append(time_one(model, "aias", 10, args.batch, size, device, dtype, args.seed, False)["total"])
+    eager = statistics.median(rows[0]["runs"]) if rows and rows[0]["variant"] == "eager" else None
+    for row in rows:
+        row["seconds_per_image"] = statistics.median(row["runs"]) / args.batch
+        row["speedup_over_eager"] = eager / (row["seconds_per_image"] * args.batch) if eager else None
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=VARIANTS,
+        default=[],
+        help="also time AIAS-10 with these model set-ups, eager first (default: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampler_speed.json"))
     args = parser.parse_args(argv)
@@ -158,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio = per_image["DDPM-1000"] / per_image["AIAS-10"] if {"DDPM-1000", "AIAS-10"} <= per_image.keys() else None
     report = {
         "preset": args.preset,
+        "frame": "window" if args.preset in WINDOW_PRESETS else "global",
         "image_size": size,
+        "native_shape": list(NATIVE_SHAPE) if args.preset in WINDOW_PRESETS else None,
         "image_channels": args.channels,
         "batch": args.batch,
         "repeats": args.repeats,
@@ -170,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "ratio_ddpm1000_over_aias10": ratio,
         "rows": rows,
+        "variants": time_variants(args, device, dtype) if args.variants else [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -181,11 +324,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a markdown table: time per image and the percentage split of the median run."""
+    native = report.get("native_shape")
+    frame = f"windows of {native[0]}×{native[1]} images" if native else "whole images"
     head = (
-        f"Preset {report['preset']} ({report['image_channels']}×{report['image_size']}², batch {report['batch']}, "
-        f"{report['device']} {report['dtype']}, {report['torch_threads']} threads, median of {report['repeats']})\n\n"
-        "| sampler | NFE | s / image | encode | loop | · UNet | · FARM | · Adaptor | · other | decode | paste |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        f"Preset {report['preset']} ({report['image_channels']}×{report['image_size']}² {frame}, batch "
+        f"{report['batch']}, {report['device']} {report['dtype']}, {report['torch_threads']} threads, median of "
+        f"{report['repeats']})\n\n"
+        "| sampler | NFE | s / image | window cut | encode | loop | · UNet | · FARM | · Adaptor | · other | decode | "
+        "paste | paste-back |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in report["rows"]:
@@ -195,13 +342,23 @@ def markdown_table(report: dict[str, Any]) -> str:
         def pct(x: float, total: float = total) -> str:
             return f"{100 * x / total:.1f}%"
 
+        cut, back = s.get("window_cut"), s.get("window_paste")
         lines.append(
-            f"| {r['label']} | {r['nfe']} | {r['seconds_per_image']:.4f} | {pct(s['encode'])} | {pct(s['loop'])} | "
-            f"{pct(s['unet'])} | {pct(s['farm'])} | {pct(s['adaptor'])} | {pct(other)} | {pct(s['decode'])} | "
-            f"{pct(s['paste'])} |"
+            f"| {r['label']} | {r['nfe']} | {r['seconds_per_image']:.4f} | {'—' if cut is None else pct(cut)} | "
+            f"{pct(s['encode'])} | {pct(s['loop'])} | {pct(s['unet'])} | {pct(s['farm'])} | {pct(s['adaptor'])} | "
+            f"{pct(other)} | {pct(s['decode'])} | {pct(s['paste'])} | {'—' if back is None else pct(back)} |"
         )
     if report["ratio_ddpm1000_over_aias10"] is not None:
         lines.append(f"\nDDPM-1000 / AIAS-10 time per image: ×{report['ratio_ddpm1000_over_aias10']:.1f}")
+    if report.get("variants"):
+        lines += [
+            "\nAIAS-10 with other model set-ups (a fresh model each, rounds interleaved; the first call compiles):\n",
+            "| set-up | s / image | speed-up over eager | first call s |",
+            "|---|---:|---:|---:|",
+        ]
+        for v in report["variants"]:
+            speedup = "—" if v["speedup_over_eager"] is None else f"{v['speedup_over_eager']:.2f}×"
+            lines.append(f"| {v['variant']} | {v['seconds_per_image']:.4f} | {speedup} | {v['first_call_s']:.1f} |")
     return "\n".join(lines)
 
 

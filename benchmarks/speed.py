@@ -3,11 +3,12 @@
 Writes ``benchmarks/results/speed.json`` and ``benchmarks/SPEED.md`` (rewritten after every part, so a long run that
 stops keeps what it measured). Parts (``--parts``, all by default, run in this order):
 
-* ``sampler``: :mod:`benchmarks.sampler_speed` (per-image cost of AIAS-10/20/50, DDIM-50, PLMS-50 and DDPM-1000 on
-  one model and batch, split into VAE encode / loop (UNet, FARM, Adaptor, other) / decode / paste). Headline: the
-  end-to-end speed-up of AIAS-10 over DDPM-1000 (goal ≥ 50×).
+* ``sampler``: :mod:`benchmarks.sampler_speed` (per-image cost of AIAS-10/20/50, DDIM-50, PLMS-50, DPM-Solver++ and
+  UniPC at NFE 10 and 20, and DDPM-1000 on one model and batch, split into window cut / VAE encode / loop (UNet,
+  FARM, Adaptor, other) / decode / paste / paste-back), by default in the window frame, the CPU product path
+  (``--sampler-preset window``). Headline: the end-to-end speed-up of AIAS-10 over DDPM-1000 (goal ≥ 50×).
 * ``pipeline``: :mod:`benchmarks.pipeline_throughput` (the Ray Data pipeline with 1 and 2 actors against a bare
-  single-process loop over the same model, manifest and config; cold and warm). Measured around it, in this process:
+  loop over the same model, manifest and config, in one process and in two; cold and warm). Measured around it:
 
   - bare-loop stage split: wall seconds inside ``load_inputs`` (CPU stage), ``FastSynthesizer`` (model load and
     calls: the actor stage), ``encode_and_qc`` (CPU stage), ``shard_tables`` and ``ShardStore.commit`` (writer), by
@@ -18,10 +19,13 @@ stops keeps what it measured). Parts (``--parts``, all by default, run in this o
     ``object_store_bytes_used`` summed over the nodes, and the capacity), sampled every 0.5 s during each run; the
     value before the run, the peak, the peak above the value before, and the bytes spilled during the run;
   - peak RSS per actor: the ``VmHWM`` (resident-set high-water mark) of each ``FastSynthesizer`` actor process on
-    this node, found in the GCS actor table and read from /proc every 0.5 s while it lives; and the driver's own
-    peak RSS over the part (bare loop included).
+    this node, found in the GCS actor table and read from /proc every 0.5 s while it lives, with its private
+    (USS) and proportional (PSS) bytes; and the driver's own peak RSS over the part (bare loop included);
+  - an actor's memory step by step (:mod:`benchmarks.speed_memory`): a fresh process importing torch, Ray Data,
+    diffusers and the stage, loading the model and running one batch, with the memory each step adds.
 
-  Headlines: pipeline / bare with 1 actor (goal ≥ 0.85), 2 actors / 1 actor.
+  Headlines: steady-state pipeline / bare with 1 actor and with 2 actors against 2 bare processes (goal ≥ 0.85),
+  start-up to the first committed shard (goal ≤ 15 s), peak RSS per actor (goal ≤ 500 MiB).
 * ``output``: :mod:`benchmarks.output_path` (MB/s, pairs/s, files/s of the real shard commit to local disk and to the
   embedded S3 server; PNG encode µs per pair and its fraction of the AIAS-10 time per image measured here).
 * ``gpu`` (only when ``torch.cuda.is_available()``; otherwise recorded as "not run: no GPU"): the full-size model
@@ -81,6 +85,8 @@ PARTS = ("sampler", "pipeline", "output", "gpu")
 # option -> (full-run default, --quick default); None on the command line means "take the default of the mode"
 MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "preset": ("small", "tiny"),
+    "sampler_preset": ("window", "tiny"),
+    "sampler_variants": (list(sampler_speed.VARIANTS), []),
     "repeats": (3, 1),
     "rows": (256, 8),
     "shard_size": (8, 4),
@@ -116,8 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("sampler and pipeline")
     presets = sorted(sampler_speed.PRESETS)
-    g.add_argument("--preset", choices=presets, default=None, help="model (default small; --quick tiny)")
+    g.add_argument(
+        "--preset", choices=["small", "tiny"], default=None, help="pipeline model (default small; --quick tiny)"
+    )
+    g.add_argument(
+        "--sampler-preset",
+        choices=presets,
+        default=None,
+        help="sampler model and frame (default window: 128² windows of native images; --quick tiny)",
+    )
     g.add_argument("--batch", type=int, default=2, help="sampler: images per synthesize call (default 2)")
+    g.add_argument(
+        "--sampler-variants",
+        nargs="*",
+        choices=sampler_speed.VARIANTS,
+        default=None,
+        help="sampler: AIAS-10 also with these set-ups (default eager channels_last compile; --quick none)",
+    )
     runs = list(sampler_speed.RUNS)
     g.add_argument("--samplers", nargs="+", choices=runs, default=runs, help="sampler: configurations (default: all)")
     g.add_argument("--rows", type=int, default=None, help="pipeline: manifest rows per run (default 256; --quick 8)")

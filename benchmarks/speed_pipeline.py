@@ -20,6 +20,7 @@ import torch
 
 from benchmarks import output_path, pipeline_throughput
 from benchmarks.speed_common import fmt_bytes, fmt_num, say
+from benchmarks.speed_memory import actor_import_floor
 from benchmarks.speed_ray import RayMonitor, operator_stats
 from pipelines.synthesize import run as synth_run
 from pipelines.synthesize import run_synthesis
@@ -140,6 +141,8 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     report["bare_stage_seconds"] = stages
     report["ray_runs"] = probe.runs
     report["driver_peak_rss_bytes"] = output_path.peak_rss_bytes()
+    say("pipeline: an actor's memory, step by step")
+    report["actor_memory_steps"] = actor_import_floor(report["model_uri"], args.pipeline_batch, args.pipeline_threads)
     return report
 
 
@@ -149,7 +152,7 @@ def md_pipeline(p: dict[str, Any]) -> str:
         f"Preset {p['preset']} ({p['image_size']}²), {p['rows']} rows, NFE {p['nfe']}, batch {p['batch']}, shards of "
         f"{p['shard_size']}, {p['threads_per_actor']} torch thread(s) per actor; {p['ray']}\n",
         "| run | s | pairs/s | start-up s | steady pairs/s | same bytes as bare | object store: peak (above start) | "
-        "actors found | peak RSS each |",
+        "actors found | peak RSS each (of it private, USS) |",
         "|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for name, r in p["runs"].items():
@@ -160,7 +163,10 @@ def md_pipeline(p: dict[str, Any]) -> str:
             peak, above = mem["object_store_peak_used_bytes"], mem["object_store_peak_above_start_bytes"]
             store = f"{fmt_bytes(peak)} ({fmt_bytes(above)})"
             found = f"{len(mem['actors'])}/{mem['actors_expected']}"
-            rss = ", ".join(fmt_bytes(a.get("peak_rss_bytes")) for a in mem["actors"].values()) or "—"
+            rss = ", ".join(
+                f"{fmt_bytes(a.get('peak_rss_bytes'))} ({fmt_bytes(a.get('max_uss_bytes'))})"
+                for a in mem["actors"].values()
+            ) or "—"  # fmt: skip
         lines.append(
             f"| {name} | {r['seconds']:.1f} | {r['pairs_per_s']:.3f} | {fmt_num(r.get('startup_s'), '.1f')} | "
             f"{fmt_num(r.get('steady_pairs_per_s'), '.3f')} | {r.get('identical_to_bare', '—')} | {store} | {found} | "
@@ -175,6 +181,7 @@ def md_pipeline(p: dict[str, Any]) -> str:
         f"FastSynthesizer actor process. Driver peak RSS (bare loop included): "
         f"{fmt_bytes(p['driver_peak_rss_bytes'])}; monitor CPU {monitor_cpu_s:.1f} s in all."
     )
+    lines += md_actor_memory(p.get("actor_memory_steps"))
     errors = sorted({e for m in mems for e in m["errors"]})
     if errors:
         lines.append("Monitor errors: " + "; ".join(errors))
@@ -198,3 +205,26 @@ def md_pipeline(p: dict[str, Any]) -> str:
                 f"{op['rows_out'] if op['rows_out'] is not None else '—'} |"
             )
     return "\n".join(lines)
+
+
+def md_actor_memory(steps: list[dict[str, Any]] | None) -> list[str]:
+    """The actor's memory, step by step (:func:`benchmarks.speed_memory.actor_import_floor`), as markdown lines."""
+    if not steps:
+        return []
+    lines = [
+        "\nAn actor's memory, step by step (a fresh process doing what a `FastSynthesizer` actor does; anon is "
+        "private, file is mapped library pages that every process on the node shares; PSS charges shared pages to "
+        "their sharers, USS is what this process alone holds):\n",
+        "| step | RSS | added | peak RSS | anon | file | PSS | USS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    before = 0
+    for step in steps:
+        weights = f" ({fmt_bytes(step['weight_bytes'])} of weights)" if "weight_bytes" in step else ""
+        lines.append(
+            f"| {step['step']}{weights} | {fmt_bytes(step['rss'])} | {fmt_bytes(step['rss'] - before)} | "
+            f"{fmt_bytes(step['peak_rss'])} | {fmt_bytes(step['anon'])} | {fmt_bytes(step['file'])} | "
+            f"{fmt_bytes(step.get('pss'))} | {fmt_bytes(step.get('uss'))} |"
+        )
+        before = step["rss"]
+    return lines

@@ -10,20 +10,21 @@ import threading
 import time
 from typing import Any
 
-from benchmarks import output_path
+from benchmarks.speed_memory import memory_split
 
 
 class RayMonitor(threading.Thread):
     """Samples the object store and the peak RSS of the ``FastSynthesizer`` actors while one pipeline run goes on.
 
     Every ``interval`` s: the raylet's store statistics (``object_store_bytes_used`` summed over the nodes, what
-    ``ray memory --stats-only`` prints) and the ``VmHWM`` of every known actor process. Until ``expected_actors``
-    are known, every ``actor_interval`` s: this job's actors on this node that are not dead (starting or alive) and
-    whose class name contains ``match``, from the GCS actor table; the pool has a fixed size, so listing stops once
-    they are all found. ``VmHWM`` is a lifetime peak, so an actor found late still reports its whole peak.
-    Objects under Ray's inline limit (100 KiB) live in the owner's heap, not in the store, and do not show here.
-    Problems are recorded in ``errors`` (an actor that ends between two samples is not one); ``cpu_seconds`` is
-    the monitor thread's own CPU time, its cost to the driver.
+    ``ray memory --stats-only`` prints) and the ``VmHWM`` of every known actor process, with the largest sampled
+    anonymous, file-backed, proportional and private bytes (:func:`benchmarks.speed_memory.memory_split`). Until
+    ``expected_actors`` are known, every ``actor_interval`` s: this job's actors on this node that are not dead
+    (starting or alive) and whose class name contains ``match``, from the GCS actor table; the pool has a fixed
+    size, so listing stops once they are all found. ``VmHWM`` is a lifetime peak, so an actor found late still
+    reports its whole peak. Objects under Ray's inline limit (100 KiB) live in the owner's heap, not in the store,
+    and do not show here. Problems are recorded in ``errors`` (an actor that ends between two samples is not one);
+    ``cpu_seconds`` is the monitor thread's own CPU time, its cost to the driver.
     """
 
     def __init__(
@@ -84,11 +85,14 @@ class RayMonitor(threading.Thread):
     def _sample_actors(self) -> None:
         for pid, entry in self.actors.items():
             try:
-                peak, rss = output_path.peak_rss_bytes(pid), output_path.rss_bytes(pid)
+                split = memory_split(pid)
             except OSError:
                 continue  # the actor ended (the pool shuts down when the dataset is done)
-            entry["peak_rss_bytes"] = max(entry.get("peak_rss_bytes", 0), peak)
-            entry["last_rss_bytes"] = rss
+            entry["peak_rss_bytes"] = max(entry.get("peak_rss_bytes", 0), split["peak_rss"])
+            entry["last_rss_bytes"] = split["rss"]
+            for name in ("anon", "file", "pss", "uss"):  # the largest sampled value of each (speed_memory)
+                if name in split:
+                    entry[f"max_{name}_bytes"] = max(entry.get(f"max_{name}_bytes", 0), split[name])
 
     def run(self) -> None:
         """Sample until :meth:`finish`."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sampler_speed
-from benchmarks.speed_common import fmt_num
+from benchmarks.speed_common import fmt_bytes, fmt_num
 from benchmarks.speed_gpu import md_gpu
 from benchmarks.speed_output import md_output
 from benchmarks.speed_pipeline import md_pipeline
@@ -24,10 +24,19 @@ def headline(parts: dict[str, Any]) -> dict[str, Any]:
         "ray1_over_bare_cold": pipe.get("ratio_ray1_cold_over_bare"),
         "ray2_over_ray1_warm": pipe.get("speedup_ray2_over_ray1_warm"),
         "ray1_over_bare_steady_warm": pipe.get("steady_ratio_ray1_warm_over_bare"),
+        "ray2_over_bare2_steady_warm": pipe.get("steady_ratio_ray2_warm_over_bare2"),
         "ray1_startup_s_warm": pipe.get("runs", {}).get("ray-1-warm", {}).get("startup_s"),
+        "actor_peak_rss_bytes": _actor_peak(pipe),
+        "sampler_preset": sampler.get("preset"),
         "gpu_best_pairs_per_s_nfe10": best.get("pairs_per_s"),
         "gpu_unet_fraction_of_peak": best.get("unet_fraction_of_peak"),
     }
+
+
+def _actor_peak(pipe: dict[str, Any]) -> int | None:
+    """The largest peak RSS of any synthesis actor over the pipeline runs (None when none was measured)."""
+    peaks = [r["memory"].get("actor_peak_rss_bytes_max") for r in pipe.get("ray_runs", {}).values()]
+    return max((p for p in peaks if p), default=None)
 
 
 def aias10_times(parts: dict[str, Any]) -> dict[str, float]:
@@ -55,14 +64,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "\n## Headline\n",
         "| ratio | value | goal |",
         "|---|---:|---:|",
-        f"| AIAS-10 speed-up over DDPM-1000, end to end | {fmt_num(h['ddpm1000_over_aias10'], '.1f', '×')} | ≥ 50× |",
+        f"| AIAS-10 speed-up over DDPM-1000, end to end ({h.get('sampler_preset') or '—'} preset) | "
+        f"{fmt_num(h['ddpm1000_over_aias10'], '.1f', '×')} | ≥ 50× |",
         f"| pipeline / bare, 1 actor (warm; cold) | {fmt_num(h['ray1_over_bare_warm'])}; "
         f"{fmt_num(h['ray1_over_bare_cold'])} | |",
         f"| pipeline / bare after the first shard, 1 actor (warm) | {fmt_num(h.get('ray1_over_bare_steady_warm'))} "
         "| ≥ 0.85 |",
+        "| pipeline / bare after the first shard, 2 actors against 2 bare processes (warm) | "
+        f"{fmt_num(h.get('ray2_over_bare2_steady_warm'))} | ≥ 0.85 |",
         "| start-up to the first committed shard, 1 actor (warm) | "
         f"{fmt_num(h.get('ray1_startup_s_warm'), '.1f', ' s')} | ≤ 15 s |",
         f"| 2 actors / 1 actor (warm) | {fmt_num(h['ray2_over_ray1_warm'])} | |",
+        f"| peak RSS of a synthesis actor | {fmt_bytes(h.get('actor_peak_rss_bytes'))} | ≤ 500 MiB |",
         f"| GPU pairs/s at NFE 10 (best batch) | {fmt_num(h['gpu_best_pairs_per_s_nfe10'])} | ≥ 20 |",
         f"| GPU UNet fraction of peak | {fmt_num(h['gpu_unet_fraction_of_peak'])} | ≥ 0.40 |",
     ]

@@ -56,7 +56,9 @@ def test_quick_defaults_and_validation() -> None:
     args = speed.parse_args(["--quick"])
     assert (args.preset, args.repeats, args.rows) == ("tiny", 1, 8)
     assert "DDPM-1000" in args.samplers  # --quick keeps DDPM at 1000 steps
-    assert speed.parse_args([]).preset == "small"
+    assert (args.sampler_preset, args.sampler_variants) == ("tiny", [])
+    full = speed.parse_args([])
+    assert (full.preset, full.sampler_preset, full.sampler_variants[0]) == ("small", "window", "eager")
     with pytest.raises(ValueError, match="--rows"):
         speed.parse_args(["--rows", "0"])
 
@@ -115,3 +117,73 @@ def test_pipeline_runs_split_at_their_first_committed_shard(tmp_path: Path) -> N
         "startup_s": None,
         "steady_pairs_per_s": None,
     }
+
+
+def test_two_bare_processes_split_the_shards_and_pool_their_markers(tmp_path: Path) -> None:
+    """Process p of P does the shards s with s mod P = p; the parts together are the one-process output, byte for
+    byte, and their markers are pooled into one start-up / steady-state split."""
+    from benchmarks import pipeline_throughput as pt
+    from fast_core.models.ldm import FastLDM, model_preset
+    from fast_core.synthesis import SynthesisConfig
+    from pipelines.model_store import ModelInfo, publish_model
+    from pipelines.synthesize import ComputeConfig, SynthesizeConfig
+
+    cfg = model_preset("tiny", keys=pt.KEYS)
+    size = cfg.vae.sample_size
+    info = ModelInfo(image_size=size, image_channels=3, keys=pt.KEYS, preset="tiny")
+    model_uri = publish_model(FastLDM.from_scratch(cfg, seed=0), str(tmp_path / "model"), info)
+    images, masks = pt.make_inputs(tmp_path / "inputs", 3, size + 4)
+    manifest = pt.write_manifest(tmp_path / "manifest", images, masks, 7, model_uri)  # shards of 2: the last has 1
+
+    def config(out: str) -> SynthesizeConfig:
+        return SynthesizeConfig(
+            manifest=manifest,
+            out=out,
+            shard_size=2,
+            sampler=SynthesisConfig(nfe=3, batch_size=3),  # batches cross shard boundaries
+            compute=ComputeConfig(concurrency=1, num_cpus=1, batch_size=3),
+            preview_pairs=0,
+        )
+
+    pt.bare_loop(config(str(tmp_path / "one")), model_uri)
+    outs = [str(tmp_path / f"two-{p}") for p in range(2)]
+    for p, out in enumerate(outs):
+        pt.bare_loop(config(out), model_uri, part=p, parts=2)
+    whole = pt.data_bytes(str(tmp_path / "one"))
+    assert len(whole) == 4
+    assert sorted(pt.data_bytes(outs[0])) == ["part-00000.parquet", "part-00002.parquet"]
+    assert pt.data_bytes(outs) == whole
+    split = pt.commit_split(outs, 0.0, rows=7, shard_size=2)
+    assert split["startup_s"] > 0 and split["steady_pairs_per_s"] > 0
+
+
+def test_sampler_window_preset_cuts_synthesizes_and_pastes_back(tmp_path: Path) -> None:
+    """The window preset times the whole window-frame path: cut, encode, loop, decode, paste-back."""
+    from benchmarks import sampler_speed
+
+    torch.set_num_threads(1)
+    out = tmp_path / "sampler.json"
+    argv = ["--preset", "window", "--samplers", "AIAS-10", "--repeats", "1", "--batch", "1", "--channels", "1"]
+    argv += ["--variants", "eager", "channels_last"]
+    assert sampler_speed.main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["frame"] == "window" and report["image_size"] == 128
+    assert report["native_shape"] == list(sampler_speed.NATIVE_SHAPE)
+    split = report["rows"][0]["split_seconds"]
+    assert split["window_cut"] > 0 and split["window_paste"] > 0 and split["decode"] > 0
+    assert [v["variant"] for v in report["variants"]] == ["eager", "channels_last"]
+    assert report["variants"][0]["speedup_over_eager"] == 1.0 and report["variants"][1]["seconds_per_image"] > 0
+    parts = sum(split[k] for k in ("window_cut", "encode", "loop", "decode", "paste", "window_paste"))
+    assert parts <= report["rows"][0]["split_total"] * 1.001
+    assert "| AIAS-10 | 10 |" in sampler_speed.markdown_table(
+        report
+    ) and "windows of 208×256" in sampler_speed.markdown_table(report)
+
+
+def test_memory_split_reads_this_process() -> None:
+    from benchmarks.speed_memory import memory_split
+
+    split = memory_split()
+    assert split["rss"] > 0 and split["peak_rss"] >= split["rss"]
+    assert split["anon"] + split["file"] + split["shmem"] == pytest.approx(split["rss"], rel=0.05)
+    assert 0 < split["uss"] <= split["pss"] <= split["rss"]
