@@ -26,6 +26,8 @@ stops keeps what it measured). Parts (``--parts``, all by default, run in this o
 
   Headlines: steady-state pipeline / bare with 1 actor and with 2 actors against 2 bare processes (goal ≥ 0.85),
   start-up to the first committed shard (goal ≤ 15 s), peak RSS per actor (goal ≤ 500 MiB).
+* ``store``: :mod:`benchmarks.speed_store` (the object store's peak in one warm one-actor pipeline run per row count,
+  256 and 1024 by default, at NFE 3: it must not grow with the rows).
 * ``output``: :mod:`benchmarks.output_path` (MB/s, pairs/s, files/s of the real shard commit to local disk and to the
   embedded S3 server; PNG encode µs per pair and its fraction of the AIAS-10 time per image measured here).
 * ``gpu`` (only when ``torch.cuda.is_available()``; otherwise recorded as "not run: no GPU"): the full-size model
@@ -66,6 +68,7 @@ from benchmarks.speed_output import run_output
 from benchmarks.speed_pipeline import run_pipeline
 from benchmarks.speed_report import aias10_times, write_report
 from benchmarks.speed_sampler import run_sampler
+from benchmarks.speed_store import run_store
 
 # the command line, and the measurement helpers benchmarks.gpu_check reads through this module
 __all__ = [
@@ -81,12 +84,13 @@ __all__ = [
     "time_config",
 ]
 
-PARTS = ("sampler", "pipeline", "output", "gpu")
+PARTS = ("sampler", "pipeline", "store", "output", "gpu")
 # option -> (full-run default, --quick default); None on the command line means "take the default of the mode"
 MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "preset": ("small", "tiny"),
     "sampler_preset": ("window", "tiny"),
     "sampler_variants": (list(sampler_speed.VARIANTS), []),
+    "store_rows": ([256, 1024], [8, 16]),
     "repeats": (3, 1),
     "rows": (256, 8),
     "shard_size": (8, 4),
@@ -147,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-size", type=int, default=None, help="pipeline: rows per shard (default 8; --quick 4)")
     g.add_argument("--pipeline-threads", type=int, default=1, help="pipeline: torch threads per actor (default 1)")
     g.add_argument("--num-cpus", type=int, default=4, help="pipeline: logical CPUs of a local Ray (default 4)")
+    g = p.add_argument_group("store")
+    g.add_argument(
+        "--store-rows", type=int, nargs="+", default=None, help="store: rows per run (default 256 1024; --quick 8 16)"
+    )
+    g.add_argument("--store-nfe", type=int, default=3, help="store: AIAS NFE (default 3; the data flow is the same)")
     g = p.add_argument_group("output path")
     g.add_argument("--pairs", type=int, default=None, help="pairs per format (default 64; --quick 8)")
     targets = list(output_path.TARGETS)
@@ -182,7 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, (full, quick) in MODE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    for name in ("repeats", "rows", "shard_size", "pairs", "batch", "gpu_repeats", "gpu_variant_batch"):
+    if min(args.store_rows) < 1:
+        raise ValueError(f"--store-rows must be >= 1, got {args.store_rows}")
+    for name in ("repeats", "rows", "shard_size", "pairs", "batch", "gpu_repeats", "gpu_variant_batch", "store_nfe"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.peak_tflops <= 0:
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[Path], dict[str, Any]]] = {
         "sampler": lambda work: run_sampler(args, work),
         "pipeline": lambda work: run_pipeline(args, work),
+        "store": lambda work: run_store(args, work),
         "output": lambda work: run_output(args),
         "gpu": lambda work: run_gpu(args),
     }

@@ -11,6 +11,7 @@ from benchmarks.speed_common import fmt_bytes, fmt_num
 from benchmarks.speed_gpu import md_gpu
 from benchmarks.speed_output import md_output
 from benchmarks.speed_pipeline import md_pipeline
+from benchmarks.speed_store import md_store
 
 
 def headline(parts: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +83,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     sections = (
         ("1. Sampler cost per image", "sampler", sampler_speed.markdown_table),
         ("2. Ray pipeline against a bare loop", "pipeline", md_pipeline),
-        ("3. Output path", "output", md_output),
-        ("4. GPU", "gpu", md_gpu),
+        ("3. Object store as the rows grow", "store", md_store),
+        ("4. Output path", "output", md_output),
+        ("5. GPU", "gpu", md_gpu),
     )
     for title, key, render in sections:
         part = parts.get(key, {})

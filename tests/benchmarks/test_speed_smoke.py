@@ -26,7 +26,7 @@ def test_output_part_and_report_end_to_end(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{4,}(-dirty)?", report["git_commit"])
     assert report["command"].startswith("python -m benchmarks.speed --quick --parts output")
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
-    for name in ("sampler", "pipeline", "gpu"):
+    for name in ("sampler", "pipeline", "store", "gpu"):
         assert report["parts"][name]["not_run"].startswith("not selected")
     assert all(v is None for v in report["headline"].values())
 
@@ -48,8 +48,8 @@ def test_output_part_and_report_end_to_end(tmp_path: Path) -> None:
 
     md = out_md.read_text()
     assert report["command"] in md and report["git_commit"] in md
-    assert "## 3. Output path" in md and "| grey128 |" in md and "| rgb256 |" in md
-    assert md.count("Not run: not selected") == 3
+    assert "## 4. Output path" in md and "| grey128 |" in md and "| rgb256 |" in md
+    assert md.count("Not run: not selected") == 4
 
 
 def test_quick_defaults_and_validation() -> None:
