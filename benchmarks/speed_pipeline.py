@@ -227,4 +227,12 @@ def md_actor_memory(steps: list[dict[str, Any]] | None) -> list[str]:
             f"{fmt_bytes(step.get('pss'))} | {fmt_bytes(step.get('uss'))} |"
         )
         before = step["rss"]
+    by_name = {step["step"]: step for step in steps}
+    imports = by_name.get("import the synthesis stage")
+    if imports is not None:
+        lines.append(
+            f"\nBefore any model is loaded, the imports alone hold {fmt_bytes(imports['rss'])} of RSS "
+            f"({fmt_bytes(imports['file'])} of it shared library pages); the model and one batch then add "
+            f"{fmt_bytes(steps[-1]['peak_rss'] - imports['rss'])} at the peak."
+        )
     return lines
