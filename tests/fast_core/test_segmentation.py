@@ -157,29 +157,34 @@ def test_training_is_deterministic() -> None:
 
 
 def test_channels_last_is_the_same_maths_in_another_layout() -> None:
-    """NHWC logits and gradients equal NCHW ones up to rounding; training leaves an NHWC model, same losses."""
+    """NHWC logits and gradients equal NCHW ones up to rounding; training leaves an NHWC model, same losses.
+
+    The gradients are compared in float64: in float32 the two layouts' summation orders differ by up to ~1 % in the
+    first convolution's gradient on some CPUs (oneDNN picks other kernels), which says nothing about the maths."""
     images, masks = bright_squares(4, 32, seed=6)
-    x, m = images_from_uint8(images), torch.from_numpy(masks)[:, None].float()
+    x, m = images_from_uint8(images).double(), torch.from_numpy(masks)[:, None].double()
     outputs = {}
     for nhwc in (False, True):
-        model = build_segmenter("unet", 1, seed=0)
+        model = build_segmenter("unet", 1, seed=0).double()
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         model.to(memory_format=fmt)
         loss, _ = segmentation_loss(model(x.contiguous(memory_format=fmt)), m)
         loss.backward()
         outputs[nhwc] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    assert torch.allclose(outputs[True][0], outputs[False][0], atol=1e-6)
+    assert torch.allclose(outputs[True][0], outputs[False][0], atol=1e-10)
     for name, grad in outputs[False][1].items():
-        assert float((outputs[True][1][name] - grad).norm()) <= 1e-3 * float(grad.norm()) + 1e-7, name
+        assert float((outputs[True][1][name] - grad).norm()) <= 1e-8 * float(grad.norm()) + 1e-12, name
     histories = {}
     for nhwc in (False, True):
         model = build_segmenter("unet", 1, seed=0)
         cfg = SegTrainConfig(steps=3, batch_size=4, seed=1, log_every=1, channels_last=nhwc, augment=NO_AUGMENT)
         histories[nhwc] = [h["loss"] for h in train_segmenter(model, images, masks, cfg)]
         assert model_memory_format(model) == (torch.channels_last if nhwc else torch.contiguous_format)
-        probs = predict_proba(model, x)  # inputs follow the weights' layout
+        probs = predict_proba(model, x.float())  # inputs follow the weights' layout
         assert probs.shape == (4, 1, 32, 32)
-    assert histories[True] == pytest.approx(histories[False], rel=1e-3)
+    # float32 training: three optimiser steps carry the layouts' rounding into the weights (~0.1 % seen by step 3);
+    # the exact maths is the float64 check above, this one that the two training runs track each other
+    assert histories[True] == pytest.approx(histories[False], rel=1e-2)
 
 
 def test_inference_padding_sliding_window_and_io(tmp_path: Path) -> None:
