@@ -86,6 +86,17 @@ def make_inputs(root: Path, n_images: int, size: int, seed: int = 0) -> tuple[li
     return images, masks
 
 
+def bench_setup(work: Path, preset: str) -> tuple[str, int, list[Path], list[Path]]:
+    """The randomly initialised model of ``preset`` published under ``work/model`` and 8 input images with masks
+    under ``work/inputs``: (model URI, image size, images, masks)."""
+    cfg = model_preset(PRESETS[preset], keys=KEYS)
+    size = cfg.vae.sample_size
+    info = ModelInfo(image_size=size, image_channels=3, keys=KEYS, preset=preset)
+    model_uri = publish_model(FastLDM.from_scratch(cfg, seed=0), str(work / "model"), info)
+    images, masks = make_inputs(work / "inputs", 8, size + 16)
+    return model_uri, size, images, masks
+
+
 def write_manifest(uri: Path, images: list[Path], masks: list[Path], rows: int, model_uri: str) -> str:
     """A manifest of ``rows`` rows over two defect keys, images and masks round-robin; returns its URI."""
     records = []
@@ -219,13 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="fastgen-pipebench-"))
-    model_cfg = model_preset(PRESETS[args.preset], keys=KEYS)
-    size = model_cfg.vae.sample_size
-    model = FastLDM.from_scratch(model_cfg, seed=0)
-    model_uri = publish_model(
-        model, str(work / "model"), ModelInfo(image_size=size, image_channels=3, keys=KEYS, preset=args.preset)
-    )
-    images, masks = make_inputs(work / "inputs", 8, size + 16)
+    model_uri, size, images, masks = bench_setup(work, args.preset)
     manifest = write_manifest(work / "manifest", images, masks, args.rows, model_uri)
 
     def config(out: str, actors: int) -> SynthesizeConfig:

@@ -19,9 +19,7 @@ from typing import Any
 from benchmarks import pipeline_throughput as pt
 from benchmarks.speed_common import fmt_bytes, say
 from benchmarks.speed_ray import RayMonitor
-from fast_core.models.ldm import FastLDM, model_preset
 from fast_core.synthesis import SynthesisConfig
-from pipelines.model_store import ModelInfo, publish_model
 from pipelines.ray_utils import ensure_ray
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 
@@ -29,11 +27,7 @@ from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 def run_store(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One warm one-actor pipeline run per ``args.store_rows``, each under a :class:`RayMonitor`."""
     root = Path(tempfile.mkdtemp(prefix="store-", dir=work))
-    cfg = model_preset(pt.PRESETS[args.preset], keys=pt.KEYS)
-    size = cfg.vae.sample_size
-    info = ModelInfo(image_size=size, image_channels=3, keys=pt.KEYS, preset=args.preset)
-    model_uri = publish_model(FastLDM.from_scratch(cfg, seed=0), str(root / "model"), info)
-    images, masks = pt.make_inputs(root / "inputs", 8, size + 16)
+    model_uri, size, images, masks = pt.bench_setup(root, args.preset)
     cluster = ensure_ray(args.num_cpus)
 
     def config(rows: int, out: Path) -> SynthesizeConfig:
