@@ -53,6 +53,21 @@ def _alpha_bar(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return _alphas_cumprod()[t.cpu()].to(like.device, like.dtype).view(-1, 1, 1, 1)
 
 
+def clean_latent(model: FastLDM, x: torch.Tensor | None, z0: torch.Tensor | None, where: str) -> torch.Tensor:
+    """z_0 of a batch: ``z0`` when the caller encoded it already (a latent cache: the first stage is frozen in the
+    base and FAST stages, so encode(x) is the same at every step), else encode(x) without gradient; float32.
+
+    Raises:
+        ValueError: neither or both of ``x`` and ``z0`` given.
+    """
+    if (x is None) == (z0 is None):
+        raise ValueError(f"{where}: give exactly one of the images x and their latents z0")
+    if z0 is not None:
+        return z0.float()
+    with torch.no_grad():
+        return model.encode(x).float()
+
+
 def farm_mixed_input(
     model: FastLDM,
     z0: torch.Tensor,
@@ -117,7 +132,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def fast_training_step(
     model: FastLDM,
-    x: torch.Tensor,
+    x: torch.Tensor | None,
     M: torch.Tensor,
     keys: list[str],
     generator: torch.Generator | None,
@@ -125,10 +140,11 @@ def fast_training_step(
     lambda_farm: float = 5.0,
     autocast_dtype: torch.dtype | None = None,
     fg_weight: float = 0.0,
+    z0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The FAST-stage loss for one batch (FAST_SPEC §6) [release]:
 
-        z_0 = encode(x) (no grad);  m = down(M);  t ~ U{0..T−1};  ε ~ N(0, I)
+        z_0 = encode(x) (no grad, or given);  m = down(M);  t ~ U{0..T−1};  ε ~ N(0, I)
         z_t    = √ᾱ_t z_0 + √(1−ᾱ_t) ε
         ẑ0_fg  = FARM(z_t, m, t)
         z̃_t    = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
@@ -143,7 +159,7 @@ def fast_training_step(
 
     Args:
         model: the FAST model.
-        x: (B, image_channels, H, W) anomaly images in [−1, 1].
+        x: (B, image_channels, H, W) anomaly images in [−1, 1], or None when ``z0`` is given.
         M: (B, 1, H, W) pixel masks in {0, 1} (1 = anomaly).
         keys: B defect keys.
         generator: source of t and ε.
@@ -151,14 +167,15 @@ def fast_training_step(
         lambda_farm: weight λ_F of the FARM reconstruction loss.
         autocast_dtype: run the networks under ``torch.autocast`` with this dtype (None: full precision).
         fg_weight: λ_fg of :func:`eps_loss` (0: the plain mean of §6).
+        z0: (B, C, h, w) the images' latents encode(x), computed once by the caller (x is then None).
 
     Returns:
         The scalar loss (float32, with grad) and ``{"loss": …, "loss_eps": …, "loss_farm": …}`` as floats.
     """
-    if x.shape[0] != M.shape[0] or len(keys) != x.shape[0]:
-        raise ValueError(f"fast_training_step: batch sizes differ: x {x.shape[0]}, M {M.shape[0]}, keys {len(keys)}")
+    z0 = clean_latent(model, x, z0, "fast_training_step")  # (B, C, h, w)
+    if z0.shape[0] != M.shape[0] or len(keys) != z0.shape[0]:
+        raise ValueError(f"fast_training_step: batch sizes differ: x {z0.shape[0]}, M {M.shape[0]}, keys {len(keys)}")
     with torch.no_grad():
-        z0 = model.encode(x).float()  # (B, C, h, w)
         m = model.latent_mask(M).to(z0.device)  # (B, 1, h, w)
     t = sample_timesteps(z0.shape[0], generator, z0.device)  # (B,)
     eps = _randn(z0.shape, generator, z0)  # (B, C, h, w)
@@ -177,16 +194,17 @@ def fast_training_step(
 
 def unet_training_step(
     model: FastLDM,
-    x: torch.Tensor,
+    x: torch.Tensor | None,
     keys: list[str],
     generator: torch.Generator | None,
     autocast_dtype: torch.dtype | None = None,
     M: torch.Tensor | None = None,
     fg_weight: float = 0.0,
+    z0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ε-prediction loss of the base UNet (from-scratch base training; no FARM, no Adaptor):
 
-        z_0 = encode(x) (no grad);  t ~ U{0..T−1};  ε ~ N(0, I);  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
+        z_0 = encode(x) (no grad, or given);  t ~ U{0..T−1};  ε ~ N(0, I);  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
         loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)          # λ_fg = 0
         loss = Σ w (ε_θ − ε)² / (C · Σ w),  w = 1 + λ_fg · down(M)   # λ_fg > 0 [ours], see eps_loss
 
@@ -197,24 +215,25 @@ def unet_training_step(
 
     Args:
         model: the model whose ``unet`` and ``conditioner`` are trained.
-        x: (B, image_channels, H, W) images in [−1, 1] (normal and anomalous).
+        x: (B, image_channels, H, W) images in [−1, 1] (normal and anomalous), or None when ``z0`` is given.
         keys: B keys ("good" for normal images).
         generator: source of t and ε.
         autocast_dtype: run the UNet under ``torch.autocast`` with this dtype (None: full precision).
         M: (B, 1, H, W) pixel masks in {0, 1} (all 0 for normal images), or None; used when λ_fg > 0 or the UNet
             is an ``inpaint`` one (then required).
         fg_weight: λ_fg of :func:`eps_loss`.
+        z0: (B, C, h, w) the images' latents encode(x), computed once by the caller (x is then None).
 
     Returns:
         The scalar loss and ``{"loss": …}``.
     """
-    if len(keys) != x.shape[0]:
-        raise ValueError(f"unet_training_step: {len(keys)} keys for a batch of {x.shape[0]} images")
+    z0 = clean_latent(model, x, z0, "unet_training_step")
+    if len(keys) != z0.shape[0]:
+        raise ValueError(f"unet_training_step: {len(keys)} keys for a batch of {z0.shape[0]} images")
     needs_mask = fg_weight > 0.0 or model.inpaint
-    if needs_mask and (M is None or M.shape[0] != x.shape[0]):
+    if needs_mask and (M is None or M.shape[0] != z0.shape[0]):
         raise ValueError("unet_training_step: fg_weight > 0 or an inpaint UNet needs one mask M per image")
     with torch.no_grad():
-        z0 = model.encode(x).float()
         m = model.latent_mask(M).to(z0.device) if needs_mask else None
     t = sample_timesteps(z0.shape[0], generator, z0.device)
     eps = _randn(z0.shape, generator, z0)

@@ -53,6 +53,9 @@ class DatasetConfig:
     windows_per_normal: int = 1  # window frame: random windows per train/good image
     window_margin: float = 0.25  # window frame: side = max(image_size, ⌈box side · (1 + margin)⌉), then resized
     window_rot90: bool = True  # window frame: turn each defect window by a random multiple of 90° (mask with it)
+    # window frame: flip each window (defect and normal) left-right and upside down with probability 1/2 each when it
+    # is cut, once, instead of at every step (hflip/vflip); what a latent cache needs (TrainConfig.latent_cache)
+    window_flips: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -76,6 +79,11 @@ class DatasetConfig:
             raise ValueError(
                 f"TrainConfig.dataset.windows_per_normal must be an integer >= 0, got {self.windows_per_normal!r}"
             )
+        for name in ("hflip", "vflip", "window_rot90", "window_flips"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.dataset.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.window_flips and self.frame != "window":
+            raise ValueError("TrainConfig.dataset.window_flips needs frame: window (it flips windows as they are cut)")
         if not isinstance(self.window_margin, int | float) or not 0.0 <= self.window_margin <= 4.0:
             raise ValueError(f"TrainConfig.dataset.window_margin must be in [0, 4], got {self.window_margin!r}")
 
@@ -330,6 +338,11 @@ class TrainConfig:
     grid_samples: int = 4  # samples per key / images per row in the sample grids
     grid_nfe: int = 10  # sampler steps for the base/FAST sample grids
     fault: FaultConfig = field(default_factory=FaultConfig)  # test-only fault injection
+    # Encode every training image of the base and FAST stages once, when the stage starts, instead of at every step:
+    # the first stage is frozen there, so z_0 = encode(x) never changes (on 2 CPU cores TAEF2's encoder is ~70 % of a
+    # window step). Per-step flips would change x, so it needs dataset.hflip and vflip off (window_flips instead; a
+    # mask stage in the same run then trains without flips too).
+    latent_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.run_name or set(self.run_name) - _RUN_NAME_CHARS:
@@ -368,6 +381,14 @@ class TrainConfig:
         if "mask" in self.stages:  # validates the mask model's shape up front (placeholder key and size)
             size = [0.1, 0.1, 0.5] if self.mask_model.frame == "stretch" else 0.1
             mask_model_config(self, ["category/defect"], {"category/defect": [size]})
+        if not isinstance(self.latent_cache, bool):
+            raise ValueError(f"TrainConfig.latent_cache must be true or false, got {self.latent_cache!r}")
+        if self.latent_cache and (self.dataset.hflip or self.dataset.vflip):
+            raise ValueError(
+                "TrainConfig.latent_cache encodes each training image once, so per-step flips (dataset.hflip, "
+                "dataset.vflip) cannot apply: set both false (in the window frame, dataset.window_flips flips each "
+                "window once as it is cut)"
+            )
         if self.fault.stage is not None and self.fault.stage not in self.stages:
             raise ValueError(f"TrainConfig.fault.stage = {self.fault.stage!r} is not one of the stages {self.stages}")
 

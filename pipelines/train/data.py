@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 # Columns of the Ray datasets (``key_id`` indexes TrainingData.keys).
 IMAGE, MASK, KEY_ID = "image", "mask", "key_id"
+LATENT = "latent"  # a worker's own column (TrainConfig.latent_cache): z_0 = encode(image) of each row, float32
 ROW_ID = "row_id"  # the row's index in the stage's columns: workers order and split the rows by it
 
 

@@ -12,6 +12,7 @@ same data position and ends with the same weights as an uninterrupted run. One s
     g      = Generator(seed = H(seed, stage, rank, step))       # every random draw of the step, resume-exact
     batch  = prepare_batch(batch, g)                            # augmented (pipelines.train.steps)
     loss   = StageObjective(batch, g)                           # fast_core.training.*_training_step
+                                                                # (latent_cache: z_0 of each row, encoded once)
     loss   ← mean over workers (all_reduce); non-finite → stop, naming stage and step (nothing is written)
     loss.backward(); clip ‖∇‖ ≤ max_grad_norm; AdamW step (lr: warm-up, then constant or cosine)
     EMA (ema_decay d):  w̄ ← d_k·w̄ + (1 − d_k)·w,  d_k = min(d, (1 + k) / (10 + k))
@@ -43,12 +44,13 @@ from pipelines import storage as st
 from pipelines.train import grid
 from pipelines.train.checkpoint import Checkpoint, RunStore
 from pipelines.train.config import StageConfig, TrainConfig
-from pipelines.train.data import KEY_ID, ROW_ID
+from pipelines.train.data import IMAGE, KEY_ID, LATENT, ROW_ID
 from pipelines.train.models import set_scaling_factor, stage_state
 from pipelines.train.steps import (
     FaultInjected,
     NonFiniteLossError,
     StageObjective,
+    encode_rows,
     load_weights,
     measure_scaling_factor,
     prepare_batch,
@@ -322,6 +324,13 @@ def run_stage_loop(config: dict[str, Any]) -> None:
 
     fault = cfg.fault if cfg.fault.applies(stage) else None
     rows = WorkerRows(ray.train.get_dataset_shard("train"), rank, world, scfg.batch_size, cfg.seed, stage)
+    if cfg.latent_cache and stage in ("base", "fast"):
+        t0 = time.perf_counter()
+        rows.columns[LATENT] = encode_rows(model, rows.columns.pop(IMAGE), device, 4 * scfg.batch_size)
+        if rank == 0:
+            logger.info(
+                "[%s] latent cache: %d training images encoded once in %.1f s", stage, rows.n, time.perf_counter() - t0
+            )
     stream = rows.batches(step)  # the data position follows from the step
     while step < scfg.steps:
         epoch, batch = next(stream)
@@ -331,7 +340,8 @@ def run_stage_loop(config: dict[str, Any]) -> None:
         lr = lr_at(step, scfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, metrics = objective(x, mask, batch[KEY_ID], g)
+        z0 = batch[LATENT].to(device) if LATENT in batch else None
+        loss, metrics = objective(x, mask, batch[KEY_ID], g, z0)
         if fault is not None and fault.inject_nan_at_step == step:
             loss = loss * float("nan")
             metrics = {**metrics, "loss": float("nan")}

@@ -3,8 +3,9 @@
     g      = Generator(seed = H(seed, stage, rank, step))   # step_seed: every random draw of the step, resume-exact
     batch  = prepare_batch(batch, g)                        # uint8 → [−1, 1]; flips (image and mask together);
                                                             # mask stage: rot90, and (image frame) resize to the
-                                                            # mask model (box-frame shapes are already S × S)
-    loss   = StageObjective(model)(x, M, key_ids, g)        # fast_core.training.*_training_step / mask_training_step
+                                                            # mask model (box-frame shapes are already S × S);
+                                                            # a latent cache: the rows' z_0 instead of x, no flips
+    loss   = StageObjective(model)(x, M, key_ids, g, z0)    # fast_core.training.*_training_step / mask_training_step
 
 Trainable tensors per stage: vae the whole VAE; base the UNet + prompt encoder; fast the prompt vectors + FARM +
 Adaptor (``FastLDM.configure_stage``); mask the whole mask diffusion model.
@@ -28,7 +29,7 @@ from fast_core.models.ldm import FastLDM
 from fast_core.training import fast_training_step, unet_training_step, vae_training_step
 from pipelines.train.checkpoint import RunStore
 from pipelines.train.config import TrainConfig, mask_model_config
-from pipelines.train.data import IMAGE, MASK
+from pipelines.train.data import IMAGE, LATENT, MASK
 from pipelines.train.models import build_model, load_stage_weights
 
 
@@ -84,10 +85,16 @@ class StageObjective(nn.Module):
         self.fg_weight = fg_weight  # λ_fg of the base and FAST ε-losses (TrainConfig.loss)
 
     def forward(
-        self, x: torch.Tensor | None, mask: torch.Tensor | None, key_ids: torch.Tensor, generator: torch.Generator
+        self,
+        x: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        key_ids: torch.Tensor,
+        generator: torch.Generator,
+        z0: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, metrics) of one batch: x (B, C, S, S) in [−1, 1] (None for mask), mask (B, 1, S, S) {0, 1} or None,
-        key_ids (B,) indices into ``keys``."""
+        """(loss, metrics) of one batch: x (B, C, S, S) in [−1, 1] (None for mask, or when the base and FAST stages
+        get their latents z0 (B, C, h, w) from a latent cache), mask (B, 1, S, S) {0, 1} or None, key_ids (B,)
+        indices into ``keys``."""
         keys = [self.keys[int(i)] for i in key_ids.tolist()]
         if self.stage == "mask":
             with _autocast(x if x is not None else mask, self.autocast):
@@ -96,11 +103,11 @@ class StageObjective(nn.Module):
             return vae_training_step(self.model.vae, x, generator, autocast_dtype=self.autocast)
         if self.stage == "base":
             return unet_training_step(
-                self.model, x, keys, generator, autocast_dtype=self.autocast, M=mask, fg_weight=self.fg_weight
+                self.model, x, keys, generator, autocast_dtype=self.autocast, M=mask, fg_weight=self.fg_weight, z0=z0
             )
         if self.stage == "fast":
             return fast_training_step(
-                self.model, x, mask, keys, generator, autocast_dtype=self.autocast, fg_weight=self.fg_weight
+                self.model, x, mask, keys, generator, autocast_dtype=self.autocast, fg_weight=self.fg_weight, z0=z0
             )
         raise ValueError(f"StageObjective: unknown stage {self.stage!r}")
 
@@ -134,6 +141,23 @@ def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.dev
     return 1.0 / std
 
 
+@torch.no_grad()
+def encode_rows(model: FastLDM, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    """The latent cache of a stage (TrainConfig.latent_cache): z_0 = encode(u / 127.5 − 1) of every uint8 image
+    (N, C, S, S), in batches of ``batch``, as (N, C', S/f, S/f) float32 on the CPU. The first stage is frozen in the
+    base and FAST stages, so these are the latents every step would compute."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for lo in range(0, len(images), batch):
+            x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
+            out.append(model.encode(x).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
+
+
 def mask_model(cfg: TrainConfig, keys: list[str], box_sizes: dict[str, list[Any]] | None) -> MaskDiffusionModel:
     """The mask diffusion model of stage "mask" at its seed-initialised weights: every defect key of ``keys`` (not
     ``"good"``), and for the box and stretch frames the real sizes ``box_sizes`` it carries to the masks stage."""
@@ -165,9 +189,16 @@ def prepare_batch(
     batch: dict[str, torch.Tensor], g: torch.Generator, cfg: TrainConfig, stage: str, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Images to [−1, 1] float, masks to {0, 1} float, augmented. Mask stage: image-frame masks are nearest-resized to
-    the mask model's S × S; box- and stretch-frame shapes must already be S × S (they are never resized here)."""
+    the mask model's S × S; box- and stretch-frame shapes must already be S × S (they are never resized here).
+
+    A batch of a latent cache (a ``latent`` column, no ``image``) gives x = None and its masks unflipped: the config
+    allows the cache only without per-step flips (the latents were encoded from the unflipped images)."""
     x = batch[IMAGE].to(device=device, dtype=torch.float32) / 127.5 - 1.0 if IMAGE in batch else None
     mask = batch[MASK].to(device=device, dtype=torch.float32) if MASK in batch else None
+    if LATENT in batch:
+        if cfg.dataset.hflip or cfg.dataset.vflip:
+            raise ValueError("prepare_batch: a latent cache cannot be flipped per step (TrainConfig.latent_cache)")
+        return None, mask
     if stage == "mask":
         size = cfg.mask_model.image_size
         if tuple(mask.shape[-2:]) != (size, size):

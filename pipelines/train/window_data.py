@@ -4,6 +4,7 @@
                   w = window_around(M, S, margin, rng)  (random offset; box inside; side > S resized to S)
                   image, mask = cut_image(I, w), cut_mask(M, w), then a random k·90° turn when window_rot90
     normal rows   for each ``train/good`` image, ``windows_per_normal`` random S × S windows (padded when smaller)
+    window_flips  each window (and its mask) then flipped left-right and upside down with probability 1/2 each, once
 
 The result is an ordinary :class:`TrainingData` (every array S × S), so the stages, the row feed and the resume
 logic are those of the global frame. Every draw comes from ``numpy.random.default_rng([seed, 9])`` in file order,
@@ -50,13 +51,21 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             skipped.append((str(record.image_path), f"unreadable image: {exc}"))
             return None
 
+    def flipped(*arrays: np.ndarray) -> list[np.ndarray]:
+        """``arrays`` (…, S, S) flipped together by one draw of two coins, when window_flips (else unchanged)."""
+        if not cfg.window_flips:
+            return list(arrays)
+        h, v = rng.random(2) < 0.5
+        out = [a[..., ::-1] if h else a for a in arrays]
+        return [np.ascontiguousarray(a[..., ::-1, :] if v else a) for a in out]
+
     normal: list[np.ndarray] = []
     for record in split.train_good:
         image = native(record)
         if image is None:
             continue
         for _ in range(cfg.windows_per_normal):
-            normal.append(cut_image(image, random_window(*image.shape[1:], size, rng), size))
+            normal.extend(flipped(cut_image(image, random_window(*image.shape[1:], size, rng), size)))
     windows, masks, ids = [], [], []
     for record in split.gen_train:
         image = native(record)
@@ -77,7 +86,8 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             window = window_around(mask, size, cfg.window_margin, rng)
             x, m = cut_image(image, window, size), cut_mask(mask, window, size)
             k = int(rng.integers(4)) if cfg.window_rot90 else 0
-            windows.append(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))
-            masks.append(np.ascontiguousarray(np.rot90(m, k))[None])
+            x, m = flipped(np.rot90(x, k, axes=(1, 2)), np.rot90(m, k)[None])
+            windows.append(np.ascontiguousarray(x))
+            masks.append(np.ascontiguousarray(m))
             ids.append(key_index[defect_key(record)])
     return stack_training_data(cfg.root, keys, channels, size, normal, (windows, masks, ids), skipped)
