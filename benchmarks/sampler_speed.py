@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import platform
 import statistics
@@ -44,9 +43,12 @@ import numpy as np
 import torch
 
 from fast_core.data.windows import cut_around, paste_window
-from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset, with_taef2
+from fast_core.models.ldm import FastLDM, FastModelConfig, model_preset
 from fast_core.models.taef2 import TAEF2, TAEF2Config
 from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
+from pipelines.config import load_config
+from pipelines.train.config import TrainConfig
+from pipelines.train.models import model_config
 
 RUNS: dict[str, tuple[str, int]] = {  # label -> (sampler, nfe)
     "AIAS-10": ("aias", 10),
@@ -63,23 +65,20 @@ RUNS: dict[str, tuple[str, int]] = {  # label -> (sampler, nfe)
 MODULES = ("unet", "farm", "adaptor")
 PRESETS = {"tiny": "tiny", "small": "cpu_small", "window": "cpu_small"}  # --preset -> fast_core.models.ldm preset
 WINDOW_PRESETS = ("window",)  # presets that run the window frame (module docstring)
-WINDOW_SIZE = 128  # S of the window presets, as jobs/configs/train-cpu-window.yaml
+WINDOW_TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "train-cpu-window.yaml"
 NATIVE_SHAPE = (208, 256)  # (H, W) of a window preset's native image: Magnetic Tile's size
 WINDOW_MARGIN = 0.25
 VARIANTS = ("eager", "channels_last", "compile")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def window_config(base: FastModelConfig, size: int) -> FastModelConfig:
-    """``base`` as ``jobs/configs/train-cpu-window.yaml`` builds it: inpainting UNet, ``any`` mask downsampling, the
-    zero-initialised residual Adaptor, on the TAEF2 first stage at ``size``² windows."""
-    cfg = dataclasses.replace(
-        base,
-        mask_downsample="any",
-        unet=dataclasses.replace(base.unet, conditioning="inpaint"),
-        adaptor=dataclasses.replace(base.adaptor, mode="residual_zero_init"),
+def window_config(keys: list[str], image_channels: int) -> tuple[FastModelConfig, int]:
+    """The model ``jobs/configs/train-cpu-window.yaml`` trains (built by the training code from that file, so the
+    benchmark follows the config) and its window side S."""
+    cfg = load_config(
+        TrainConfig, WINDOW_TRAIN_CONFIG, ["dataset.root=/unused", f"dataset.image_channels={image_channels}"]
     )
-    return with_taef2(cfg, size)
+    return model_config(cfg, keys), cfg.dataset.image_size
 
 
 def build_model(preset: str, image_channels: int, device: torch.device) -> tuple[FastLDM, int]:
@@ -87,14 +86,14 @@ def build_model(preset: str, image_channels: int, device: torch.device) -> tuple
     TAEF2 has random weights of the published shapes (speed depends on the shapes only)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
-    cfg = model_preset(PRESETS[preset], keys=["good", "bench/defect"], image_channels=image_channels)
-    first_stage = None
-    if preset in WINDOW_PRESETS:
-        cfg = window_config(cfg, WINDOW_SIZE)
-        torch.manual_seed(0)
-        first_stage = TAEF2(TAEF2Config(image_channels=image_channels))
-    model = FastLDM.from_scratch(cfg, seed=0, first_stage=first_stage).to(device).eval()
-    return model, WINDOW_SIZE if first_stage is not None else cfg.vae.sample_size
+    keys = ["good", "bench/defect"]
+    if preset not in WINDOW_PRESETS:
+        cfg = model_preset(PRESETS[preset], keys=keys, image_channels=image_channels)
+        return FastLDM.from_scratch(cfg, seed=0).to(device).eval(), cfg.vae.sample_size
+    cfg, size = window_config(keys, image_channels)
+    torch.manual_seed(0)
+    first_stage = TAEF2(TAEF2Config(image_channels=image_channels))
+    return FastLDM.from_scratch(cfg, seed=0, first_stage=first_stage).to(device).eval(), size
 
 
 def native_inputs(batch: int, channels: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -248,6 +247,36 @@ def time_variants(args: argparse.Namespace, device: torch.device, dtype: torch.d
     return rows
 
 
+def time_frames(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """AIAS-10 per pair in the window frame (``window``: cut, synthesize a 128² window, paste back into a 208 × 256
+    image) and in the global frame (``small``: the whole 128² image is the model's input) at the same NFE, each on its
+    own model, interleaved over ``args.repeats`` rounds. Pairs/s per core = 1 / (s per pair · torch threads)."""
+    rows = []
+    for preset in ("window", "small"):
+        model, size = build_model(preset, args.channels, device)
+        time_one(model, "aias", 10, args.batch, size, device, dtype, args.seed, modules=False)  # warm-up
+        rows.append({"preset": preset, "model": model, "size": size, "runs": []})
+    for _ in range(args.repeats):
+        for row in rows:
+            run = time_one(row["model"], "aias", 10, args.batch, row["size"], device, dtype, args.seed, False)
+            row["runs"].append(run["total"])
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    out = []
+    for row in rows:
+        per_pair = statistics.median(row["runs"]) / args.batch
+        out.append(
+            {
+                "preset": row["preset"],
+                "frame": "window" if row["preset"] in WINDOW_PRESETS else "global",
+                "image_size": row["size"],
+                "seconds_per_pair": per_pair,
+                "pairs_per_s_per_core": 1.0 / (per_pair * threads) if threads else None,
+                "runs": row["runs"],
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, time every configuration, print the markdown table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -265,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=VARIANTS,
         default=[],
         help="also time AIAS-10 with these model set-ups, eager first (default: none)",
+    )
+    parser.add_argument(
+        "--frames", action="store_true", help="also time AIAS-10 per pair in the window and the global frame"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampler_speed.json"))
@@ -313,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_ddpm1000_over_aias10": ratio,
         "rows": rows,
         "variants": time_variants(args, device, dtype) if args.variants else [],
+        "frames": time_frames(args, device, dtype) if args.frames else [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -359,6 +392,17 @@ def markdown_table(report: dict[str, Any]) -> str:
         for v in report["variants"]:
             speedup = "—" if v["speedup_over_eager"] is None else f"{v['speedup_over_eager']:.2f}×"
             lines.append(f"| {v['variant']} | {v['seconds_per_image']:.4f} | {speedup} | {v['first_call_s']:.1f} |")
+    if report.get("frames"):
+        lines += [
+            "\nAIAS-10 per pair, window frame against global frame (same NFE and batch, rounds interleaved):\n",
+            "| frame | model input | s / pair | pairs / s per core |",
+            "|---|---|---:|---:|",
+        ]
+        for f in report["frames"]:
+            what = f"{f['image_size']}² window of a {NATIVE_SHAPE[0]}×{NATIVE_SHAPE[1]} image"
+            what = what if f["frame"] == "window" else f"whole {f['image_size']}² image"
+            per_core = "—" if f["pairs_per_s_per_core"] is None else f"{f['pairs_per_s_per_core']:.3f}"
+            lines.append(f"| {f['frame']} | {what} | {f['seconds_per_pair']:.4f} | {per_core} |")
     return "\n".join(lines)
 
 

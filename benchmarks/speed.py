@@ -90,6 +90,7 @@ MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "preset": ("small", "tiny"),
     "sampler_preset": ("window", "tiny"),
     "sampler_variants": (list(sampler_speed.VARIANTS), []),
+    "sampler_frames": (True, False),
     "store_rows": ([256, 1024], [8, 16]),
     "repeats": (3, 1),
     "rows": (256, 8),
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sampler_speed.VARIANTS,
         default=None,
         help="sampler: AIAS-10 also with these set-ups (default eager channels_last compile; --quick none)",
+    )
+    g.add_argument(
+        "--sampler-frames",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sampler: AIAS-10 per pair in the window and the global frame, per core (default on; --quick off)",
     )
     runs = list(sampler_speed.RUNS)
     g.add_argument("--samplers", nargs="+", choices=runs, default=runs, help="sampler: configurations (default: all)")

@@ -17,5 +17,7 @@ def run_sampler(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     argv += ["--samplers", *args.samplers, "--threads", str(args.threads), "--seed", str(args.seed)]
     if args.sampler_variants:
         argv += ["--variants", *args.sampler_variants]
+    if args.sampler_frames:
+        argv.append("--frames")
     sampler_speed.main([*argv, "--out", str(out)])
     return json.loads(out.read_text())

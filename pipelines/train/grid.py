@@ -3,7 +3,8 @@
     vae    row 1: inputs x            row 2: reconstructions decode(encode(x))
     base   one row per key: samples z_T ~ N(0, I) → DDIM (η = 0, ``nfe`` steps) on the base UNet ε_θ(z, t, c(key))
            (no FARM, no Adaptor) → decode; an inpaint UNet fills the preview masks on the preview normal images
-           (its input z ‖ m ‖ (1 − m) z_bg), and the row shows the decoded windows
+           (its input z ‖ m ‖ (1 − m) z_bg) with the noised background re-injected after each step as synthesis
+           does, z ← m z + (1 − m)(√ᾱ_prev z_bg + √(1 − ᾱ_prev) ξ), so the row shows what it paints in the mask
     fast   one row per sample: normal image | mask | fast_core.synthesis.synthesize (AIAS, FARM, ``nfe``)
     mask   one row per key: sampled masks
 
@@ -20,6 +21,7 @@ import torch
 
 from fast_core.data.transforms import encode_png
 from fast_core.models.ldm import FastLDM
+from fast_core.samplers import alpha_bar, target_timestep
 from fast_core.synthesis import SynthesisConfig, make_scheduler, synthesize, to_uint8
 
 GAP = 2  # pixels between cells
@@ -94,7 +96,12 @@ def base_grid(
         scheduler = make_scheduler(SynthesisConfig(sampler="ddim", nfe=nfe), device=device)
         for t in scheduler.timesteps:
             eps = model.unet_eps(z, t.to(device), [key] * n, m, z_bg).float()
+            t_e = target_timestep("ddim", scheduler, int(t))
             z = scheduler.step(eps, t, z).prev_sample
+            if m is not None:  # background re-injection (the UNet paints only the mask)
+                ab = alpha_bar(scheduler, t_e)
+                xi = torch.randn(z.shape, generator=gen).to(device)
+                z = m * z + (1 - m) * (ab**0.5 * z_bg + (1 - ab) ** 0.5 * xi)
         rows.append(_cells(model.decode(z).float()))
     return encode_png(compose(rows))
 

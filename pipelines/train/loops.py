@@ -138,6 +138,7 @@ class _Progress:
         self.stage, self.steps = stage, steps
         self.history = list(history)
         self.t0 = time.perf_counter()
+        self.rate_t0 = self.t0  # steps/s and the ETA count from here (after a latent cache is built)
         self.wall0 = wall0  # wall seconds spent on this stage by earlier attempts
         self.start_step = start_step
         self.window: list[dict[str, float]] = []
@@ -145,8 +146,13 @@ class _Progress:
     def add(self, metrics: dict[str, float]) -> None:
         self.window.append(metrics)
 
+    def steps_begin(self) -> None:
+        """Count steps/s and the ETA from now on (set-up such as a latent cache still counts in ``wall_s``)."""
+        self.rate_t0 = time.perf_counter()
+
     def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self.t0
+        now = time.perf_counter()
+        elapsed = now - self.rate_t0
         done = step - self.start_step
         sps = done / elapsed if elapsed > 0 else float("nan")
         eta = (self.steps - step) / sps if sps > 0 else float("nan")
@@ -160,7 +166,7 @@ class _Progress:
             "epoch": epoch,
             "steps_per_s": round(sps, 4),
             "eta_s": round(eta, 1) if math.isfinite(eta) else None,
-            "stage_wall_s": round(self.wall0 + elapsed, 2),
+            "stage_wall_s": round(self.wall0 + now - self.t0, 2),
             "time": round(time.time(), 3),
         }
         self.history.append(rec)
@@ -331,6 +337,7 @@ def run_stage_loop(config: dict[str, Any]) -> None:
             logger.info(
                 "[%s] latent cache: %d training images encoded once in %.1f s", stage, rows.n, time.perf_counter() - t0
             )
+    progress.steps_begin()
     stream = rows.batches(step)  # the data position follows from the step
     while step < scfg.steps:
         epoch, batch = next(stream)

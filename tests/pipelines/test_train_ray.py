@@ -113,13 +113,14 @@ def test_mask_stage_alone_in_the_stretch_frame_publishes_the_real_boxes(
 
 
 @pytest.mark.s3
-def test_pretrained_first_stage_is_measured_not_trained_then_base_and_fast_train(
+def test_pretrained_first_stage_is_measured_not_trained_then_base_and_fast_train_on_cached_latents(
     ray_local: None, tiny_data: tuple[Path, Path], tmp_path
 ) -> None:
     root, _ = tiny_data
     first = write_taef2_folder(tmp_path / "taef2", seed=3)
     steps = ["stage.base.steps=2", "stage.fast.steps=2", "stage.base.checkpoint_every=2"]
-    cfg = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps)
+    cache = ["latent_cache=true", "dataset.hflip=false", "dataset.vflip=false"]  # each stage encodes its rows once
+    cfg = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps, *cache)
     summary = run_training(cfg)
     store = RunStore(cfg.run_uri)
     vae = store.done("vae")

@@ -24,6 +24,7 @@ from pipelines.train.run import _box_sizes, _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
+    encode_rows,
     flip_batch,
     prepare_batch,
     stage_model,
@@ -233,6 +234,17 @@ def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> 
     assert any(np.array_equal(first[:, y : y + 32, x : x + 32], crop) for y in range(40 - 31) for x in range(60 - 31))
     with pytest.raises(ValueError, match="window_margin"):
         tiny_cfg(root, tmp_path / "runs", "dataset.window_margin=-1")
+    # window_flips: each window (with its mask) flipped once as it is cut; a normal window is still a crop, flipped
+    on = tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_flips=true").dataset
+    flipped = load_training_data(on, seed=5)
+    assert flipped.normal.shape == data.normal.shape and flipped.anomalies.shape == data.anomalies.shape
+    assert np.array_equal(load_training_data(on, seed=5).anomalies, flipped.anomalies)
+    assert all(m.any() for m in flipped.masks)
+    crops = [first[:, y : y + 32, x : x + 32] for y in range(40 - 31) for x in range(60 - 31)]
+    ways = [(h, v) for h in (1, -1) for v in (1, -1)]
+    found = [(h, v) for h, v in ways if any(np.array_equal(c[:, ::v, ::h], flipped.normal[0]) for c in crops)]
+    assert found, "the first normal window is no flipped crop of its image"
+    assert not np.array_equal(flipped.anomalies, data.anomalies)
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
@@ -538,6 +550,34 @@ def test_base_step_with_fg_weight_uses_the_mask_column(dataset: Path, tmp_path: 
     )
     plain, _ = StageObjective(model, "base", keys, None)(x, mask, batch["key_id"], torch.Generator().manual_seed(2))
     assert torch.isfinite(weighted) and float(weighted.detach()) != pytest.approx(float(plain.detach()))
+
+
+@pytest.mark.parametrize("stage", ["base", "fast"])
+def test_latent_cache_gives_the_loss_of_encoding_at_every_step(dataset: Path, tmp_path: Path, stage: str) -> None:
+    cfg = tiny_cfg(dataset, tmp_path / "runs", "latent_cache=true", "dataset.hflip=false", "loss.fg_weight=5")
+    data = load_training_data(cfg.dataset)
+    cols = data.stage_columns(stage, base_masks=True)
+    model, keys = tiny_fast_ldm(), ["good", "tiny/crack", "tiny/scratch"]
+    configure_trainable(model, stage)
+    cached = dict(cols, latent=encode_rows(model, cols.pop("image"), torch.device("cpu"), batch=3))
+    assert "image" not in cached and cached["latent"].shape == (len(cached["key_id"]), 4, 8, 8)
+    assert cached["latent"].dtype == np.float32
+    rows = [0, 1, 5] if stage == "base" else [0, 1, 2]
+    images = {k: torch.from_numpy(v[rows]) for k, v in data.stage_columns(stage, base_masks=True).items()}
+    latents = {k: torch.from_numpy(v[rows]) for k, v in cached.items()}
+    x, mask = prepare_batch(images, torch.Generator().manual_seed(1), cfg, stage, torch.device("cpu"))
+    none, cached_mask = prepare_batch(latents, torch.Generator().manual_seed(1), cfg, stage, torch.device("cpu"))
+    assert none is None and torch.equal(cached_mask, mask)  # no flips: the same masks
+    objective = StageObjective(model, stage, keys, None, cfg.loss.fg_weight)
+    every_step, _ = objective(x, mask, images["key_id"], torch.Generator().manual_seed(2))
+    once, _ = objective(None, mask, images["key_id"], torch.Generator().manual_seed(2), latents["latent"])
+    assert float(once.detach()) == pytest.approx(float(every_step.detach()), rel=1e-5)
+    with pytest.raises(ValueError, match="exactly one of the images x and their latents z0"):
+        objective(x, mask, images["key_id"], torch.Generator().manual_seed(2), latents["latent"])
+    with pytest.raises(ValueError, match=r"per-step flips \(dataset.hflip"):
+        tiny_cfg(dataset, tmp_path / "runs", "latent_cache=true")  # train-tiny flips left-right
+    with pytest.raises(ValueError, match="window_flips needs frame: window"):
+        tiny_cfg(dataset, tmp_path / "runs", "dataset.window_flips=true")
 
 
 def test_cosine_schedule_warms_up_then_decays_to_lr_final() -> None:
