@@ -44,12 +44,14 @@ Runbook (repository root, project venv active):
     make bench                                                  # = python -m benchmarks.speed (every part)
     python -m benchmarks.speed --quick                          # tiny preset, 1 repeat, few rows: a smoke run
     python -m benchmarks.speed --parts sampler pipeline --threads 2
+    python -m benchmarks.speed --parts store --store-rows 256 1024 4096 --update   # redo one part, keep the others
     python -m benchmarks.speed --parts gpu --peak-tflops 989 --gpu-batches 8 16 32 64
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
     g.add_argument("--quick", action="store_true", help="smoke run: take the --quick defaults named below")
+    g.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the parts not run now from the existing --out-json, each with the commit, date and command of "
+        "the run that measured it (default: a report of this run's parts only)",
+    )
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads of this process (default 0: torch's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     g.add_argument(
@@ -208,6 +216,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def keep_earlier_parts(report: dict[str, Any], json_path: Path, run_now: list[str]) -> None:
+    """``--update``: copy every measured part that this run does not redo from the report at ``json_path`` into
+    ``report``, with the provenance (commit, date, command) of the run that measured it. No file: nothing to keep."""
+    if not json_path.is_file():
+        say(f"--update: {json_path} does not exist; the report holds this run's parts only")
+        return
+    old = json.loads(json_path.read_text())
+    for name in PARTS:
+        part = old.get("parts", {}).get(name, {})
+        if name in run_now or not part or "not_run" in part:
+            continue
+        report["parts"][name] = part
+        if name in old.get("part_seconds", {}):
+            report["part_seconds"][name] = old["part_seconds"][name]
+        runs = old.get("part_runs", {})
+        report["part_runs"][name] = runs.get(name) or {k: old[k] for k in ("git_commit", "date", "command")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts in order, rewriting the JSON and the markdown after each."""
     command = "python -m benchmarks.speed " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -223,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "parts": {name: {"not_run": f"not selected (--parts {' '.join(args.parts)})"} for name in PARTS},
         "part_seconds": {},
+        "part_runs": {},
     }
+    if args.update:
+        keep_earlier_parts(report, args.out_json, args.parts)
     runners: dict[str, Callable[[Path], dict[str, Any]]] = {
         "sampler": lambda work: run_sampler(args, work),
         "pipeline": lambda work: run_pipeline(args, work),
@@ -239,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             report["parts"][name] = runners[name](Path(tmp))
             report["part_seconds"][name] = {"seconds": time.perf_counter() - start}
+            report["part_runs"][name] = {k: report[k] for k in ("git_commit", "date", "command")}
             if name == "output" or (name == "gpu" and "output" in args.parts):
                 output = report["parts"]["output"]
                 output["encode_fraction_of_aias10"] = output_path.encode_fractions(

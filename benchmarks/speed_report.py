@@ -100,6 +100,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         part = parts.get(key, {})
         lines.append(f"\n## {title}\n")
         lines.append(f"Not run: {part['not_run']}." if "not_run" in part else render(part))
+        run = report.get("part_runs", {}).get(key)
+        if run and any(run.get(k) != report[k] for k in ("git_commit", "date", "command")):
+            lines.append(
+                f"\n(measured by an earlier run, kept by --update: commit `{run['git_commit']}`, {run['date']}, "
+                f"`{run['command']}`)"
+            )
         if "seconds" in report.get("part_seconds", {}).get(key, {}):
             lines.append(f"\n(part took {report['part_seconds'][key]['seconds']:.0f} s)")
     return "\n".join(lines) + "\n"

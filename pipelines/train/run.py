@@ -109,6 +109,7 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "categories": list(d.categories) if d.categories else None,
             "image_size": d.image_size,
             "image_channels": d.image_channels,
+            "window_flips": d.window_flips,
         },
         "model": to_dict(cfg.model),
         "loss": to_dict(cfg.loss),
@@ -121,7 +122,10 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
 def _recorded(have: dict[str, Any], key: str) -> Any:
     """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), before
     ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
-    output), and before ``mask_model`` with the whole-mask model (frame "image", the only one there was)."""
+    output), before ``mask_model`` with the whole-mask model (frame "image", the only one there was), and before
+    ``dataset.window_flips`` with windows left as cut."""
+    if key == "dataset" and isinstance(have.get(key), dict):
+        return {"window_flips": False, **have[key]}
     if key == "loss" and key not in have:
         return to_dict(LossSettings())
     if key == "model" and isinstance(have.get(key), dict):

@@ -51,6 +51,17 @@ def test_output_part_and_report_end_to_end(tmp_path: Path) -> None:
     assert "## 4. Output path" in md and "| grey128 |" in md and "| rgb256 |" in md
     assert md.count("Not run: not selected") == 4
 
+    # --update redoes one part and keeps the measured ones, with the provenance of the run that measured them
+    again = ["--quick", "--parts", "gpu", "--update", "--out-json", str(out_json), "--out-md", str(out_md)]
+    assert speed.main(again) == 0
+    updated = json.loads(out_json.read_text())
+    assert updated["parts"]["output"] == output
+    assert updated["part_seconds"]["output"] == report["part_seconds"]["output"]
+    assert updated["part_runs"]["output"] == {k: report[k] for k in ("git_commit", "date", "command")}
+    assert updated["part_runs"]["gpu"]["command"] == updated["command"] != report["command"]
+    md = out_md.read_text()
+    assert "| grey128 |" in md and f"kept by --update: commit `{report['git_commit']}`" in md
+
 
 def test_quick_defaults_and_validation() -> None:
     args = speed.parse_args(["--quick"])

@@ -131,6 +131,17 @@ def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path
     weighted = tiny_cfg(dataset, tmp_path / "runs", "loss.fg_weight=10")
     with pytest.raises(ValueError, match="trained with different settings.*loss"):
         _check_run_info(store, weighted, keys, resume=True)
+    # windows flipped as they are cut are other training data: a run recorded before the setting cut them unflipped
+    window = tiny_cfg(dataset, tmp_path / "runs", "run_name=w", "dataset.frame=window")
+    window_store = RunStore(window.run_uri)
+    _check_run_info(window_store, window, keys, resume=False)
+    info = json.loads(Path(window_store.uri("run.json")).read_text())
+    del info["dataset"]["window_flips"]
+    Path(window_store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(window_store, window, keys, resume=True) is True
+    flips = tiny_cfg(dataset, tmp_path / "runs", "run_name=w", "dataset.frame=window", "dataset.window_flips=true")
+    with pytest.raises(ValueError, match="trained with different settings.*dataset"):
+        _check_run_info(window_store, flips, keys, resume=True)
 
 
 def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_farm_is_refused(
