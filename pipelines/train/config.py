@@ -56,6 +56,9 @@ class DatasetConfig:
     # window frame: flip each window (defect and normal) left-right and upside down with probability 1/2 each when it
     # is cut, once, instead of at every step (hflip/vflip); what a latent cache needs (TrainConfig.latent_cache)
     window_flips: bool = False
+    # An inpaint UNet's base stage: each normal image borrows a training mask (key "good") and learns to fill it with
+    # normal texture (true), or keeps an empty mask, so that a mask is only ever filled with a defect (false)
+    normal_masks: bool = True
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -79,7 +82,7 @@ class DatasetConfig:
             raise ValueError(
                 f"TrainConfig.dataset.windows_per_normal must be an integer >= 0, got {self.windows_per_normal!r}"
             )
-        for name in ("hflip", "vflip", "window_rot90", "window_flips"):
+        for name in ("hflip", "vflip", "window_rot90", "window_flips", "normal_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.dataset.{name} must be true or false, got {getattr(self, name)!r}")
         if self.window_flips and self.frame != "window":

@@ -6,7 +6,8 @@ What each stage trains on (FAST_SPEC §6, §8; ``split_anomalies`` cuts each def
     base   the same images, keyed "good" (normal) or "<category>/<defect>"         (image, key)
            + their masks when loss.fg_weight > 0 (empty for normal images and anomalies without one); for an
            inpaint UNet always, and normal image i borrows training mask i mod A (key still "good"), so the UNet
-           also learns to fill a masked region of a normal image from its surroundings
+           also learns to fill a masked region of a normal image from its surroundings (dataset.normal_masks: false
+           keeps their masks empty: a mask is then only ever filled with a defect)
     fast   the training-third anomaly images with their masks                      (image, mask, key)
     mask   the training-third masks                                                (mask, key)
            (box-frame mask model: their shapes at native scale instead, pipelines.train.mask_data)

@@ -110,6 +110,7 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "image_size": d.image_size,
             "image_channels": d.image_channels,
             "window_flips": d.window_flips,
+            "normal_masks": d.normal_masks,
         },
         "model": to_dict(cfg.model),
         "loss": to_dict(cfg.loss),
@@ -123,9 +124,9 @@ def _recorded(have: dict[str, Any], key: str) -> Any:
     """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), before
     ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
     output), before ``mask_model`` with the whole-mask model (frame "image", the only one there was), and before
-    ``dataset.window_flips`` with windows left as cut."""
+    ``dataset.window_flips`` with windows left as cut, before ``dataset.normal_masks`` with borrowed masks."""
     if key == "dataset" and isinstance(have.get(key), dict):
-        return {"window_flips": False, **have[key]}
+        return {"window_flips": False, "normal_masks": True, **have[key]}
     if key == "loss" and key not in have:
         return to_dict(LossSettings())
     if key == "model" and isinstance(have.get(key), dict):
@@ -186,9 +187,11 @@ def _preview(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np.n
 
 def stage_rows(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np.ndarray]:
     """The columns ``stage`` trains on: masks in the base stage for ``loss.fg_weight`` > 0 or an inpaint UNet, and
-    then borrowed by the normal images too (:meth:`TrainingData.stage_columns`)."""
+    for an inpaint UNet borrowed by the normal images too unless ``dataset.normal_masks`` is false
+    (:meth:`TrainingData.stage_columns`)."""
     inpaint = cfg.model.unet_conditioning == "inpaint"
-    return data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0 or inpaint, borrow_masks=inpaint)
+    borrow = inpaint and cfg.dataset.normal_masks
+    return data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0 or inpaint, borrow_masks=borrow)
 
 
 def _scale_images(data: TrainingData) -> np.ndarray:

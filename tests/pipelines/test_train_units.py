@@ -213,6 +213,9 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     inpaint = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint")  # normal images borrow the masks
     borrowed = stage_rows(data, inpaint, "base")["mask"]
     assert np.array_equal(borrowed[:4], data.masks[[0, 1, 2, 0]]) and np.array_equal(borrowed[4:], data.masks)
+    own = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint", "dataset.normal_masks=false")
+    kept = stage_rows(data, own, "base")["mask"]  # normal images keep empty masks: masks hold defects only
+    assert not kept[:4].any() and np.array_equal(kept[4:], data.masks)
     assert "mask" not in stage_rows(data, cfg, "base")  # plain UNet without fg_weight: no mask column
     with pytest.raises(ValueError, match="unet_conditioning applies to a base trained here"):
         tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint", "model.base_model_uri=/b", "stages=[fast]")
