@@ -226,6 +226,18 @@ def prepare_variant(model: Any, variant: str) -> Any:
     return model
 
 
+def interleaved_runs(
+    entries: list[tuple[Any, int]], args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> list[list[float]]:
+    """Seconds per AIAS-10 call of each (model, image size) of ``entries`` over ``args.repeats`` rounds, one call of
+    each per round, so drift in the machine's load falls on every entry alike (no module timers)."""
+    runs: list[list[float]] = [[] for _ in entries]
+    for _ in range(args.repeats):
+        for (model, size), out in zip(entries, runs, strict=True):
+            out.append(time_one(model, "aias", 10, args.batch, size, device, dtype, args.seed, False)["total"])
+    return runs
+
+
 def time_variants(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
     """AIAS-10 per image for each of ``args.variants`` on a fresh model each, interleaved over ``args.repeats``
     rounds (so drift in the machine's load falls on every variant alike); compile time is the first call's."""
@@ -236,10 +248,9 @@ def time_variants(args: argparse.Namespace, device: torch.device, dtype: torch.d
         start = time.perf_counter()
         time_one(models[variant], "aias", 10, args.batch, size, device, dtype, args.seed, modules=False)
         rows.append({"variant": variant, "first_call_s": time.perf_counter() - start, "runs": []})
-    for _ in range(args.repeats):
-        for row in rows:
-            model = models[row["variant"]]
-            row["runs"].append(time_one(model, "aias", 10, args.batch, size, device, dtype, args.seed, False)["total"])
+    entries = [(models[row["variant"]], size) for row in rows]
+    for row, runs in zip(rows, interleaved_runs(entries, args, device, dtype), strict=True):
+        row["runs"] = runs
     eager = statistics.median(rows[0]["runs"]) if rows and rows[0]["variant"] == "eager" else None
     for row in rows:
         row["seconds_per_image"] = statistics.median(row["runs"]) / args.batch
@@ -256,10 +267,9 @@ def time_frames(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         model, size = build_model(preset, args.channels, device)
         time_one(model, "aias", 10, args.batch, size, device, dtype, args.seed, modules=False)  # warm-up
         rows.append({"preset": preset, "model": model, "size": size, "runs": []})
-    for _ in range(args.repeats):
-        for row in rows:
-            run = time_one(row["model"], "aias", 10, args.batch, row["size"], device, dtype, args.seed, False)
-            row["runs"].append(run["total"])
+    entries = [(row["model"], row["size"]) for row in rows]
+    for row, runs in zip(rows, interleaved_runs(entries, args, device, dtype), strict=True):
+        row["runs"] = runs
     threads = torch.get_num_threads() if device.type == "cpu" else None
     out = []
     for row in rows:

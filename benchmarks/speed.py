@@ -68,7 +68,7 @@ from benchmarks.speed_common import REPO, git_commit, machine_info, say
 from benchmarks.speed_gpu import DTYPES, GPU_VARIANTS, add_rates, count_flops, run_gpu, time_config
 from benchmarks.speed_output import run_output
 from benchmarks.speed_pipeline import run_pipeline
-from benchmarks.speed_report import aias10_times, write_report
+from benchmarks.speed_report import aias10_times, provenance, write_report
 from benchmarks.speed_sampler import run_sampler
 from benchmarks.speed_store import run_store
 
@@ -231,7 +231,7 @@ def keep_earlier_parts(report: dict[str, Any], json_path: Path, run_now: list[st
         if name in old.get("part_seconds", {}):
             report["part_seconds"][name] = old["part_seconds"][name]
         runs = old.get("part_runs", {})
-        report["part_runs"][name] = runs.get(name) or {k: old[k] for k in ("git_commit", "date", "command")}
+        report["part_runs"][name] = runs.get(name) or provenance(old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             report["parts"][name] = runners[name](Path(tmp))
             report["part_seconds"][name] = {"seconds": time.perf_counter() - start}
-            report["part_runs"][name] = {k: report[k] for k in ("git_commit", "date", "command")}
+            report["part_runs"][name] = provenance(report)
             if name == "output" or (name == "gpu" and "output" in args.parts):
                 output = report["parts"]["output"]
                 output["encode_fraction_of_aias10"] = output_path.encode_fractions(

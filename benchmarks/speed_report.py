@@ -13,6 +13,14 @@ from benchmarks.speed_output import md_output
 from benchmarks.speed_pipeline import md_pipeline
 from benchmarks.speed_store import md_store
 
+#: What names the run that measured a part (kept per part by ``speed.py --update``).
+PROVENANCE = ("git_commit", "date", "command")
+
+
+def provenance(report: dict[str, Any]) -> dict[str, Any]:
+    """The commit, date and command of the run ``report`` describes."""
+    return {k: report[k] for k in PROVENANCE}
+
 
 def headline(parts: dict[str, Any]) -> dict[str, Any]:
     """The ratios the issue asks for, from whichever parts ran (None where a part did not run)."""
@@ -101,7 +109,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\n## {title}\n")
         lines.append(f"Not run: {part['not_run']}." if "not_run" in part else render(part))
         run = report.get("part_runs", {}).get(key)
-        if run and any(run.get(k) != report[k] for k in ("git_commit", "date", "command")):
+        if run and any(run.get(k) != report[k] for k in PROVENANCE):
             lines.append(
                 f"\n(measured by an earlier run, kept by --update: commit `{run['git_commit']}`, {run['date']}, "
                 f"`{run['command']}`)"

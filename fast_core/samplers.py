@@ -31,6 +31,7 @@ Baseline choices (documented, not defaults of diffusers):
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import torch
@@ -127,6 +128,14 @@ def alpha_bar(scheduler: Scheduler, t: int) -> float:
     if t < 0:
         return 1.0
     return float(scheduler.alphas_cumprod[t])
+
+
+def reinject_background(
+    z: torch.Tensor, m: torch.Tensor, z_bg: torch.Tensor, ab: float, noise: torch.Tensor
+) -> torch.Tensor:
+    """Background re-injection (FAST_SPEC §3): z ← (1 − m)(√ᾱ z_bg + √(1 − ᾱ) ξ') + m z, the clean background noised
+    to the level ᾱ the step landed on, outside the latent mask m; the sampled latent inside it."""
+    return (1.0 - m) * (math.sqrt(ab) * z_bg + math.sqrt(1.0 - ab) * noise) + m * z
 
 
 def target_timestep(sampler: SamplerName, scheduler: Scheduler, t: int) -> int:

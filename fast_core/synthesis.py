@@ -47,7 +47,14 @@ import numpy as np
 import torch
 
 from fast_core.data.layout import GOOD  # the normal images' key: the negative branch of guidance
-from fast_core.samplers import Scheduler, alpha_bar, make_scheduler, scheduler_step, target_timestep
+from fast_core.samplers import (
+    Scheduler,
+    alpha_bar,
+    make_scheduler,
+    reinject_background,
+    scheduler_step,
+    target_timestep,
+)
 from fast_core.synthesis_config import SynthesisConfig
 
 if TYPE_CHECKING:
@@ -223,7 +230,7 @@ def _denoise(
         if not in_tail and lo < t_e < hi:
             ab_e = alpha_bar(scheduler, t_e)
             xi_bg = _randn(z.shape[1:], generators, device)
-            z = (1.0 - m) * (math.sqrt(ab_e) * z_bg + math.sqrt(1.0 - ab_e) * xi_bg) + m * z
+            z = reinject_background(z, m, z_bg, ab_e, xi_bg)
     return z, calls
 
 

@@ -21,7 +21,7 @@ import torch
 
 from fast_core.data.transforms import encode_png
 from fast_core.models.ldm import FastLDM
-from fast_core.samplers import alpha_bar, target_timestep
+from fast_core.samplers import alpha_bar, reinject_background, target_timestep
 from fast_core.synthesis import SynthesisConfig, make_scheduler, synthesize, to_uint8
 
 GAP = 2  # pixels between cells
@@ -99,9 +99,8 @@ def base_grid(
             t_e = target_timestep("ddim", scheduler, int(t))
             z = scheduler.step(eps, t, z).prev_sample
             if m is not None:  # background re-injection (the UNet paints only the mask)
-                ab = alpha_bar(scheduler, t_e)
                 xi = torch.randn(z.shape, generator=gen).to(device)
-                z = m * z + (1 - m) * (ab**0.5 * z_bg + (1 - ab) ** 0.5 * xi)
+                z = reinject_background(z, m, z_bg, alpha_bar(scheduler, t_e), xi)
         rows.append(_cells(model.decode(z).float()))
     return encode_png(compose(rows))
 

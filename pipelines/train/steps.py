@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -128,14 +129,22 @@ def configure_trainable(model: FastLDM, stage: str) -> list[nn.Parameter]:
     return model.configure_stage("base" if stage == "base" else "fast")
 
 
+def _encode_uint8(
+    encode: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, device: torch.device, batch: int
+) -> torch.Tensor:
+    """encode(u / 127.5 − 1) of uint8 images (N, C, S, S) in batches of ``batch``, concatenated as float32 on the CPU
+    (the caller holds torch.no_grad)."""
+    out = []
+    for lo in range(0, len(images), batch):
+        x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        out.append(encode(x).float().cpu())
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.device, batch: int) -> float:
     """s = 1 / std of the unscaled latents E(x) (VAE: posterior means) of ``images`` (N, C, S, S) uint8 (LDM rule)."""
-    latents = []
-    for lo in range(0, len(images), batch):
-        x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
-        latents.append(model.encode_unscaled(x).float().cpu())
-    std = float(torch.cat(latents).std())
+    std = float(_encode_uint8(model.encode_unscaled, images, device, batch).std())
     if not std > 0 or not math.isfinite(std):
         raise NonFiniteLossError(f"stage 'vae': latent std is {std}; cannot set the scaling factor")
     return 1.0 / std
@@ -149,13 +158,9 @@ def encode_rows(model: FastLDM, images: np.ndarray, device: torch.device, batch:
     was_training = model.training
     model.eval()
     try:
-        out = []
-        for lo in range(0, len(images), batch):
-            x = torch.from_numpy(images[lo : lo + batch]).to(device=device, dtype=torch.float32) / 127.5 - 1.0
-            out.append(model.encode(x).float().cpu().numpy())
+        return _encode_uint8(model.encode, images, device, batch).numpy()
     finally:
         model.train(was_training)
-    return np.concatenate(out)
 
 
 def mask_model(cfg: TrainConfig, keys: list[str], box_sizes: dict[str, list[Any]] | None) -> MaskDiffusionModel:
