@@ -133,7 +133,7 @@ MASK_METHODS = ("fast_masks_augment", "fast_masks_diffusion", "fast_masks_mix")
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
     "fast", "fast_no_farm", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
-    *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
+    "fast_ref", "fast_ref_no_farm", *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
     "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
 QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
@@ -143,7 +143,10 @@ SOLVER_METHODS = ("dpmpp", "unipc")
 #: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) and runs its
 #: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
 #: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
-ABLATIONS = ("ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early", *MASK_METHODS)
+ABLATIONS = (
+    "ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early", "fast_ref", "fast_ref_no_farm",
+    *MASK_METHODS,
+)  # fmt: skip
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not in SOLVER_METHODS)
 
 CPU_QUICK = Preset(
@@ -199,6 +202,8 @@ class Method:
     paste: str = "residual"  # SynthesisConfig.paste
     clip_x0: float | None = None  # SynthesisConfig.clip_x0 (TAEF2: 3 s, the decoder's own soft-clamp range)
     farm_min_t: int = 0  # SynthesisConfig.farm_min_t
+    start: str = "noise"  # SynthesisConfig.start
+    start_t: int = 999  # SynthesisConfig.start_t
     masks: str = "real"  # where the manifest's masks come from: "real" (training third) or a key of MASK_SOURCES
 
 
@@ -211,6 +216,8 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
+        "fast_ref": Method("fast_ref", "fast", start="reference", start_t=REF_START_T),
+        "fast_ref_no_farm": Method("fast_ref_no_farm", "fast", use_farm=False, start="reference", start_t=REF_START_T),
         "fast_masks_augment": Method("fast_masks_augment", "fast", masks="augment"),
         "fast_masks_diffusion": Method("fast_masks_diffusion", "fast", masks="diffusion"),
         "fast_masks_mix": Method("fast_masks_mix", "fast", masks="mix"),
@@ -233,6 +240,10 @@ CLIP_X0 = 4.1
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
 #: real latents (0.85 when it stops at t = 800).
 FARM_EARLY_T = 800
+#: fast_ref* start from each row's real defect pasted where its mask lies, noised to t₀ = 500 (ᾱ = 0.28: the latent
+#: keeps √ᾱ = 0.53 of the defect's own signal), and run AIAS-10 from there (boundaries 500 … 1): SDEdit's middle
+#: strength, set before any run, not tuned on the benchmark.
+REF_START_T = 500
 
 #: The mask stage's source weights behind each FAST-on-generated-masks method (FAST_SPEC §7; `fastgen masks`).
 MASK_SOURCES: dict[str, dict[str, float]] = {
@@ -334,6 +345,8 @@ def synthesize_all(
                 paste=method.paste,  # type: ignore[arg-type]
                 clip_x0=method.clip_x0,
                 farm_min_t=method.farm_min_t,
+                start=method.start,  # type: ignore[arg-type]
+                start_t=method.start_t,
             ),
             qc=QCConfig(min_mask_area_px=4),
             baseline=baseline if not fast else BaselineSettings(),

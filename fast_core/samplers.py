@@ -65,7 +65,7 @@ def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = Non
     A new object per sampling pass: PLMS keeps a history of ε̂ between steps.
 
     Args:
-        cfg: the synthesis config (``sampler``, ``nfe``, and for AIAS ``coefficients`` and ``spacing``).
+        cfg: the synthesis config (``sampler``, ``nfe``, and for AIAS ``coefficients``, ``spacing`` and ``start_t``).
         device: where ``scheduler.timesteps`` lives.
 
     Returns:
@@ -82,7 +82,7 @@ def make_scheduler(cfg: SynthesisConfig, device: torch.device | str | None = Non
     }
     if cfg.sampler == "aias":
         scheduler: Scheduler = AIASScheduler(**common, coefficients=cfg.coefficients, spacing=cfg.spacing)
-        scheduler.set_timesteps(cfg.nfe, device=device)
+        scheduler.set_timesteps(cfg.nfe, device=device, first_timestep=cfg.start_t)
     elif cfg.sampler == "ddpm":
         scheduler = DDPMScheduler(
             **common,

@@ -4,7 +4,7 @@ One sampling pass (FAST_SPEC §3) with AIAS, FARM mixing, background re-injectio
 baselines (DDPM, DDIM, PLMS from diffusers) run through the same loop so ablations differ in one config value. Mask
 convention: 1 = anomaly (the region to synthesize), 0 = normal background.
 
-    z_bg = encode(x_n);  m = down(M);  z = N(0, I)   (or √ᾱ_999 z_bg + √(1−ᾱ_999) ε)
+    z_bg = encode(x_n);  m = down(M);  z = N(0, I)   (or √ᾱ_t₀ z_s + √(1−ᾱ_t₀) ε, z_s = z_bg or encode(x_ref))
     for each segment t_s → t_e:
         ẑ0_fg = FARM(z, m, t_s)
         z̃     = (1−m) z + m (√ᾱ_{t_s} ẑ0_fg + √(1−ᾱ_{t_s}) ζ)                     (z̃ = z without FARM)
@@ -16,6 +16,12 @@ convention: 1 = anomaly (the region to synthesize), 0 = normal background.
     x_out = M ⊙ x̂ + (1 − M) ⊙ x_n;  label = M
     x̂ = decode(z)                                   paste = "replace" (FAST_SPEC §3)
     x̂ = x_n + decode(z) − decode(z_bg)              paste = "residual" (default, ours)
+
+Reference start [ours]: with ``start = "reference"`` the caller also gives x_ref, the normal image with a real defect
+pasted inside M, and the sampling starts from encode(x_ref) noised to t₀ = ``start_t`` (AIAS boundaries between t₀ and
+1). The coarse content of the real defect survives the noise at t₀ < T − 1; the UNet redraws the rest under the
+defect key, so each pass gives another defect of the same kind, where a paste would copy one (SDEdit's image-guided
+start, applied inside the mask).
 
 Residual paste: a decoder drops what the latent cannot hold (sensor noise, fine grain): decode(z_bg) is x_n
 smoothed. With "replace", the pasted region is smoother than its surroundings: on Magnetic Tile the median grain
@@ -133,6 +139,7 @@ def _check_inputs(
     keys: list[str],
     generators: list[torch.Generator],
     cfg: SynthesisConfig,
+    references: torch.Tensor | None = None,
 ) -> None:
     """Shapes, ranges and lengths of the inputs of :func:`synthesize`; raise ``ValueError`` on the first problem."""
     if images.ndim != 4 or images.shape[1] != model.image_channels:
@@ -146,6 +153,18 @@ def _check_inputs(
         raise ValueError("masks must be binary: 1 = anomaly (synthesize), 0 = background")
     if not images.is_floating_point() or float(images.min()) < -1.0 or float(images.max()) > 1.0:
         raise ValueError("images must be floating point in [-1, 1]")
+    if (references is None) != (cfg.start != "reference"):
+        raise ValueError(
+            f"start={cfg.start!r} with references {'missing' if references is None else 'given'}: reference images "
+            "are given exactly when the sampling starts from them (start: reference)"
+        )
+    if references is not None:
+        if tuple(references.shape) != tuple(images.shape):
+            raise ValueError(
+                f"references must have the images' shape {tuple(images.shape)}, got {tuple(references.shape)}"
+            )
+        if not references.is_floating_point() or float(references.min()) < -1.0 or float(references.max()) > 1.0:
+            raise ValueError("references must be floating point in [-1, 1]")
     if cfg.guidance != 1.0 and GOOD not in model.keys:
         raise ValueError(
             f"guidance={cfg.guidance} needs the normal key {GOOD!r} in the model's conditioner (it has "
@@ -243,12 +262,18 @@ def _synthesize_chunk(
     generators: list[torch.Generator],
     amp: Callable[[], contextlib.AbstractContextManager],
     timer: _PhaseTimer,
+    x_ref: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One forward batch: (images (B, C, H, W), latent_mask_empty (B,), UNet calls)."""
     device = x_n.device
+    b = x_n.shape[0]
     with timer("encode"):
         with amp():
-            z_bg = model.encode(x_n).float()  # (B, C, h, w), scaled latent mean
+            if x_ref is None:
+                z_bg = model.encode(x_n).float()  # (B, C, h, w), scaled latent mean
+            else:  # one encoder call for z_bg = E(x_n) and z_ref = E(x_ref)
+                both_z = model.encode(torch.cat([x_n, x_ref])).float()
+                z_bg, z_ref = both_z[:b], both_z[b:]
         m = model.latent_mask(mask_px, cfg.mask_downsample).to(
             torch.float32
         )  # (B, 1, h, w), {0, 1}; None: trained rule
@@ -257,9 +282,9 @@ def _synthesize_chunk(
         noise = _randn(z_bg.shape[1:], generators, device)
         if cfg.start == "noise":
             z = noise
-        else:
+        else:  # √ᾱ_{t₀} z_start + √(1−ᾱ_{t₀}) ε, z_start = z_bg or z_ref
             ab_0 = alpha_bar(scheduler, int(scheduler.timesteps[0]))
-            z = math.sqrt(ab_0) * z_bg + math.sqrt(1.0 - ab_0) * noise
+            z = math.sqrt(ab_0) * (z_bg if x_ref is None else z_ref) + math.sqrt(1.0 - ab_0) * noise
         z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, keys, generators, amp)
     with timer("decode"), amp():
         if cfg.paste == "residual":  # one decoder call for D(z) and D(z_bg)
@@ -281,6 +306,7 @@ def synthesize(
     generators: list[torch.Generator],
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
+    references: torch.Tensor | None = None,
 ) -> SynthesisResult:
     """Synthesize anomalies inside ``masks`` on the normal ``images``; pixels outside the mask are kept exactly.
 
@@ -297,6 +323,9 @@ def synthesize(
         generators: one ``torch.Generator`` per sample; every random tensor of sample i comes from ``generators[i]``.
         device: where the model lives and the work runs.
         dtype: network precision: torch.float32, or torch.float16 / torch.bfloat16 on CUDA.
+        references: x_ref, (B, C, H, W) in [−1, 1], exactly when ``cfg.start == "reference"``: the image whose
+            latent, noised to ``cfg.start_t``, starts the sampling (typically x_n with a real defect pasted inside
+            M). Only the start depends on it: z_bg, the background re-injection and the paste use x_n.
 
     Returns:
         :class:`SynthesisResult` (images on ``device``, masks equal to M, per-sample empty-latent-mask flags, the
@@ -312,8 +341,9 @@ def synthesize(
     _amp_context(device, dtype)  # validate the pair before any work
     amp = functools.partial(_amp_context, device, dtype)  # a fresh autocast context per network call
     keys, generators = list(keys), list(generators)
-    _check_inputs(model, images, masks, keys, generators, cfg)
+    _check_inputs(model, images, masks, keys, generators, cfg, references)
     x_all = images.to(device=device, dtype=torch.float32)
+    r_all = None if references is None else references.to(device=device, dtype=torch.float32)
     m_all = masks.to(device=device, dtype=torch.float32)
     timer = _PhaseTimer(device)
     outputs, empties, nfe = [], [], 0
@@ -324,8 +354,9 @@ def synthesize(
             for lo in range(0, x_all.shape[0], cfg.batch_size):
                 hi = lo + cfg.batch_size
                 out, empty, nfe = _synthesize_chunk(
-                    model, x_all[lo:hi], m_all[lo:hi], keys[lo:hi], cfg, generators[lo:hi], amp, timer
-                )
+                    model, x_all[lo:hi], m_all[lo:hi], keys[lo:hi], cfg, generators[lo:hi], amp, timer,
+                    None if r_all is None else r_all[lo:hi],
+                )  # fmt: skip
                 outputs.append(out)
                 empties.append(empty)
     finally:

@@ -59,7 +59,12 @@ class SynthesisConfig:
     use_farm: bool = True  # FARM foreground reconstruction + anomaly-aware noise mixing before each UNet call
     farm_min_t: int = 0  # mix with FARM only at t >= this (0: every step but the tail, FAST_SPEC §3) [ours]
     bg_window: tuple[int, int] = (250, 750)  # re-inject the noised background when lo < t_e < hi; (0, 0) disables
-    start: Literal["noise", "noised_background"] = "noise"  # z_T: pure noise, or z_bg noised to the first timestep
+    # z at the first timestep t₀: pure noise, z_bg noised to t₀, or the latent of a reference image (the normal image
+    # with a real defect pasted inside M, given to synthesize()) noised to t₀ [ours]
+    start: Literal["noise", "noised_background", "reference"] = "noise"
+    # t₀, the first timestep: 999 = T − 1; lower (AIAS only, a noised start only) keeps the start's coarse content,
+    # SDEdit-style: the K+1 AIAS boundaries are placed between t₀ and 1 [ours]
+    start_t: int = NUM_TRAIN_TIMESTEPS - 1
     # pixel → latent mask: resize then >= 0.5, or max-pool; None: the rule the model was trained with (its config)
     mask_downsample: Literal["bilinear", "any"] | None = None
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
@@ -101,6 +106,25 @@ class SynthesisConfig:
         f = self.farm_min_t
         if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= NUM_TRAIN_TIMESTEPS:
             raise ValueError(f"SynthesisConfig.farm_min_t must be an integer in [0, {NUM_TRAIN_TIMESTEPS}], got {f!r}")
+        t0 = self.start_t
+        if isinstance(t0, bool) or not isinstance(t0, int) or not 1 <= t0 <= NUM_TRAIN_TIMESTEPS - 1:
+            raise ValueError(
+                f"SynthesisConfig.start_t must be an integer in [1, {NUM_TRAIN_TIMESTEPS - 1}], got {t0!r}"
+            )
+        if t0 < NUM_TRAIN_TIMESTEPS - 1 and self.start == "noise":
+            raise ValueError(
+                f"SynthesisConfig.start_t = {t0} needs a noised start (start: noised_background or reference): pure "
+                f"noise belongs at t = {NUM_TRAIN_TIMESTEPS - 1}"
+            )
+        if t0 < NUM_TRAIN_TIMESTEPS - 1 and self.sampler != "aias":
+            raise ValueError(
+                f"SynthesisConfig.start_t = {t0} is implemented for sampler aias only, not {self.sampler!r}"
+            )
+        if t0 < NUM_TRAIN_TIMESTEPS - 1 and t0 < self.nfe - 1:
+            raise ValueError(
+                f"SynthesisConfig.start_t = {t0} leaves no room for nfe = {self.nfe}: AIAS needs nfe − 1 distinct "
+                f"segment boundaries from start_t down to 1"
+            )
         c = self.clip_x0
         if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c < math.inf):
             raise ValueError(f"SynthesisConfig.clip_x0 must be a number > 0 or null (no clipping), got {c!r}")

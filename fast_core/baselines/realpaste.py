@@ -34,6 +34,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from fast_core.baselines.cutpaste import check_image
 from fast_core.baselines.foreground import border_foreground, dilate
@@ -237,3 +238,46 @@ class RealPaste:
             np.round(delta, 1).tolist(),
         )
         return out, mask
+
+
+def paste_in_place(image: np.ndarray, defect: np.ndarray, mask: np.ndarray, ring_width: int = 3) -> np.ndarray:
+    """The real defect put where ``mask`` already lies: the reference image of a FAST reference start.
+
+    Unlike :meth:`RealPaste.generate` nothing moves: the manifest has already placed the defect's own mask on the
+    normal image, resized to it (nearest). The defect image ``D`` (H', W') is resized to the normal image ``I``
+    (H, W) the same way the mask was, bilinearly, shifted by the ring-mean difference per channel
+    (``δ = mean(I over ring(M)) − mean(D over ring(M))``, ``ring(M) = dilate(M, r) ∖ M``, as step 4 of the module
+    docstring; δ = 0 for an empty ring), and written inside ``M`` only: ``out = M ⊙ round(clip(D + δ)) + (1 − M) ⊙ I``.
+
+    Args:
+        image: normal image, ``np.uint8`` (H, W), (H, W, 1) or (H, W, 3).
+        defect: the real defect image, ``np.uint8`` with the channel layout of ``image`` (any H', W').
+        mask: bool (H, W), the defect's mask at the normal image's size; nonempty.
+        ring_width: r of the ring.
+
+    Returns:
+        ``image_out`` with the shape and dtype of ``image``.
+
+    Raises:
+        ValueError: on a dtype, channel or shape mismatch, or an empty mask.
+    """
+    check_image(image, "image")
+    check_image(defect, "defect")
+    if image.ndim != defect.ndim or (image.ndim == 3 and image.shape[2] != defect.shape[2]):
+        raise ValueError(f"paste_in_place: image {image.shape} and defect {defect.shape} differ in channels")
+    if mask.shape != image.shape[:2] or not mask.any():
+        raise ValueError(f"paste_in_place: mask {mask.shape} must be nonempty and of the image size {image.shape[:2]}")
+    height, width = image.shape[:2]
+    if defect.shape[:2] != (height, width):
+        planes = defect[..., None] if defect.ndim == 2 else defect
+        resized = [
+            np.asarray(Image.fromarray(planes[..., c]).resize((width, height), Image.Resampling.BILINEAR))
+            for c in range(planes.shape[2])
+        ]
+        defect = np.stack(resized, axis=-1)
+    src, base = _as_hwc(defect), _as_hwc(image)
+    tgt_mean, src_mean = ring_mean(base, mask, ring_width), ring_mean(src, mask, ring_width)
+    delta = tgt_mean - src_mean if tgt_mean is not None and src_mean is not None else np.zeros(base.shape[2])
+    out = image.copy().reshape(height, width, -1)
+    out[mask] = np.rint(np.clip(src[mask] + delta, 0.0, 255.0)).astype(np.uint8)
+    return out.reshape(image.shape)

@@ -37,7 +37,8 @@ Step grid (NFE network evaluations, K = NFE − 2 closed-form segments): K+1 bou
 the two plain DDPM posterior steps t = 1 → 0 and t = 0 → −1 (the last adds no noise, V = 0). Boundary spacing:
 ``uniform`` trunc(linspace(999, 1, K+1)) (NFE 10 → [999, 874, 749, 624, 500, 375, 250, 125, 1, 0]); ``quadratic``
 t_i = round(1 + 998 (1 − i/K)²), denser at low t; ``logsnr`` t_i = the integer t whose log-SNR λ_t = log(ᾱ_t/(1−ᾱ_t))
-is nearest to the i-th of K+1 values uniform in λ between λ_999 and λ_1.
+is nearest to the i-th of K+1 values uniform in λ between λ_999 and λ_1. ``first_timestep`` t₀ < 999 places the same
+K+1 boundaries between t₀ and 1 instead (a start from a noised reference latent, SDEdit-style [ours]).
 
 Notation (code name → symbol):
 
@@ -228,9 +229,9 @@ class AIASScheduler:
         return p, sigma, var
 
     # ------------------------------------------------------------------ grid
-    def _boundaries(self, num_segments: int) -> list[int]:
-        """K+1 strictly decreasing boundaries from T−1 to 1 for the configured spacing."""
-        t_max, t_min, k = self.num_train_timesteps - 1, 1, num_segments
+    def _boundaries(self, num_segments: int, t_max: int) -> list[int]:
+        """K+1 strictly decreasing boundaries from ``t_max`` (T−1 unless started later) to 1 for the spacing."""
+        t_min, k = 1, num_segments
         spacing = self._config["spacing"]
         if spacing == "uniform":
             values = np.trunc(np.linspace(t_max, t_min, k + 1))
@@ -275,6 +276,7 @@ class AIASScheduler:
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        first_timestep: int | None = None,
     ) -> None:
         """Fill ``timesteps`` (descending LongTensor, one network evaluation per entry) and the segment coefficients.
 
@@ -283,16 +285,34 @@ class AIASScheduler:
             device: where ``timesteps`` lives.
             timesteps: explicit segment boundaries instead (strictly decreasing, in [1, T−1], last = 1); the grid is
                 these followed by 0. Give exactly one of ``num_inference_steps`` and ``timesteps``.
+            first_timestep: with ``num_inference_steps``, the first boundary t₀ in [1 + K, T−1] (default T−1): the
+                K+1 boundaries are placed between t₀ and 1, for a start from a latent noised to t₀.
+
+        >>> s = AIASScheduler()
+        >>> s.set_timesteps(10, first_timestep=500)
+        >>> s.timesteps.tolist()
+        [500, 437, 375, 312, 250, 188, 125, 63, 1, 0]
         """
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps needs exactly one of num_inference_steps (the NFE) or timesteps")
         if timesteps is not None:
+            if first_timestep is not None:
+                raise ValueError("first_timestep goes with num_inference_steps, not with explicit timesteps")
             bounds = self._check_custom(timesteps)
         else:
             nfe = num_inference_steps
             if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 3:
                 raise ValueError(f"num_inference_steps (NFE) must be an integer >= 3 (K = NFE - 2 >= 1), got {nfe!r}")
-            bounds = self._boundaries(nfe - 2)
+            t_max = self.num_train_timesteps - 1
+            if first_timestep is not None:
+                t0 = first_timestep
+                if isinstance(t0, bool) or not isinstance(t0, int) or not nfe - 1 <= t0 <= t_max:
+                    raise ValueError(
+                        f"first_timestep must be an integer in [{nfe - 1}, {t_max}] for nfe={nfe} "
+                        f"({nfe - 2} segments need {nfe - 1} distinct boundaries down to 1), got {t0!r}"
+                    )
+                t_max = t0
+            bounds = self._boundaries(nfe - 2, t_max)
         grid = [*bounds, 0]
         self._grid = grid
         self._next = {t: (grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)}

@@ -109,7 +109,13 @@ class BaselineSettings:
 #: Settings added after datasets were first made, with the value that leaves the output as it was ("replace" was the
 #: only paste): a setting at that value stays out of the fingerprint, so those datasets are still recognised (and
 #: resumed, not remade). The sampler's also stay out for baselines, which paint without a sampler.
-LATER_SAMPLER_FIELDS: dict[str, object] = {"paste": "replace", "guidance": 1.0, "clip_x0": None, "farm_min_t": 0}
+LATER_SAMPLER_FIELDS: dict[str, object] = {
+    "paste": "replace",
+    "guidance": 1.0,
+    "clip_x0": None,
+    "farm_min_t": 0,
+    "start_t": 999,
+}
 LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
 
 

@@ -186,19 +186,26 @@ def shard_tables(
 
 
 # ------------------------------------------------------------------------------------------------ run
+def _reference_start(cfg: SynthesizeConfig) -> bool:
+    """FAST started from each row's real defect pasted in place (``sampler.start: reference``)."""
+    return cfg.generator == "fast" and cfg.sampler.start == "reference"
+
+
 def _defect_images(cfg: SynthesizeConfig, pending: pa.Table) -> dict[str, str]:
-    """Realpaste: ``sample_id`` → defect image path of the pending rows, from the dataset that ``manifest.json``
-    names (``dataset_root``, ``layout``); see :func:`pipelines.synthesize.baseline_stage.defect_image_uris`."""
+    """Realpaste and the FAST reference start: ``sample_id`` → defect image path of the pending rows, from the
+    dataset that ``manifest.json`` names (``dataset_root``, ``layout``); see
+    :func:`pipelines.synthesize.baseline_stage.defect_image_uris`."""
     summary = json.loads(storage.read_bytes(storage.join(cfg.manifest, SUMMARY_FILE), cfg.storage))
     root = summary.get("dataset_root")
     if not root:
         raise ValueError(
-            f"generator realpaste: {cfg.manifest}/{SUMMARY_FILE} names no dataset_root, so the defect images of its "
+            f"generator {cfg.generator} (start {cfg.sampler.start}): {cfg.manifest}/{SUMMARY_FILE} names no "
+            "dataset_root, so the defect images of its "
             "masks cannot be found; use a manifest written by fastgen manifest with masks.source real"
         )
     kind = (summary.get("mask_source") or {}).get("kind")
     if kind not in (None, "real"):
-        logger.warning("generator realpaste on a manifest of %r masks: rows without a real defect image fail", kind)
+        logger.warning("real defect images for a manifest of %r masks: rows without a real defect image fail", kind)
     rows = read_manifest(cfg.manifest, cfg.storage)
     rows = rows.filter(pc.is_in(rows.column("sample_id"), value_set=pending.column("sample_id")))
     return defect_image_uris(rows, str(root), summary.get("layout") or "mvtec")
@@ -271,6 +278,7 @@ def _build_dataset(
             "storage_cfg": cfg.storage,
             "frame": info.frame if cfg.generator == "fast" else "global",
             "window_margin": info.window_margin,
+            "defect_images": defect_images if _reference_start(cfg) else None,
         },
     )
     painter, painter_kwargs = _painter(cfg, model_uri, info, textures, defect_images)
@@ -418,7 +426,7 @@ def _run_pipeline(
     if cfg.generator == "perlin":
         normals = index.column("image_uri").to_pylist()
         textures = texture_uris(cfg.baseline.texture_dir, normals, cfg.baseline.max_textures)
-    defect_images = _defect_images(cfg, pending) if cfg.generator == "realpaste" else None
+    defect_images = _defect_images(cfg, pending) if cfg.generator == "realpaste" or _reference_start(cfg) else None
     ds = _build_dataset(cfg, model_uri, info, index, pending, textures, defect_images)
     return commit_stream(
         ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2),

@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 import torch
 
 from fast_core import qc
+from fast_core.baselines.realpaste import paste_in_place
 from fast_core.data.transforms import decode_png, encode_png, to_model_image, to_model_mask, to_uint8_chw
-from fast_core.data.windows import Window, cut_around, paste_window
+from fast_core.data.windows import Window, cut_around, cut_image, mask_at, paste_window
 from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
 from pipelines import storage
 from pipelines.model_store import load_model
@@ -106,6 +107,30 @@ def _read_row(
     return None, image, mask
 
 
+def _reference(
+    row: dict[str, Any],
+    image: np.ndarray,
+    mask: np.ndarray,
+    defect_images: dict[str, str],
+    channels: int,
+    storage_cfg: StorageConfig | None,
+) -> tuple[qc.Rejection | None, np.ndarray | None]:
+    """(rejection, reference uint8 like ``image``): the row's real defect pasted where its mask lies on ``image``."""
+    uri = defect_images.get(str(row["sample_id"]))
+    if uri is None:
+        detail = (
+            f"no defect image is known for the mask of {row['sample_id']} (mask_source {row['mask_source']}); "
+            "a reference start needs real ground-truth masks of the manifest's dataset"
+        )
+        return qc.Rejection(qc.GENERATOR_FAILED, detail), None
+    try:
+        defect = _read_image(uri, "L" if channels == 1 else "RGB", storage_cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        return qc.Rejection(qc.INPUT_UNREADABLE, f"defect image {uri}: {exc}"), None
+    label = mask_at(mask, *image.shape[:2])
+    return None, paste_in_place(image, defect, label)
+
+
 def _global_inputs(image: np.ndarray, mask: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Global frame: image uint8 (S, S, C) resized as ``to_model_image`` does, mask uint8 (S, S) in {0, 255}."""
     x = to_model_uint8(to_model_image(image, size, channels))
@@ -123,6 +148,7 @@ def load_inputs(
     storage_cfg: StorageConfig | None = None,
     frame: str = "global",
     window_margin: float = 0.25,
+    defect_images: dict[str, str] | None = None,
 ) -> Batch:
     """Ray stage 1 (CPU task): keep the rows of pending shards, fetch and decode their inputs, resize to the model.
 
@@ -138,6 +164,11 @@ def load_inputs(
             the mask at the image's own size; the batch then also carries ``window`` (B, 3) int64 = (y0, x0, side)
             and the native image and label as PNG bytes ``native_png`` / ``native_mask_png`` for the paste-back).
         window_margin: the window frame's margin (fast_core.data.windows).
+        defect_images: for a reference start (``sampler.start: reference``): ``sample_id`` → the real defect image
+            of the row's mask. The batch then also carries ``reference`` (B, S, S, C) uint8: the input with that
+            defect pasted inside the mask (:func:`fast_core.baselines.realpaste.paste_in_place`), cut and resized as
+            the input is. A row without a known or readable defect image is rejected (``generator_failed`` /
+            ``input_unreadable``).
     """
     idx = pc.index_in(batch.column("sample_id"), value_set=pending.column("sample_id"))
     keep = pc.is_valid(idx)
@@ -152,6 +183,8 @@ def load_inputs(
     out["image"] = np.zeros((n, s, s, c), dtype=np.uint8)
     out["mask"] = np.zeros((n, s, s), dtype=np.uint8)
     windowed = frame == "window"
+    if defect_images is not None:
+        out["reference"] = np.zeros((n, s, s, c), dtype=np.uint8)
     if windowed:
         out["window"] = np.zeros((n, 3), dtype=np.int64)
         out["native_png"] = np.full(n, b"", dtype=object)
@@ -165,11 +198,21 @@ def load_inputs(
             out["status"][i], out["stage"][i], out["detail"][i] = rejection.reason, STAGE_LOAD, rejection.detail
             continue
         assert image is not None and mask is not None
+        reference = None
+        if defect_images is not None:
+            rejection, reference = _reference(row, image, mask, defect_images, c, storage_cfg)
+            if rejection is not None:
+                out["status"][i], out["stage"][i], out["detail"][i] = rejection.reason, STAGE_LOAD, rejection.detail
+                continue
         out["status"][i] = out["stage"][i] = out["detail"][i] = ""
         if not windowed:
             out["image"][i], out["mask"][i] = _global_inputs(image, mask, s, c)
+            if reference is not None:
+                out["reference"][i] = _global_inputs(reference, mask, s, c)[0]
             continue
         cut = cut_around(image, mask, s, c, window_margin)
+        if reference is not None:
+            out["reference"][i] = cut_image(to_uint8_chw(reference, c), cut.window, s).transpose(1, 2, 0)
         out["image"][i], out["mask"][i] = cut.image.transpose(1, 2, 0), cut.mask * 255
         out["window"][i] = (cut.window.y0, cut.window.x0, cut.window.side)
         out["native_png"][i] = encode_png(cut.native[0] if c == 1 else cut.native.transpose(1, 2, 0))
@@ -253,8 +296,21 @@ class FastSynthesizer:
         masks = torch.from_numpy((batch["mask"][good] > 0).astype(np.float32))[:, None]  # (B, 1, S, S)
         keys = [str(batch["prompt"][i]) for i in good]
         generators = [torch.Generator().manual_seed(int(batch["seed"][i])) for i in good]
+        references = None
+        if self.sampler.start == "reference":
+            references = torch.stack(
+                [to_model_image(batch["reference"][i], batch["image"].shape[1], channels) for i in good]
+            )
         result = synthesize(
-            self.model, images, masks, keys, self.sampler, generators, device=self.device, dtype=self.dtype
+            self.model,
+            images,
+            masks,
+            keys,
+            self.sampler,
+            generators,
+            device=self.device,
+            dtype=self.dtype,
+            references=references,
         )
         x_out = result.images.float().cpu()
         finite = torch.isfinite(x_out).flatten(1).all(dim=1).numpy()

@@ -7,7 +7,7 @@ import pytest
 
 from fast_core.baselines import RealPaste, RealPasteConfig, border_foreground
 from fast_core.baselines.foreground import dilate, erode, fill_holes
-from fast_core.baselines.realpaste import feather_alpha
+from fast_core.baselines.realpaste import feather_alpha, paste_in_place
 
 
 def _noise(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -181,3 +181,24 @@ def test_feather_alpha_and_morphology() -> None:
     broken = ring.copy()
     broken[7, 9] = False  # a gap: the inside is connected to the image frame
     np.testing.assert_array_equal(fill_holes(broken), broken)
+
+
+def test_paste_in_place_writes_the_resized_level_matched_defect_inside_the_mask_only() -> None:
+    image = np.full((20, 30), 100, np.uint8)
+    defect = np.full((10, 15), 50, np.uint8)
+    defect[4:6, 6:9] = 10  # a dark spot on a darker-than-image surround
+    mask = np.zeros((20, 30), bool)
+    mask[8:12, 12:18] = True  # the defect's own box, at twice its size
+    out = paste_in_place(image, defect, mask)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    assert int(out[mask].min()) < 100 - 30  # the spot keeps its contrast to the surround ...
+    assert abs(int(out[8, 12]) - 100) < 25  # ... whose level follows the image (δ = +50)
+    rgb = paste_in_place(np.stack([image] * 3, -1), np.stack([defect] * 3, -1), mask)
+    np.testing.assert_array_equal(rgb[..., 0], out)
+    with pytest.raises(ValueError, match="channels"):
+        paste_in_place(image, np.stack([defect] * 3, -1), mask)
+    with pytest.raises(ValueError, match="nonempty"):
+        paste_in_place(image, defect, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="nonempty"):
+        paste_in_place(image, defect, mask[:10])

@@ -82,6 +82,30 @@ def test_custom_grid_segments_match_marginal() -> None:
         np.testing.assert_allclose(s.segment_coefficients(t_s, t_e), _marginal(t_s, t_e), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr"])
+def test_first_timestep_places_the_boundaries_below_it(spacing: str) -> None:
+    s = AIASScheduler(spacing=spacing)
+    s.set_timesteps(10, first_timestep=400)
+    grid = s.timesteps.tolist()
+    assert grid[0] == 400 and grid[-2:] == [1, 0] and len(grid) == 10
+    assert all(a > b for a, b in zip(grid[:-1], grid[1:], strict=False))
+    for t_s, t_e in _segments(grid):
+        np.testing.assert_allclose(s.segment_coefficients(t_s, t_e), _marginal(t_s, t_e), rtol=0, atol=1e-12)
+    full = AIASScheduler(spacing=spacing)
+    full.set_timesteps(10, first_timestep=999)
+    assert full.timesteps.tolist() == _scheduler(10, spacing=spacing).timesteps.tolist()
+
+
+def test_first_timestep_errors() -> None:
+    s = AIASScheduler()
+    with pytest.raises(ValueError, match="first_timestep must be an integer in \\[9, 999\\]"):
+        s.set_timesteps(10, first_timestep=8)
+    with pytest.raises(ValueError, match="first_timestep"):
+        s.set_timesteps(10, first_timestep=1000)
+    with pytest.raises(ValueError, match="first_timestep goes with num_inference_steps"):
+        s.set_timesteps(timesteps=[700, 1], first_timestep=700)
+
+
 @pytest.mark.parametrize("nfe", [3, 10, 50])
 def test_identities(nfe: int) -> None:
     s = _scheduler(nfe)

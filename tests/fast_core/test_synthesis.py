@@ -409,6 +409,11 @@ def test_model_mode_is_restored(model):
         ({"clip_x0": float("inf")}, "clip_x0"),
         ({"farm_min_t": 1001}, "farm_min_t"),
         ({"farm_min_t": 1.5}, "farm_min_t"),
+        ({"start_t": 0}, "start_t"),
+        ({"start_t": 1000}, "start_t"),
+        ({"start_t": 500}, "start_t"),  # a pure-noise start belongs at t = 999
+        ({"start": "reference", "start_t": 500, "sampler": "ddim"}, "start_t"),
+        ({"start": "reference", "start_t": 5, "nfe": 10}, "start_t"),
     ],
 )
 def test_bad_config_raises_naming_the_field(kwargs, field):
@@ -440,10 +445,64 @@ def test_bad_inputs_raise(model):
         synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", dtype=torch.float16)
 
 
+# ---------------------------------------------------------------------------------------------- reference start
+def test_reference_start_noises_the_reference_latent_to_start_t(model, monkeypatch):
+    images, masks = _inputs(2)
+    references = images.clone()
+    references[masks.expand_as(images) > 0] *= -0.5  # another image inside M
+    seen = []
+    original = model.farm.forward
+
+    def spy(z, m, t):
+        seen.append((z.clone(), int(t[0])))
+        return original(z, m, t)
+
+    monkeypatch.setattr(model.farm, "forward", spy)
+    cfg = SynthesisConfig(nfe=5, start="reference", start_t=600)
+    key = model.conditioner.keys[0]
+    out = synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", references=references)
+    assert [t for _, t in seen] == [600, 400, 200]  # K = 3 segments from 600 down to 1; FARM skips the tail
+    noise = torch.stack([torch.randn(seen[0][0].shape[1:], generator=g) for g in _gens(1, 2)])
+    with torch.no_grad():
+        z_ref = model.encode(references)
+    ab = AIASScheduler().alpha_bar(600)
+    torch.testing.assert_close(seen[0][0], math.sqrt(ab) * z_ref + math.sqrt(1 - ab) * noise, atol=1e-5, rtol=0)
+    outside = masks.expand_as(images) == 0
+    assert torch.equal(out.images[outside], images[outside])  # x_ref only starts the sampling; the paste keeps x_n
+    again = synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", references=references)
+    assert torch.equal(out.images, again.images)
+
+
+def test_reference_start_from_the_input_itself_is_the_noised_background_start(model):
+    images, masks = _inputs(2)
+    key = model.conditioner.keys[0]
+    ref = SynthesisConfig(nfe=5, start="reference", start_t=700)
+    bg = SynthesisConfig(nfe=5, start="noised_background", start_t=700)
+    a = synthesize(model, images, masks, [key] * 2, ref, _gens(3, 4), "cpu", references=images.clone())
+    b = synthesize(model, images, masks, [key] * 2, bg, _gens(3, 4), "cpu")
+    torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=0)
+
+
+def test_references_are_given_exactly_with_a_reference_start(model):
+    images, masks = _inputs(2)
+    key = model.conditioner.keys[0]
+    with pytest.raises(ValueError, match="references missing"):
+        synthesize(model, images, masks, [key] * 2, SynthesisConfig(nfe=3, start="reference"), _gens(1, 2), "cpu")
+    with pytest.raises(ValueError, match="references given"):
+        synthesize(model, images, masks, [key] * 2, SynthesisConfig(nfe=3), _gens(1, 2), "cpu", references=images)
+    cfg = SynthesisConfig(nfe=3, start="reference")
+    with pytest.raises(ValueError, match="shape"):
+        synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", references=images[:1])
+    with pytest.raises(ValueError, match=r"references must be floating point in \[-1, 1\]"):
+        synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", references=images * 3)
+
+
 # ------------------------------------------------------------------------------------------ samplers and helpers
 def test_make_scheduler_grids():
     assert make_scheduler(SynthesisConfig(nfe=10)).timesteps.tolist() == [999, 874, 749, 624, 500, 375, 250, 125, 1, 0]
     assert make_scheduler(SynthesisConfig(sampler="ddim", nfe=5)).timesteps.tolist() == [999, 799, 599, 399, 199]
+    late = SynthesisConfig(nfe=10, start="reference", start_t=500)
+    assert make_scheduler(late).timesteps.tolist() == [500, 437, 375, 312, 250, 188, 125, 63, 1, 0]
     assert make_scheduler(SynthesisConfig(sampler="plms", nfe=5)).timesteps.tolist() == [999, 749, 749, 499, 249]
     ddpm = make_scheduler(SynthesisConfig(sampler="ddpm", nfe=1000))
     assert ddpm.timesteps[0] == 999 and ddpm.timesteps[-1] == 0 and len(ddpm.timesteps) == 1000

@@ -193,6 +193,47 @@ def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(
     assert out["mask_area"][2] == int(expected.sum())
 
 
+def test_reference_start_pastes_the_rows_real_defect_in_the_window_and_rejects_rows_without_one(
+    tmp_path: Path,
+) -> None:
+    """``sampler.start: reference``: the load stage pastes each row's real defect where its mask lies (cut as the
+    input is); the painter starts from it; a row whose mask has no known defect image is rejected with a reason."""
+    from fast_core.baselines.realpaste import paste_in_place
+    from fast_core.data.windows import cut_around, cut_image, mask_at
+    from pipelines.synthesize.baseline_stage import defect_image_uris
+
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 2}, mode="RGB", size=(90, 70))
+    model = publish_tiny_model(str(tmp_path / "model"), frame="window")
+    rows = pair_rows(root, model, {("tiny", "crack"): 3})
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    defects = defect_image_uris(table, str(root))
+    assert len(defects) == 3
+    del defects[rows[2]["sample_id"]]
+    batch = load_inputs(
+        table, pending=_pending(rows), image_size=32, image_channels=3, keys=["good", "tiny/crack"], frame="window",
+        defect_images=defects,
+    )  # fmt: skip
+    assert batch["status"].tolist() == ["", "", qc.GENERATOR_FAILED] and "no defect image" in batch["detail"][2]
+    image = decode_png(Path(rows[0]["image_uri"]).read_bytes(), "RGB")
+    mask = decode_png(Path(rows[0]["mask_uri"]).read_bytes(), "L")
+    defect = decode_png(Path(defects[rows[0]["sample_id"]]).read_bytes(), "RGB")
+    cut = cut_around(image, mask, 32, 3, 0.25)
+    expected = cut_image(paste_in_place(image, defect, mask_at(mask, 90, 70)).transpose(2, 0, 1), cut.window, 32)
+    np.testing.assert_array_equal(batch["reference"][0], expected.transpose(1, 2, 0))
+    inside = batch["mask"][0] > 0
+    assert not np.array_equal(batch["reference"][0][inside], batch["image"][0][inside])
+    np.testing.assert_array_equal(batch["reference"][0][~inside], batch["image"][0][~inside])
+
+    sampler = SynthesisConfig(nfe=5, start="reference", start_t=500, batch_size=4)
+    out = encode_and_qc(FastSynthesizer(model_uri=model, sampler=sampler)(batch), qc_cfg=qc.QCConfig())
+    assert out["status"].tolist() == ["", "", qc.GENERATOR_FAILED]
+    noised_bg = SynthesisConfig(nfe=5, start="noised_background", start_t=500, batch_size=4)
+    other = encode_and_qc(FastSynthesizer(model_uri=model, sampler=noised_bg)(batch), qc_cfg=qc.QCConfig())
+    assert out["image_png"][0] != other["image_png"][0]  # the start depends on the pasted defect
+    label = decode_png(out["mask_png"][0]) > 0
+    np.testing.assert_array_equal(decode_png(out["image_png"][0], "RGB")[~label], image[~label])
+
+
 def test_grayscale_rows_encode_as_l_png() -> None:
     batch = {
         "sample_id": np.array(["a"], dtype=object),
@@ -258,9 +299,10 @@ def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() ->
     def content(*overrides: str) -> dict:
         return load_config(SynthesizeConfig, None, ["manifest=m", "out=o", *overrides]).content("model")
 
-    for name in ("guidance", "clip_x0", "farm_min_t"):  # at their "off" value: the fingerprint made before them
+    for name in ("guidance", "clip_x0", "farm_min_t", "start_t"):  # at their "off" value: the fingerprint before them
         assert name not in content()["sampler"]
     assert content("sampler.guidance=3.0")["sampler"]["guidance"] == 3.0
     assert content("sampler.clip_x0=4.0")["sampler"]["clip_x0"] == 4.0
     assert content("sampler.farm_min_t=800")["sampler"]["farm_min_t"] == 800
+    assert content("sampler.start=reference", "sampler.start_t=500")["sampler"]["start_t"] == 500
     assert content("generator=perlin") == content("generator=perlin", "sampler.guidance=3.0", "sampler.clip_x0=4")
