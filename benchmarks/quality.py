@@ -121,6 +121,11 @@ class Preset:
     use_gpu: bool  # segmenter training on GPU
     seg_cpus: float  # CPUs (torch threads on CPU) of the segmenter's Ray Train worker
     dtype: str = "float32"
+    # fast_ref* start from each row's real defect pasted where its mask lies, noised to t₀ = ref_start_t (500: ᾱ = 0.28,
+    # the latent keeps √ᾱ = 0.53 of the defect's own signal; SDEdit's middle strength, set before any run) and run
+    # AIAS-10 from there. Other values (--ref-start-t) diagnose how much of a real defect the generator keeps; give
+    # each its own --work, as the method names do not carry t₀.
+    ref_start_t: int = 500
     headroom: float = 0.25  # the manifest asks ⌈N·(1 + headroom)⌉ rows per type, so rejected rows leave N pairs
     contrast_size: int = 128  # side of baseline pairs and ring contrast without a model or with a global-frame one
     # With a window-frame model, FAST pairs keep each image's own size; the baselines paint at this side instead (at
@@ -216,8 +221,10 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
-        "fast_ref": Method("fast_ref", "fast", start="reference", start_t=REF_START_T),
-        "fast_ref_no_farm": Method("fast_ref_no_farm", "fast", use_farm=False, start="reference", start_t=REF_START_T),
+        "fast_ref": Method("fast_ref", "fast", start="reference", start_t=preset.ref_start_t),
+        "fast_ref_no_farm": Method(
+            "fast_ref_no_farm", "fast", use_farm=False, start="reference", start_t=preset.ref_start_t
+        ),
         "fast_masks_augment": Method("fast_masks_augment", "fast", masks="augment"),
         "fast_masks_diffusion": Method("fast_masks_diffusion", "fast", masks="diffusion"),
         "fast_masks_mix": Method("fast_masks_mix", "fast", masks="mix"),
@@ -240,10 +247,6 @@ CLIP_X0 = 4.1
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
 #: real latents (0.85 when it stops at t = 800).
 FARM_EARLY_T = 800
-#: fast_ref* start from each row's real defect pasted where its mask lies, noised to t₀ = 500 (ᾱ = 0.28: the latent
-#: keeps √ᾱ = 0.53 of the defect's own signal), and run AIAS-10 from there (boundaries 500 … 1): SDEdit's middle
-#: strength, set before any run, not tuned on the benchmark.
-REF_START_T = 500
 
 #: The mask stage's source weights behind each FAST-on-generated-masks method (FAST_SPEC §7; `fastgen masks`).
 MASK_SOURCES: dict[str, dict[str, float]] = {
@@ -608,6 +611,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="efficientnet_lite0",
         help="segmenter encoder: the pretrained EfficientNet-Lite0 (default) or a ResNet-18 trained from scratch",
     )
+    parser.add_argument(
+        "--ref-start-t",
+        type=int,
+        help="t0 of the fast_ref methods' reference start (default: the preset's, 500); use its own --work",
+    )
     parser.add_argument("--seed", type=int, default=0, help="manifest job seed (which normal images, masks, seeds)")
     parser.add_argument("--work", type=Path, help="working folder (default runs/quality/<dataset folder name>)")
     parser.add_argument("--results", type=Path, help="report folder (default <work>/report)")
@@ -633,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.ref_start_t is not None:
+        preset = dataclasses.replace(preset, ref_start_t=args.ref_start_t)
     root = args.dataset_root
     name = Path(root).name
     work = (args.work or REPO / "runs" / "quality" / name).resolve()

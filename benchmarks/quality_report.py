@@ -54,8 +54,9 @@ COLUMNS = (
 )
 
 
-def method_label(name: str, ddpm_nfe: int) -> str:
-    """Human-readable name of a training set."""
+def method_label(name: str, settings: dict[str, Any]) -> str:
+    """Human-readable name of a training set (``settings``: the report's preset settings)."""
+    ddpm_nfe, ref_t = settings["ddpm_nfe"], settings.get("ref_start_t", 500)
     return {
         "fast": "FAST (AIAS-10 + FARM)",
         "fast_no_farm": "FAST w/o FARM (AIAS-10)",
@@ -63,8 +64,8 @@ def method_label(name: str, ddpm_nfe: int) -> str:
         "fast_clip": "FAST, ẑ0 clipped to the decoder range",
         "fast_no_farm_clip": "FAST w/o FARM, ẑ0 clipped",
         "fast_farm_early": "FAST, FARM at t ≥ 800 only, ẑ0 clipped",
-        "fast_ref": "FAST from the real defect noised to t = 500 (AIAS-10 + FARM)",
-        "fast_ref_no_farm": "FAST from the real defect noised to t = 500, w/o FARM",
+        "fast_ref": f"FAST from the real defect noised to t = {ref_t} (AIAS-10 + FARM)",
+        "fast_ref_no_farm": f"FAST from the real defect noised to t = {ref_t}, w/o FARM",
         "fast_masks_augment": "FAST on augmented masks",
         "fast_masks_diffusion": "FAST on diffusion-sampled masks",
         "fast_masks_mix": "FAST on augmented + sampled masks (1:1)",
@@ -82,14 +83,16 @@ def method_label(name: str, ddpm_nfe: int) -> str:
 
 
 def _contrast_rows(
-    contrast: dict[str, Any], rows: tuple[str, ...], field: str, defects: list[str], nfe: int, fmt: str
+    contrast: dict[str, Any], rows: tuple[str, ...], field: str, defects: list[str], settings: dict[str, Any], fmt: str
 ) -> list[str]:
     """One markdown row per training set of a per-defect-type median (``field`` of the contrast summaries)."""
     lines = []
     for m in rows:
         per = contrast.get(m, {}).get(field, {})
         cells = " | ".join("–" if per.get(d) is None else fmt.format(per[d]) for d in defects)
-        lines.append(f"| {'real defects (training third)' if m == 'real_third' else method_label(m, nfe)} | {cells} |")
+        lines.append(
+            f"| {'real defects (training third)' if m == 'real_third' else method_label(m, settings)} | {cells} |"
+        )
     return lines
 
 
@@ -153,7 +156,6 @@ def _shortfall(report: dict[str, Any], name: str) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     """results.md: provenance, the overall table, anomaly IoU per defect type, the targets and the timings."""
     settings = report["preset_settings"]
-    nfe = settings["ddpm_nfe"]
     names = [m for m in METHOD_ORDER if m in report["methods"]]
     seeds = report["seeds"]
     lines = [
@@ -174,9 +176,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for m in names:
         method = report["methods"][m]
         cells = " | ".join(_cell(method["overall"].get(k), method["overall_std"].get(k)) for k, _ in COLUMNS)
-        lines.append(f"| {method_label(m, nfe)} | {method['anomaly_pairs']} | {_shortfall(report, m)} | {cells} |")
+        lines.append(f"| {method_label(m, settings)} | {method['anomaly_pairs']} | {_shortfall(report, m)} | {cells} |")
     for m, error in report.get("failed", {}).items():
-        lines.append(f"| {method_label(m, nfe)} | 0 | all | " + " | ".join("–" for _ in COLUMNS) + " |")
+        lines.append(f"| {method_label(m, settings)} | 0 | all | " + " | ".join("–" for _ in COLUMNS) + " |")
         lines.append(f"<!-- {m}: {error} -->")
     defects = report["defect_types"]
     lines += ["", "Anomaly IoU (%) per defect type (test anomaly images of that type), mean ± std:", ""]
@@ -189,14 +191,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             _cell(per.get(d, {}).get("anomaly_iou"), per_std.get(d, {}).get("anomaly_iou")) for d in defects
         )
         mean = method["mean_over_defect_types"].get("anomaly_iou")
-        lines.append(f"| {method_label(m, nfe)} | {cells} | {_pct(mean)} |")
+        lines.append(f"| {method_label(m, settings)} | {cells} | {_pct(mean)} |")
     contrast = report.get("ring_contrast", {})
     if contrast:
         lines += ["", "Median ring contrast (grey levels, |mean in mask − mean in the 3-px ring around it|):", ""]
         lines.append("| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |")
         lines.append("|---|" + "---:|" * len(defects))
         rows = ("real_third", *[n for n in METHOD_ORDER if n in contrast and n != "real_third"])
-        lines += _contrast_rows(contrast, rows, "median_per_defect_type", defects, nfe, "{:.1f}")
+        lines += _contrast_rows(contrast, rows, "median_per_defect_type", defects, settings, "{:.1f}")
         lines += [
             "",
             "Median grain ratio (|x − 3×3 mean| inside the mask over the same in the ring around it; a smooth fill "
@@ -205,7 +207,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |",
             "|---|" + "---:|" * len(defects),
         ]
-        lines += _contrast_rows(contrast, rows, "grain_ratio_per_defect_type", defects, nfe, "{:.2f}")
+        lines += _contrast_rows(contrast, rows, "grain_ratio_per_defect_type", defects, settings, "{:.2f}")
     lines += ["", "| target | mIoU points | pooled σ | goal | met |", "|---|---:|---:|---|---|"]
     for key, t in report["targets"].items():
         value = "–" if t["points"] is None else f"{t['points']:+.2f}"
@@ -222,7 +224,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def render_miou_chart(report: dict[str, Any], path: Path) -> Path:
     """A horizontal bar chart of overall mIoU (%) by training set, ± one std as a whisker, as a PNG (PIL only)."""
-    nfe = report["preset_settings"]["ddpm_nfe"]
+    settings = report["preset_settings"]
     names = [m for m in METHOD_ORDER if m in report["methods"]]
     values = [report["methods"][m]["overall"].get("miou") for m in names]
     row, left, width, top = 34, 230, 420, 46
@@ -236,7 +238,7 @@ def render_miou_chart(report: dict[str, Any], path: Path) -> Path:
     low = max(0.0, min(low, 45.0))
     for i, (m, v) in enumerate(zip(names, values, strict=True)):
         y = top + i * row
-        draw.text((10, y + 8), method_label(m, nfe), fill="black", font=font)
+        draw.text((10, y + 8), method_label(m, settings), fill="black", font=font)
         if v is None or not np.isfinite(v):
             draw.text((left, y + 8), "n/a", fill="gray", font=font)
             continue
