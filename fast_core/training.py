@@ -96,31 +96,62 @@ def farm_mixed_input(
     return z0_fg, (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
 
 
-def eps_loss(eps_pred: torch.Tensor, eps: torch.Tensor, m: torch.Tensor | None, fg_weight: float) -> torch.Tensor:
-    """The ε-loss, optionally weighted towards the anomaly cells [ours]:
+def eps_loss(
+    eps_pred: torch.Tensor,
+    eps: torch.Tensor,
+    m: torch.Tensor | None,
+    fg_weight: float,
+    t_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ε-loss, optionally weighted towards the anomaly cells and per timestep [ours]:
 
         w = 1 + λ_fg · m                                  # (B, 1, h, w), broadcast over the C latent channels
-        loss = Σ w (ε̂ − ε)² / (C · Σ w)                  # = mean((ε̂ − ε)²) when λ_fg = 0 (FAST_SPEC §6)
+        loss = Σ s_b w (ε̂ − ε)² / (C · Σ w)              # = mean((ε̂ − ε)²) when λ_fg = 0 and s = 1 (FAST_SPEC §6)
 
     Defects cover a few per cent of the latent, so with the plain mean the anomaly cells carry a few per cent of the
     gradient; λ_fg ≈ (1 − f)/f for a typical foreground fraction f gives foreground and background equal shares.
+    s_b is a per-sample timestep weight (:func:`min_snr_weight`), 1 when ``t_weight`` is None.
 
     Args:
         eps_pred: (B, C, h, w) predicted noise ε̂.
         eps: (B, C, h, w) drawn noise ε.
-        m: (B, 1, h, w) latent mask in {0, 1}, or None (no mask: the plain mean).
+        m: (B, 1, h, w) latent mask in {0, 1}, or None (no mask: w = 1).
         fg_weight: λ_fg ≥ 0.
+        t_weight: (B,) per-sample weights s_b, or None.
 
     >>> e = torch.zeros(1, 2, 2, 2); e[0, :, 0, 0] = 1.0                  # error only in cell (0, 0)
     >>> m = torch.zeros(1, 1, 2, 2); m[0, 0, 0, 0] = 1.0
     >>> float(eps_loss(e, torch.zeros_like(e), m, 0.0)), float(eps_loss(e, torch.zeros_like(e), m, 3.0))
     (0.25, 0.5714285969734192)
+    >>> float(eps_loss(e, torch.zeros_like(e), m, 0.0, torch.tensor([0.5])))
+    0.125
     """
-    if fg_weight == 0.0 or m is None:
+    if t_weight is None and (fg_weight == 0.0 or m is None):
         return F.mse_loss(eps_pred, eps)
-    w = 1.0 + fg_weight * m.to(eps_pred.dtype)  # (B, 1, h, w)
     sq = (eps_pred - eps).pow(2)  # (B, C, h, w)
-    return (w * sq).sum() / (w.sum() * sq.shape[1])
+    no_mask = fg_weight == 0.0 or m is None
+    w = torch.ones_like(sq[:, :1]) if no_mask else 1.0 + fg_weight * m.to(eps_pred.dtype)  # (B, 1, h, w)
+    s = torch.ones_like(w) if t_weight is None else t_weight.to(sq.dtype).view(-1, 1, 1, 1)
+    return (s * w * sq).sum() / (w.sum() * sq.shape[1])
+
+
+def min_snr_weight(t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-γ weights of an ε-prediction loss [ours, after Hang et al. 2023], one per sample:
+
+        SNR_t = ᾱ_t / (1 − ᾱ_t);   s_t = min(SNR_t, γ) / SNR_t
+
+    s_t = 1 where the noise dominates (SNR_t ≤ γ) and falls as 1/SNR_t below that: the nearly clean timesteps, whose
+    ε-errors are the largest and teach the least about what a defect looks like, stop dominating the gradient.
+    None (no weighting) for ``gamma`` None.
+
+    >>> [round(float(v), 3) for v in min_snr_weight(torch.tensor([0, 100, 500, 999]), 5.0)]
+    [0.004, 0.591, 1.0, 1.0]
+    """
+    if gamma is None:
+        return None
+    ab = _alphas_cumprod()[t.cpu()].to(torch.float64)
+    snr = ab / (1.0 - ab)
+    return (snr.clamp(max=gamma) / snr).to(torch.float32).to(t.device)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -141,6 +172,7 @@ def fast_training_step(
     autocast_dtype: torch.dtype | None = None,
     fg_weight: float = 0.0,
     z0: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The FAST-stage loss for one batch (FAST_SPEC §6) [release]:
 
@@ -152,7 +184,8 @@ def fast_training_step(
         loss   = λ_ε · mean((ε̂ − ε)²) + λ_F · mean((ẑ0_fg − m ⊙ z_0)²)      # both means over the whole latent
 
     With ``fg_weight`` λ_fg > 0 the ε term is :func:`eps_loss`'s weighted mean (w = 1 + λ_fg·m) [ours]; the FARM term
-    is unchanged (its target is 0 off the mask, where z̃_t does not use it).
+    is unchanged (its target is 0 off the mask, where z̃_t does not use it). With ``snr_gamma`` γ the ε term is
+    weighted per sample by :func:`min_snr_weight` [ours].
 
     Gradients reach the conditioner's learned vectors, the Adaptor and FARM (also through z̃_t); the caller's optimizer
     decides what is updated (``model.configure_stage("fast")``).
@@ -168,6 +201,7 @@ def fast_training_step(
         autocast_dtype: run the networks under ``torch.autocast`` with this dtype (None: full precision).
         fg_weight: λ_fg of :func:`eps_loss` (0: the plain mean of §6).
         z0: (B, C, h, w) the images' latents encode(x), computed once by the caller (x is then None).
+        snr_gamma: γ of the min-SNR weighting of the ε term, or None (unweighted).
 
     Returns:
         The scalar loss (float32, with grad) and ``{"loss": …, "loss_eps": …, "loss_farm": …}`` as floats.
@@ -182,7 +216,7 @@ def fast_training_step(
     with _autocast(z0.device, autocast_dtype):
         z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps, keys)
         eps_pred = model.predict_eps(z_mix, t, keys, m, z0).float()
-    loss_eps = eps_loss(eps_pred, eps, m, fg_weight)
+    loss_eps = eps_loss(eps_pred, eps, m, fg_weight, min_snr_weight(t, snr_gamma))
     loss_farm = F.mse_loss(z0_fg, m * z0)
     loss = lambda_eps * loss_eps + lambda_farm * loss_farm
     return loss, {
@@ -201,12 +235,14 @@ def unet_training_step(
     M: torch.Tensor | None = None,
     fg_weight: float = 0.0,
     z0: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ε-prediction loss of the base UNet (from-scratch base training; no FARM, no Adaptor):
 
         z_0 = encode(x) (no grad, or given);  t ~ U{0..T−1};  ε ~ N(0, I);  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
         loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)          # λ_fg = 0
         loss = Σ w (ε_θ − ε)² / (C · Σ w),  w = 1 + λ_fg · down(M)   # λ_fg > 0 [ours], see eps_loss
+        each sample's term × min(SNR_t, γ)/SNR_t                      # snr_gamma γ [ours], see min_snr_weight
 
     An ``inpaint`` UNet takes z_t ‖ m ‖ (1 − m) ⊙ z_0 with m = down(M): it learns to fill the masked region from its
     surroundings (normal images need non-empty masks for that to teach anything: see pipelines.train.data).
@@ -223,6 +259,7 @@ def unet_training_step(
             is an ``inpaint`` one (then required).
         fg_weight: λ_fg of :func:`eps_loss`.
         z0: (B, C, h, w) the images' latents encode(x), computed once by the caller (x is then None).
+        snr_gamma: γ of the min-SNR weighting, or None (unweighted).
 
     Returns:
         The scalar loss and ``{"loss": …}``.
@@ -241,7 +278,7 @@ def unet_training_step(
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     with _autocast(z0.device, autocast_dtype):
         eps_pred = model.unet_eps(z_t, t, keys, m, z0).float()
-    loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight)
+    loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight, min_snr_weight(t, snr_gamma))
     return loss, {"loss": float(loss.detach())}
 
 

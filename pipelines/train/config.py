@@ -257,15 +257,23 @@ class LossSettings:
     0 is FAST_SPEC §6's plain mean. Defects cover a few per cent of the latent, so under the plain mean a short
     training run learns the background and barely the defect; fg_weight ≈ (1 − f)/f (f the foreground fraction)
     gives the two equal shares. Normal images (base stage) have an empty mask and keep weight 1 everywhere.
+
+    ``snr_gamma`` γ also weights each sample's ε term by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1 − ᾱ_t) (min-SNR-γ,
+    ``fast_core.training.min_snr_weight``): the nearly clean timesteps stop dominating the gradient. null: off.
     """
 
     fg_weight: float = 0.0  # λ_fg ≥ 0: extra weight of anomaly latent cells in the base and FAST ε-losses
+    snr_gamma: float | None = None  # γ > 0 of the min-SNR weighting of the base and FAST ε-losses; null: off
 
     def __post_init__(self) -> None:
         w = self.fg_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise ValueError(f"TrainConfig.loss.fg_weight must be a finite number >= 0, got {w!r}")
         self.fg_weight = float(w)
+        g = self.snr_gamma
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf):
+            raise ValueError(f"TrainConfig.loss.snr_gamma must be a number > 0 or null (off), got {g!r}")
+        self.snr_gamma = None if g is None else float(g)
 
 
 @dataclass(kw_only=True)

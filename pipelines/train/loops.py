@@ -307,7 +307,9 @@ def run_stage_loop(config: dict[str, Any]) -> None:
         load_weights(model, stage, ckpt.weights, f"stage {stage!r} checkpoint {ckpt.uri}")
     model.train()
     autocast = _AUTOCAST[cfg.scaling.mixed_precision] if device.type == "cuda" else None
-    objective = ray.train.torch.prepare_model(StageObjective(model, stage, keys, autocast, cfg.loss.fg_weight))
+    objective = ray.train.torch.prepare_model(
+        StageObjective(model, stage, keys, autocast, cfg.loss.fg_weight, cfg.loss.snr_gamma)
+    )
     optimizer = torch.optim.AdamW(params, lr=scfg.lr, weight_decay=scfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
     step, history, wall0 = 0, [], 0.0

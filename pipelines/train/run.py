@@ -121,14 +121,15 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
 
 
 def _recorded(have: dict[str, Any], key: str) -> Any:
-    """A run.json entry; runs recorded before ``loss`` existed trained with its default (the plain ε mean), before
+    """A run.json entry; runs recorded before ``loss`` (or one of its fields) existed trained with its default (the
+    plain ε mean, no min-SNR weighting), before
     ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
     output), before ``mask_model`` with the whole-mask model (frame "image", the only one there was), and before
     ``dataset.window_flips`` with windows left as cut, before ``dataset.normal_masks`` with borrowed masks."""
     if key == "dataset" and isinstance(have.get(key), dict):
         return {"window_flips": False, "normal_masks": True, **have[key]}
-    if key == "loss" and key not in have:
-        return to_dict(LossSettings())
+    if key == "loss":
+        return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
         return {"farm_keyed": False, "farm_skips": False, "farm_residual": False, **have[key]}
     if key == "mask_model":

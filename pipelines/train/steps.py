@@ -77,6 +77,7 @@ class StageObjective(nn.Module):
         keys: list[str],
         autocast: torch.dtype | None,
         fg_weight: float = 0.0,
+        snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -84,6 +85,7 @@ class StageObjective(nn.Module):
         self.keys = keys
         self.autocast = autocast
         self.fg_weight = fg_weight  # λ_fg of the base and FAST ε-losses (TrainConfig.loss)
+        self.snr_gamma = snr_gamma  # γ of their min-SNR weighting, or None
 
     def forward(
         self,
@@ -104,11 +106,27 @@ class StageObjective(nn.Module):
             return vae_training_step(self.model.vae, x, generator, autocast_dtype=self.autocast)
         if self.stage == "base":
             return unet_training_step(
-                self.model, x, keys, generator, autocast_dtype=self.autocast, M=mask, fg_weight=self.fg_weight, z0=z0
+                self.model,
+                x,
+                keys,
+                generator,
+                autocast_dtype=self.autocast,
+                M=mask,
+                fg_weight=self.fg_weight,
+                z0=z0,
+                snr_gamma=self.snr_gamma,
             )
         if self.stage == "fast":
             return fast_training_step(
-                self.model, x, mask, keys, generator, autocast_dtype=self.autocast, fg_weight=self.fg_weight, z0=z0
+                self.model,
+                x,
+                mask,
+                keys,
+                generator,
+                autocast_dtype=self.autocast,
+                fg_weight=self.fg_weight,
+                z0=z0,
+                snr_gamma=self.snr_gamma,
             )
         raise ValueError(f"StageObjective: unknown stage {self.stage!r}")
 
