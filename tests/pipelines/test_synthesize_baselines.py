@@ -16,6 +16,7 @@ from PIL import Image
 from fast_core import qc
 from fast_core.baselines.foreground import dilate
 from fast_core.data.transforms import decode_png, to_model_image
+from fast_core.synthesis_config import SynthesisConfig
 from pipelines.manifest import MANIFEST_SCHEMA, SUMMARY_FILE
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
@@ -216,6 +217,19 @@ def test_realpaste_dataset_version_end_to_end(setup: dict, ray_local: None, requ
     out = _synthesize_twice(setup, manifest, "realpaste")
     rejected = pq.read_table(out / "rejected").to_pylist()
     assert [r["reason"] for r in rejected] == [qc.GENERATOR_FAILED] and "no defect image" in rejected[0]["detail"]
+    # FAST started from each row's real defect (the same lookup): the row without one is rejected the same way
+    fast = SynthesizeConfig(
+        manifest=manifest,
+        out=str(setup["tmp"] / "fast-reference"),
+        sampler=SynthesisConfig(nfe=3, start="reference", start_t=300),
+        compute=ComputeConfig(batch_size=2),
+        preview_pairs=0,
+    )
+    summary = run_synthesis(fast)
+    assert (summary.written, summary.rejected) == (5, 1)
+    rejected = pq.read_table(Path(fast.out) / "rejected").to_pylist()
+    assert [r["reason"] for r in rejected] == [qc.GENERATOR_FAILED] and "no defect image" in rejected[0]["detail"]
+    assert {r["sampler"] for r in pq.read_table(Path(fast.out) / "data").to_pylist()} == {"aias"}
 
 
 @pytest.mark.ray

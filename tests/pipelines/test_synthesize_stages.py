@@ -204,16 +204,20 @@ def test_reference_start_pastes_the_rows_real_defect_in_the_window_and_rejects_r
 
     root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 2}, mode="RGB", size=(90, 70))
     model = publish_tiny_model(str(tmp_path / "model"), frame="window")
-    rows = pair_rows(root, model, {("tiny", "crack"): 3})
+    rows = pair_rows(root, model, {("tiny", "crack"): 4})
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     defects = defect_image_uris(table, str(root))
-    assert len(defects) == 3
+    assert len(defects) == 4
     del defects[rows[2]["sample_id"]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(Path(defects[rows[3]["sample_id"]]).read_bytes())
+    defects[rows[3]["sample_id"]] = str(truncate_file(broken))
     batch = load_inputs(
         table, pending=_pending(rows), image_size=32, image_channels=3, keys=["good", "tiny/crack"], frame="window",
         defect_images=defects,
     )  # fmt: skip
-    assert batch["status"].tolist() == ["", "", qc.GENERATOR_FAILED] and "no defect image" in batch["detail"][2]
+    assert batch["status"].tolist() == ["", "", qc.GENERATOR_FAILED, qc.INPUT_UNREADABLE]
+    assert "no defect image" in batch["detail"][2] and "broken.png" in batch["detail"][3]
     image = decode_png(Path(rows[0]["image_uri"]).read_bytes(), "RGB")
     mask = decode_png(Path(rows[0]["mask_uri"]).read_bytes(), "L")
     defect = decode_png(Path(defects[rows[0]["sample_id"]]).read_bytes(), "RGB")
@@ -226,7 +230,7 @@ def test_reference_start_pastes_the_rows_real_defect_in_the_window_and_rejects_r
 
     sampler = SynthesisConfig(nfe=5, start="reference", start_t=500, batch_size=4)
     out = encode_and_qc(FastSynthesizer(model_uri=model, sampler=sampler)(batch), qc_cfg=qc.QCConfig())
-    assert out["status"].tolist() == ["", "", qc.GENERATOR_FAILED]
+    assert out["status"].tolist() == ["", "", qc.GENERATOR_FAILED, qc.INPUT_UNREADABLE]
     noised_bg = SynthesisConfig(nfe=5, start="noised_background", start_t=500, batch_size=4)
     other = encode_and_qc(FastSynthesizer(model_uri=model, sampler=noised_bg)(batch), qc_cfg=qc.QCConfig())
     assert out["image_png"][0] != other["image_png"][0]  # the start depends on the pasted defect

@@ -89,6 +89,8 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("stages=[vae, vae]", "more than once"),
         ("loss.fg_weight=-1", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
         ("loss.fg_weight=.nan", "TrainConfig.loss.fg_weight must be a finite number >= 0"),
+        ("loss.snr_gamma=0", "TrainConfig.loss.snr_gamma must be a number > 0 or null"),
+        ("loss.snr_gamma=.inf", "TrainConfig.loss.snr_gamma must be a number > 0 or null"),
         ("stage.fast.ema_decay=1.0", "TrainConfig.stage.fast.ema_decay must be in (0, 1) or null"),
         ("stage.vae.ema_decay=0.99", "the VAE stage keeps no EMA"),
         ("stage.base.lr_final=2", "TrainConfig.stage.base.lr_final must be in [0, 1]"),
@@ -131,6 +133,12 @@ def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path
     weighted = tiny_cfg(dataset, tmp_path / "runs", "loss.fg_weight=10")
     with pytest.raises(ValueError, match="trained with different settings.*loss"):
         _check_run_info(store, weighted, keys, resume=True)
+    info["loss"] = {"fg_weight": 0.0}  # recorded before loss.snr_gamma existed: no min-SNR weighting
+    Path(store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(store, cfg, keys, resume=True) is True
+    min_snr = tiny_cfg(dataset, tmp_path / "runs", "loss.snr_gamma=5")
+    with pytest.raises(ValueError, match="trained with different settings.*loss"):
+        _check_run_info(store, min_snr, keys, resume=True)
     # windows flipped as they are cut are other training data: a run recorded before the setting cut them unflipped
     window = tiny_cfg(dataset, tmp_path / "runs", "run_name=w", "dataset.frame=window")
     window_store = RunStore(window.run_uri)
@@ -564,6 +572,11 @@ def test_base_step_with_fg_weight_uses_the_mask_column(dataset: Path, tmp_path: 
     )
     plain, _ = StageObjective(model, "base", keys, None)(x, mask, batch["key_id"], torch.Generator().manual_seed(2))
     assert torch.isfinite(weighted) and float(weighted.detach()) != pytest.approx(float(plain.detach()))
+    # min-SNR-γ: the same draw (t, ε) with each sample's term scaled by min(SNR_t, γ)/SNR_t ≤ 1
+    snr, _ = StageObjective(model, "base", keys, None, cfg.loss.fg_weight, snr_gamma=0.01)(
+        x, mask, batch["key_id"], torch.Generator().manual_seed(2)
+    )
+    assert 0 < float(snr.detach()) < float(weighted.detach())
 
 
 @pytest.mark.parametrize("stage", ["base", "fast"])
