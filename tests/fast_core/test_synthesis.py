@@ -62,6 +62,19 @@ def _count_calls(monkeypatch, module: torch.nn.Module) -> list[int]:
     return counter
 
 
+def _farm_inputs(model, monkeypatch) -> list[tuple[torch.Tensor, int]]:
+    """Record (z, t) of every FARM call for the duration of a test."""
+    seen = []
+    original = model.farm.forward
+
+    def spy(z, m, t):
+        seen.append((z.clone(), int(t[0])))
+        return original(z, m, t)
+
+    monkeypatch.setattr(model.farm, "forward", spy)
+    return seen
+
+
 # ------------------------------------------------------------------------------------------- determinism and paste
 def test_same_seed_gives_same_bytes_and_different_seed_differs(model):
     cfg = SynthesisConfig(nfe=10)
@@ -305,14 +318,7 @@ def test_bg_window_zero_disables_reinjection(model, monkeypatch):
 @pytest.mark.parametrize("start", ["noise", "noised_background"])
 def test_start_latent(model, monkeypatch, start):
     images, masks = _inputs(2)
-    seen = []
-    original = model.farm.forward
-
-    def spy(z, m, t):
-        seen.append((z.clone(), int(t[0])))
-        return original(z, m, t)
-
-    monkeypatch.setattr(model.farm, "forward", spy)
+    seen = _farm_inputs(model, monkeypatch)
     out = _run(model, SynthesisConfig(nfe=5, start=start), seeds=(1, 2), images=images, masks=masks)
     z_first, t_first = seen[0]
     assert t_first == 999
@@ -450,14 +456,7 @@ def test_reference_start_noises_the_reference_latent_to_start_t(model, monkeypat
     images, masks = _inputs(2)
     references = images.clone()
     references[masks.expand_as(images) > 0] *= -0.5  # another image inside M
-    seen = []
-    original = model.farm.forward
-
-    def spy(z, m, t):
-        seen.append((z.clone(), int(t[0])))
-        return original(z, m, t)
-
-    monkeypatch.setattr(model.farm, "forward", spy)
+    seen = _farm_inputs(model, monkeypatch)
     cfg = SynthesisConfig(nfe=5, start="reference", start_t=600)
     key = model.conditioner.keys[0]
     out = synthesize(model, images, masks, [key] * 2, cfg, _gens(1, 2), "cpu", references=references)
