@@ -132,6 +132,12 @@ class _PhaseTimer:
         self.seconds[phase] += time.perf_counter() - start
 
 
+def _check_unit_range(x: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``x`` is floating point with every value in [−1, 1] (the model's pixel range)."""
+    if not x.is_floating_point() or float(x.min()) < -1.0 or float(x.max()) > 1.0:
+        raise ValueError(f"{name} must be floating point in [-1, 1]")
+
+
 def _check_inputs(
     model: FastLDM,
     images: torch.Tensor,
@@ -151,8 +157,7 @@ def _check_inputs(
         raise ValueError(f"need one key and one generator per sample: B={b}, {len(keys)} keys, {len(generators)} gens")
     if not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError("masks must be binary: 1 = anomaly (synthesize), 0 = background")
-    if not images.is_floating_point() or float(images.min()) < -1.0 or float(images.max()) > 1.0:
-        raise ValueError("images must be floating point in [-1, 1]")
+    _check_unit_range(images, "images")
     if (references is None) != (cfg.start != "reference"):
         raise ValueError(
             f"start={cfg.start!r} with references {'missing' if references is None else 'given'}: reference images "
@@ -163,8 +168,7 @@ def _check_inputs(
             raise ValueError(
                 f"references must have the images' shape {tuple(images.shape)}, got {tuple(references.shape)}"
             )
-        if not references.is_floating_point() or float(references.min()) < -1.0 or float(references.max()) > 1.0:
-            raise ValueError("references must be floating point in [-1, 1]")
+        _check_unit_range(references, "references")
     if cfg.guidance != 1.0 and GOOD not in model.keys:
         raise ValueError(
             f"guidance={cfg.guidance} needs the normal key {GOOD!r} in the model's conditioner (it has "

@@ -131,8 +131,8 @@ def eps_loss(
     sq = (eps_pred - eps).pow(2)  # (B, C, h, w)
     no_mask = fg_weight == 0.0 or m is None
     w = torch.ones_like(sq[:, :1]) if no_mask else 1.0 + fg_weight * m.to(eps_pred.dtype)  # (B, 1, h, w)
-    s = torch.ones_like(w) if t_weight is None else t_weight.to(sq.dtype).view(-1, 1, 1, 1)
-    return (s * w * sq).sum() / (w.sum() * sq.shape[1])
+    weighted = w * sq if t_weight is None else t_weight.to(sq.dtype).view(-1, 1, 1, 1) * w * sq
+    return weighted.sum() / (w.sum() * sq.shape[1])
 
 
 def min_snr_weight(t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:

@@ -268,13 +268,9 @@ def paste_in_place(image: np.ndarray, defect: np.ndarray, mask: np.ndarray, ring
     if mask.shape != image.shape[:2] or not mask.any():
         raise ValueError(f"paste_in_place: mask {mask.shape} must be nonempty and of the image size {image.shape[:2]}")
     height, width = image.shape[:2]
-    if defect.shape[:2] != (height, width):
-        planes = defect[..., None] if defect.ndim == 2 else defect
-        resized = [
-            np.asarray(Image.fromarray(planes[..., c]).resize((width, height), Image.Resampling.BILINEAR))
-            for c in range(planes.shape[2])
-        ]
-        defect = np.stack(resized, axis=-1)
+    if defect.shape[:2] != (height, width):  # one PIL image (L or RGB): every channel with the same kernel
+        pil = Image.fromarray(defect if defect.ndim == 2 or defect.shape[2] == 3 else defect[..., 0])
+        defect = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
     src, base = _as_hwc(defect), _as_hwc(image)
     tgt_mean, src_mean = ring_mean(base, mask, ring_width), ring_mean(src, mask, ring_width)
     delta = tgt_mean - src_mean if tgt_mean is not None and src_mean is not None else np.zeros(base.shape[2])

@@ -199,9 +199,9 @@ def _defect_images(cfg: SynthesizeConfig, pending: pa.Table) -> dict[str, str]:
     root = summary.get("dataset_root")
     if not root:
         raise ValueError(
-            f"generator {cfg.generator} (start {cfg.sampler.start}): {cfg.manifest}/{SUMMARY_FILE} names no "
-            "dataset_root, so the defect images of its "
-            "masks cannot be found; use a manifest written by fastgen manifest with masks.source real"
+            f"{'generator realpaste' if cfg.generator == 'realpaste' else 'sampler.start reference'}: "
+            f"{cfg.manifest}/{SUMMARY_FILE} names no dataset_root, so the defect images of its masks cannot be found; "
+            "use a manifest written by fastgen manifest with masks.source real"
         )
     kind = (summary.get("mask_source") or {}).get("kind")
     if kind not in (None, "real"):
