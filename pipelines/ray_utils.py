@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from pipelines import console
@@ -111,3 +112,19 @@ def check_cpu_budget(actors: int, actor_cpus: float, task_cpus: float, tasks: st
     if started_local():
         raise ValueError(msg)
     logger.warning("%s (continuing: a shared cluster may scale up)", msg)
+
+
+def stream_blocks(ds: Any, batch_format: str) -> Iterator[Any]:
+    """The output blocks of the Ray Dataset ``ds`` on the driver, each as soon as it is ready (any order).
+
+    No local prefetch. With ``batch_size=None``, Ray Data's ``iter_batches(prefetch_batches=k)`` waits for the next
+    ``k`` blocks before it yields the current one, so every block reached the shard writer ``k`` actor batches late:
+    the first shard committed, and the progress bar moved, only after two more batches had been synthesized
+    (≈ 8 s of a 1-pair/s CPU actor; ``benchmarks/SPEED.md`` §2, start-up). A block here is one actor batch of encoded
+    PNGs (≲ 1 MiB) in the local object store, so fetching it on demand costs the writer nothing measurable.
+
+    Args:
+        ds: a ``ray.data.Dataset``.
+        batch_format: ``"pyarrow"``, ``"numpy"``, … as for ``iter_batches``.
+    """
+    return iter(ds.iter_batches(batch_size=None, batch_format=batch_format, prefetch_batches=0))

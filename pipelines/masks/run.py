@@ -9,7 +9,7 @@ Pipeline::
       → map_batches(MaskSampler)         actor pool, only when sources.diffusion > 0: model loaded once per actor;
                                          a whole-mask sample resized to the row's size, a box/stretch shape placed
                                          at one of its key's real sizes (fast_core.masks.placement)
-      → iter_batches on the driver       buffer rows per shard; a complete shard is filtered in plan order
+      → stream_blocks on the driver      buffer rows per shard; a complete shard is filtered in plan order
                                          (filter_shard) and committed through ShardStore
 
 Shard k is plan rows [k·S, (k+1)·S), fixed before the pipeline starts. The filter runs on the driver per complete
@@ -48,7 +48,7 @@ from pipelines.masks.plan import (
 )
 from pipelines.masks.schema import DATA_SCHEMA, MASK_STRUCT, REJECTED_SCHEMA, mask_path
 from pipelines.masks.stages import Batch, MaskSampler, fetch_mask_model, filter_shard, generate_masks, load_real_masks
-from pipelines.ray_utils import ensure_ray
+from pipelines.ray_utils import ensure_ray, stream_blocks
 from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def _run_pipeline(
     shard_col = plan.column("shard").to_numpy()
     pending = plan.filter(pa.array(np.isin(shard_col, pending_shards)))
     expected = {k: int(np.count_nonzero(shard_col == k)) for k in pending_shards}
-    batches = _build_dataset(cfg, pending).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    batches = stream_blocks(_build_dataset(cfg, pending), "numpy")
     return commit_stream(
         (_to_arrow(batch) for batch in batches),
         expected,

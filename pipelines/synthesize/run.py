@@ -8,7 +8,7 @@ Pipeline (see :mod:`pipelines.synthesize.stages`)::
                                            (BaselineSynthesizer instead for a baseline generator: cutpaste,
                                            cutpaste_scar, perlin, realpaste)
       → map_batches(encode_and_qc)         CPU tasks: QC, PNG encoding
-      → iter_batches on the driver         the shard writer: buffer rows per shard, commit each complete shard
+      → stream_blocks on the driver        the shard writer: buffer rows per shard, commit each complete shard
 
 Why the driver writes. Shard k is fixed as manifest rows [k·S, (k+1)·S) before the pipeline starts (the driver reads
 the manifest's ``sample_id`` column, computes each pending row's index and shard, and the load stage tags rows with
@@ -53,7 +53,7 @@ from pipelines import storage
 from pipelines.config import dump_config
 from pipelines.manifest import SUMMARY_FILE, read_manifest
 from pipelines.model_store import ModelInfo, read_model_info
-from pipelines.ray_utils import check_cpu_budget, ensure_ray
+from pipelines.ray_utils import check_cpu_budget, ensure_ray, stream_blocks
 from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
@@ -429,7 +429,7 @@ def _run_pipeline(
     defect_images = _defect_images(cfg, pending) if cfg.generator == "realpaste" or _reference_start(cfg) else None
     ds = _build_dataset(cfg, model_uri, info, index, pending, textures, defect_images)
     return commit_stream(
-        ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2),
+        stream_blocks(ds, "pyarrow"),
         expected,
         store,
         lambda shard_rows: shard_tables(shard_rows, info, cfg, model_uri, run_id),
