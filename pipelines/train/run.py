@@ -109,6 +109,13 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "categories": list(d.categories) if d.categories else None,
             "image_size": d.image_size,
             "image_channels": d.image_channels,
+            "frame": d.frame,
+            "hflip": d.hflip,
+            "vflip": d.vflip,
+            "windows_per_defect": d.windows_per_defect,
+            "windows_per_normal": d.windows_per_normal,
+            "window_margin": d.window_margin,
+            "window_rot90": d.window_rot90,
             "window_flips": d.window_flips,
             "normal_masks": d.normal_masks,
         },
@@ -120,14 +127,29 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
     }
 
 
-def _recorded(have: dict[str, Any], key: str) -> Any:
-    """A run.json entry; runs recorded before ``loss`` (or one of its fields) existed trained with its default (the
-    plain ε mean, no min-SNR weighting), before
+# Dataset settings recorded in run.json only since runs of both frames existed: an older run's values are unknown, so
+# a rerun is not refused for them (:func:`_recorded` takes the rerun's own).
+_LATE_DATASET_FIELDS = (
+    "frame",
+    "hflip",
+    "vflip",
+    "windows_per_defect",
+    "windows_per_normal",
+    "window_margin",
+    "window_rot90",
+)
+
+
+def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
+    """A run.json entry, compared with ``want`` (this rerun's fingerprint); runs recorded before ``loss`` (or one of
+    its fields) existed trained with its default (the plain ε mean, no min-SNR weighting), before
     ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
     output), before ``mask_model`` with the whole-mask model (frame "image", the only one there was), and before
-    ``dataset.window_flips`` with windows left as cut, before ``dataset.normal_masks`` with borrowed masks."""
+    ``dataset.window_flips`` with windows left as cut, before ``dataset.normal_masks`` with borrowed masks; a run
+    recorded before the frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's."""
     if key == "dataset" and isinstance(have.get(key), dict):
-        return {"window_flips": False, "normal_masks": True, **have[key]}
+        late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
+        return {**late, "window_flips": False, "normal_masks": True, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
@@ -135,6 +157,15 @@ def _recorded(have: dict[str, Any], key: str) -> Any:
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
     return have.get(key)
+
+
+def _differences(key: str, have: Any, want: Any) -> list[str]:
+    """``"key.field: run has …, config gives …"`` for each field of a settings entry that differs (the entry as a
+    whole when either side is not a mapping)."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        fields = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+        return [f"{key}.{k}: run has {have.get(k)!r}, config gives {want.get(k)!r}" for k in fields]
+    return [f"{key}: run has {have!r}, config gives {want!r}"]
 
 
 def _compared(cfg: TrainConfig, want: dict[str, Any]) -> list[str]:
@@ -156,11 +187,12 @@ def _check_run_info(store: RunStore, cfg: TrainConfig, keys: list[str], resume: 
         have = json.loads(st.read_text(uri, cfg.storage))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{uri}: not valid JSON ({exc})") from exc
-    diff = sorted(k for k in _compared(cfg, want) if _recorded(have, k) != want[k])
+    diff = sorted(k for k in _compared(cfg, want) if _recorded(have, k, want) != want[k])
     if diff:
-        detail = "; ".join(f"{k}: run has {_recorded(have, k)!r}, config gives {want[k]!r}" for k in diff)
+        detail = "; ".join(d for k in diff for d in _differences(k, _recorded(have, k, want), want[k]))
         hint = (
-            f" (or set mask_model.frame: {_recorded(have, 'mask_model')['frame']} to go on with this run's mask model)"
+            f" (or set mask_model.frame: {_recorded(have, 'mask_model', want)['frame']} to go on with this run's mask "
+            "model)"
             if "mask_model" in diff
             else ""
         )

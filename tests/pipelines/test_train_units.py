@@ -152,6 +152,40 @@ def test_rerun_with_another_loss_weight_is_refused(dataset: Path, tmp_path: Path
         _check_run_info(window_store, flips, keys, resume=True)
 
 
+def test_a_rerun_with_another_frame_or_augmentation_is_refused_field_by_field(dataset: Path, tmp_path: Path) -> None:
+    runs, keys = tmp_path / "runs", ["good", "widget/dent", "widget/scratch"]
+    window = tiny_cfg(dataset, runs, "dataset.frame=window")
+    store = RunStore(window.run_uri)
+    _check_run_info(store, window, keys, resume=False)
+    for override, field in [
+        ("dataset.frame=global", "dataset.frame: run has 'window', config gives 'global'"),
+        ("dataset.windows_per_defect=4", "dataset.windows_per_defect: run has 8, config gives 4"),
+        ("dataset.windows_per_normal=2", "dataset.windows_per_normal: run has 1, config gives 2"),
+        ("dataset.window_margin=0.5", "dataset.window_margin: run has 0.25, config gives 0.5"),
+        ("dataset.window_rot90=false", "dataset.window_rot90: run has True, config gives False"),
+        ("dataset.vflip=true", "dataset.vflip: run has False, config gives True"),
+    ]:
+        changed = tiny_cfg(dataset, runs, "dataset.frame=window", override)
+        with pytest.raises(ValueError, match="trained with different settings") as info:
+            _check_run_info(store, changed, keys, resume=True)
+        assert f"({field}); use another run_name" in str(info.value)  # only the field that differs is named
+    # a run recorded before these fields were: its values are unknown, so a rerun of either frame goes on
+    info = json.loads(Path(store.uri("run.json")).read_text())
+    for name in (
+        "frame",
+        "hflip",
+        "vflip",
+        "windows_per_defect",
+        "windows_per_normal",
+        "window_margin",
+        "window_rot90",
+    ):
+        del info["dataset"][name]
+    Path(store.uri("run.json")).write_text(json.dumps(info))
+    assert _check_run_info(store, window, keys, resume=True) is True
+    assert _check_run_info(store, tiny_cfg(dataset, runs), keys, resume=True) is True
+
+
 def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_farm_is_refused(
     dataset: Path, tmp_path: Path
 ) -> None:
@@ -192,7 +226,7 @@ def test_a_run_recorded_before_mask_frames_resumes_as_image_and_a_changed_frame_
     stretch = tiny_cfg(dataset, runs, "stages=[mask]")  # the default frame of new configs
     assert stretch.mask_model.frame == "stretch" and stretch.mask_model.turns is False
     assert tiny_cfg(dataset, runs, "stages=[mask]", "mask_model.frame=box").mask_model.turns is True
-    with pytest.raises(ValueError, match=r"mask_model: run has \{'frame': 'image'\}.*set mask_model.frame: image"):
+    with pytest.raises(ValueError, match=r"mask_model.frame: run has 'image', config gives 'stretch'.*set mask_model"):
         _check_run_info(store, stretch, keys, resume=True)
     # a rerun that does not train the mask stage is not refused for the mask frame it does not use
     assert _check_run_info(store, tiny_cfg(dataset, runs), keys, resume=True) is True
