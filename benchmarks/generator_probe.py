@@ -51,7 +51,7 @@ LOW_T = 250  # FARM's error is also reported over t ≤ LOW_T, where z_t is near
 
 
 def load_probe_batch(
-    root: str, size: int, channels: int, n: int, frame: str = "global", margin: float = 0.25
+    root: str, size: int, channels: int, n: int, frame: str = "global", margin: float = 0.25, zoom: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Up to ``n`` training-third anomaly images with masks, spread evenly over the sorted list, as the model sees
     them: resized to S × S (global frame) or the centred S × S window around the mask (window frame)."""
@@ -64,7 +64,7 @@ def load_probe_batch(
         x = torch.stack([to_model_image(load_image(r.image_path), size, channels) for r in recs])
         M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
         return x, M, [defect_key(r) for r in recs]
-    cuts = [cut_around(load_image(r.image_path), load_mask(r.mask_path), size, channels, margin) for r in recs]
+    cuts = [cut_around(load_image(r.image_path), load_mask(r.mask_path), size, channels, margin, zoom) for r in recs]
     x = torch.stack([torch.from_numpy(c.image).float() / 127.5 - 1.0 for c in cuts])
     M = torch.stack([torch.from_numpy(c.mask).float()[None] for c in cuts])
     return x, M, [defect_key(r) for r in recs]
@@ -172,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         name, _, uri = spec.rpartition("=") if "=" in spec else (spec, "", spec)
         model, info = load_model(uri)
         x, M, keys = load_probe_batch(
-            args.dataset_root, info.image_size, info.image_channels, args.images, info.frame, info.window_margin
+            args.dataset_root,
+            info.image_size,
+            info.image_channels,
+            args.images,
+            info.frame,
+            info.window_margin,
+            info.window_zoom,
         )
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)

@@ -10,7 +10,7 @@ at the image's own size; the same masks on their own real images give the refere
 passes when both median ratios painted / real lie in [0.5, 2]: the painted defect is as visible as a real one, and
 as grainy inside as its surroundings are (a smooth fill teaches a segmenter a cue that real defects lack). The
 contact sheet has two rows per type: the real defects,
-then the painted ones, each cell the centred window around the mask (``cut_around`` with the model's S and margin)
+then the painted ones, each cell the centred window around the mask (``cut_around`` with the model's S, margin and zoom)
 resized to ``cell`` px, so large masks show whole.
 """
 
@@ -77,7 +77,7 @@ def probe_rows(
 
 def _window_cell(image: np.ndarray, mask: np.ndarray, cell: int, info: ModelInfo) -> np.ndarray:
     """The model's centred window (side ≥ S) around ``mask`` in ``image`` (H, W[, 3]), resized to ``cell``."""
-    cut = cut_around(image, mask, info.image_size, info.image_channels, info.window_margin)
+    cut = cut_around(image, mask, info.image_size, info.image_channels, info.window_margin, info.window_zoom)
     out = cut_image(cut.native, cut.window, cell)
     return out[0] if info.image_channels == 1 else out.transpose(1, 2, 0)
 
@@ -122,6 +122,7 @@ def paint_and_compare(
         keys=list(info.keys),
         frame=info.frame,
         window_margin=info.window_margin,
+        window_zoom=info.window_zoom,
     )
     synth = FastSynthesizer(model_uri=model_uri, sampler=sampler or SynthesisConfig(nfe=10), num_cpus=threads)
     out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))

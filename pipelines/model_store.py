@@ -55,7 +55,8 @@ class ModelInfo:
     # "global": synthesis resizes the whole image to S × S; "window": it runs in an S × S window around each mask at
     # the image's own pixel size and pastes back inside the mask (FAST_SPEC §9, fast_core.data.windows)
     frame: Literal["global", "window"] = "global"
-    window_margin: float = 0.25  # window frame: side = max(S, ⌈mask box side · (1 + margin)⌉)
+    window_margin: float = 0.25  # window frame: side = max(⌈S / zoom⌉, ⌈mask box side · (1 + margin)⌉)
+    window_zoom: float = 1.0  # window frame: the smallest window is ⌈S / zoom⌉ pixels, resized up to S
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -67,6 +68,8 @@ class ModelInfo:
             raise ValueError("ModelInfo.keys must name at least one key")
         if self.frame not in ("global", "window"):
             raise ValueError(f"ModelInfo.frame must be 'global' or 'window', got {self.frame!r}")
+        if isinstance(self.window_zoom, bool) or not isinstance(self.window_zoom, int | float) or self.window_zoom < 1:
+            raise ValueError(f"ModelInfo.window_zoom must be a number >= 1, got {self.window_zoom!r}")
         if self.format != FORMAT:
             raise ValueError(f"model format {self.format!r} is not supported (expected {FORMAT!r})")
 

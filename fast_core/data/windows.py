@@ -3,17 +3,22 @@
 A model in the *window* frame never sees a whole image resized to S × S. It sees S × S windows cut at the image's own
 pixel size, so a blowhole of a few pixels stays a few pixels instead of vanishing in the resize, and a defect fills a
 larger share of the latent. For an image I (C, H, W) and a mask M (H, W) with bounding box of side
-b = max(box height, box width):
+b = max(box height, box width), and a zoom z ≥ 1:
 
-    side  = max(S, ⌈b · (1 + margin)⌉)                     # the window's side in image pixels
+    side  = max(⌈S / z⌉, ⌈b · (1 + margin)⌉)               # the window's side in image pixels
     y0    ∈ {max(0, y_hi − side + 1) … min(y_lo, H − side)}  # the box lies inside [y0, y0 + side); likewise x0
     w     = resize_S(pad(I)[:, y0 : y0 + side, x0 : x0 + side])   # identity when side = S
     m     = [box_S(M[y0 : y0 + side, x0 : x0 + side]) > 0]  # any coverage: no defect pixel is lost
 
-A box wider than S·/(1 + margin) gives a larger window, resized down to S: large defects are painted at a coarser
-scale with their context. Training draws y0, x0 uniformly from the valid range (random offset); synthesis centres
-the window on the box. Where ``side`` exceeds the image, the image is reflect-padded at the bottom/right (edge when
-it is too small to reflect), like the segmenter's crops. The generated window goes back with
+A box wider than S/(1 + margin) gives a larger window, resized down to S: large defects are painted at a coarser
+scale with their context. A zoom z > 1 [ours] makes the smallest window ⌈S/z⌉ pixels, resized *up* to S: a defect
+narrower than S/(z·(1 + margin)) then spans z times more latent cells (a 13-pixel blowhole: 1.6 cells of a 1/8 latent
+at z = 1, 3.3 at z = 2), with z times less context around it. Normal windows are then cut at ⌈S/z⌉ too
+(:func:`random_window`), so that the model sees one scale of texture.
+
+Training draws y0, x0 uniformly from the valid range (random offset); synthesis centres the window on the box. Where
+``side`` exceeds the image, the image is reflect-padded at the bottom/right (edge when it is too small to reflect),
+like the segmenter's crops. The generated window goes back with
 
     x_out = I;  x_out[:, m_native] = resize_side(ŵ)[:, m_native]    # m_native = M inside the window, at native size
 
@@ -63,14 +68,25 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
 
 
-def window_side(box: tuple[int, int, int, int], size: int, margin: float) -> int:
-    """side = max(S, ⌈b · (1 + margin)⌉), b the box's longer side.
+def min_side(size: int, zoom: float = 1.0) -> int:
+    """⌈S / z⌉: the smallest window side, in image pixels, of a model of side S at zoom z.
+
+    >>> min_side(128), min_side(128, 2.0), min_side(128, 3.0)
+    (128, 64, 43)
+    """
+    return math.ceil(size / zoom - 1e-9)
+
+
+def window_side(box: tuple[int, int, int, int], size: int, margin: float, zoom: float = 1.0) -> int:
+    """side = max(⌈S / z⌉, ⌈b · (1 + margin)⌉), b the box's longer side.
 
     >>> window_side((0, 9, 0, 3), 16, 0.25), window_side((0, 99, 0, 3), 16, 0.25)
     (16, 125)
+    >>> window_side((0, 9, 0, 3), 128, 0.25, zoom=2.0), window_side((0, 99, 0, 3), 128, 0.25, zoom=2.0)
+    (64, 125)
     """
     b = max(box[1] - box[0] + 1, box[3] - box[2] + 1)
-    return max(size, math.ceil(b * (1.0 + margin) - 1e-9))  # the tolerance keeps 100 · 1.1 at 110
+    return max(min_side(size, zoom), math.ceil(b * (1.0 + margin) - 1e-9))  # the tolerance keeps 100 · 1.1 at 110
 
 
 def _place(lo: int, hi: int, side: int, n: int, rng: np.random.Generator | None) -> int:
@@ -83,7 +99,9 @@ def _place(lo: int, hi: int, side: int, n: int, rng: np.random.Generator | None)
     return int(min(max(round((lo + hi + 1) / 2 - side / 2), first), last))
 
 
-def window_around(mask: np.ndarray, size: int, margin: float, rng: np.random.Generator | None = None) -> Window:
+def window_around(
+    mask: np.ndarray, size: int, margin: float, rng: np.random.Generator | None = None, zoom: float = 1.0
+) -> Window:
     """The window of a mask (module docstring): random offset from ``rng`` (training), centred when None.
 
     >>> m = np.zeros((200, 300), bool); m[50:60, 280:290] = True
@@ -91,13 +109,14 @@ def window_around(mask: np.ndarray, size: int, margin: float, rng: np.random.Gen
     (64, True, True)
     """
     box = mask_box(mask)
-    side = window_side(box, size, margin)
+    side = window_side(box, size, margin, zoom)
     h, w = mask.shape
     return Window(_place(box[0], box[1], side, h, rng), _place(box[2], box[3], side, w, rng), side)
 
 
 def random_window(height: int, width: int, size: int, rng: np.random.Generator) -> Window:
-    """An S × S window at a uniform position of an H × W image (at 0 along a side shorter than S)."""
+    """A ``size`` × ``size`` window at a uniform position of an H × W image (at 0 along a shorter side); ``size`` is
+    S, or :func:`min_side` at a zoom."""
     y0 = int(rng.integers(0, height - size + 1)) if height > size else 0
     x0 = int(rng.integers(0, width - size + 1)) if width > size else 0
     return Window(y0, x0, size)
@@ -149,19 +168,21 @@ def cut_mask(mask: np.ndarray, window: Window, size: int) -> np.ndarray:
 class WindowCut:
     """One image and mask in the window frame: what the model sees and what the paste-back needs."""
 
-    image: np.ndarray  # (C, S, S) uint8: the window, resized to S when side > S
+    image: np.ndarray  # (C, S, S) uint8: the window, resized to S when side ≠ S
     mask: np.ndarray  # (S, S) uint8 in {0, 1}: the mask in the window (any coverage)
     window: Window  # where it was cut
     native: np.ndarray  # (C, H, W) uint8: the image at its own size, C channels
     label: np.ndarray  # (H, W) bool: the mask at the image's size
 
 
-def cut_around(image: np.ndarray, mask: np.ndarray, size: int, channels: int, margin: float) -> WindowCut:
+def cut_around(
+    image: np.ndarray, mask: np.ndarray, size: int, channels: int, margin: float, zoom: float = 1.0
+) -> WindowCut:
     """The centred window around ``mask`` in ``image`` (uint8 (H, W) or (H, W, 3); the mask nonzero = anomaly, of
-    any size: resized to the image first, nearest), cut at S = ``size`` with ``channels`` channels."""
+    any size: resized to the image first, nearest), cut at S = ``size`` with ``channels`` channels, at zoom z."""
     native = to_uint8_chw(image, channels)
     label = mask_at(mask, *native.shape[1:])
-    window = window_around(label, size, margin)
+    window = window_around(label, size, margin, zoom=zoom)
     return WindowCut(cut_image(native, window, size), cut_mask(label, window, size), window, native, label)
 
 

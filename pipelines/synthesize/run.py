@@ -278,6 +278,7 @@ def _build_dataset(
             "storage_cfg": cfg.storage,
             "frame": info.frame if cfg.generator == "fast" else "global",
             "window_margin": info.window_margin,
+            "window_zoom": info.window_zoom,
             "defect_images": defect_images if _reference_start(cfg) else None,
         },
     )

@@ -148,6 +148,7 @@ def load_inputs(
     storage_cfg: StorageConfig | None = None,
     frame: str = "global",
     window_margin: float = 0.25,
+    window_zoom: float = 1.0,
     defect_images: dict[str, str] | None = None,
 ) -> Batch:
     """Ray stage 1 (CPU task): keep the rows of pending shards, fetch and decode their inputs, resize to the model.
@@ -164,6 +165,7 @@ def load_inputs(
             the mask at the image's own size; the batch then also carries ``window`` (B, 3) int64 = (y0, x0, side)
             and the native image and label as PNG bytes ``native_png`` / ``native_mask_png`` for the paste-back).
         window_margin: the window frame's margin (fast_core.data.windows).
+        window_zoom: the window frame's zoom: the smallest window is ⌈S / zoom⌉ pixels (fast_core.data.windows).
         defect_images: for a reference start (``sampler.start: reference``): ``sample_id`` → the real defect image
             of the row's mask. The batch then also carries ``reference`` (B, S, S, C) uint8: the input with that
             defect pasted inside the mask (:func:`fast_core.baselines.realpaste.paste_in_place`), cut and resized as
@@ -210,7 +212,7 @@ def load_inputs(
             if reference is not None:
                 out["reference"][i] = _global_inputs(reference, mask, s, c)[0]
             continue
-        cut = cut_around(image, mask, s, c, window_margin)
+        cut = cut_around(image, mask, s, c, window_margin, window_zoom)
         if reference is not None:
             out["reference"][i] = cut_image(to_uint8_chw(reference, c), cut.window, s).transpose(1, 2, 0)
         out["image"][i], out["mask"][i] = cut.image.transpose(1, 2, 0), cut.mask * 255

@@ -117,6 +117,7 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "window_margin": d.window_margin,
             "window_rot90": d.window_rot90,
             "window_flips": d.window_flips,
+            "window_zoom": d.window_zoom,
             "normal_masks": d.normal_masks,
         },
         "model": to_dict(cfg.model),
@@ -145,11 +146,12 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     its fields) existed trained with its default (the plain ε mean, no min-SNR weighting), before
     ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` with the spec's FARM (key-blind, no skips, direct
     output), before ``mask_model`` with the whole-mask model (frame "image", the only one there was), and before
-    ``dataset.window_flips`` with windows left as cut, before ``dataset.normal_masks`` with borrowed masks; a run
+    ``dataset.window_flips`` with windows left as cut, before ``dataset.window_zoom`` at zoom 1, before
+    ``dataset.normal_masks`` with borrowed masks; a run
     recorded before the frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
-        return {**late, "window_flips": False, "normal_masks": True, **have[key]}
+        return {**late, "window_flips": False, "window_zoom": 1.0, "normal_masks": True, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
@@ -449,6 +451,7 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
         run_id=cfg.run_name,
         frame=cfg.dataset.frame,
         window_margin=cfg.dataset.window_margin,
+        window_zoom=cfg.dataset.window_zoom,
     )
     uri = cfg.model_uri
     try:

@@ -1,9 +1,10 @@
 """Training data in the window frame (FAST_SPEC §9): native-resolution S × S windows instead of resized images.
 
     defect rows   for each training-third anomaly image with a mask, ``windows_per_defect`` windows:
-                  w = window_around(M, S, margin, rng)  (random offset; box inside; side > S resized to S)
+                  w = window_around(M, S, margin, rng, zoom)  (random offset; box inside; side ≠ S resized to S)
                   image, mask = cut_image(I, w), cut_mask(M, w), then a random k·90° turn when window_rot90
-    normal rows   for each ``train/good`` image, ``windows_per_normal`` random S × S windows (padded when smaller)
+    normal rows   for each ``train/good`` image, ``windows_per_normal`` random windows of side ⌈S / zoom⌉ (S at
+                  zoom 1), resized to S (padded when the image is smaller)
     window_flips  each window (and its mask) then flipped left-right and upside down with probability 1/2 each, once
 
 The result is an ordinary :class:`TrainingData` (every array S × S), so the stages, the row feed and the resume
@@ -20,7 +21,7 @@ import numpy as np
 
 from fast_core.data.layout import GOOD, ImageRecord, load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_uint8_chw
-from fast_core.data.windows import cut_image, cut_mask, mask_at, random_window, window_around
+from fast_core.data.windows import cut_image, cut_mask, mask_at, min_side, random_window, window_around
 from pipelines.train.config import DatasetConfig
 from pipelines.train.data import TrainingData, defect_key, stack_training_data
 
@@ -38,6 +39,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
     index = read_dataset(cfg.local_root, cfg.layout, cfg.categories)
     split = split_anomalies(index.records)
     size, channels = cfg.image_size, cfg.image_channels
+    normal_side = min_side(size, cfg.window_zoom)
     mode = "L" if channels == 1 else "RGB"
     rng = np.random.default_rng([seed, _STREAM])
     skipped: list[tuple[str, str]] = []
@@ -65,7 +67,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
         if image is None:
             continue
         for _ in range(cfg.windows_per_normal):
-            normal.extend(flipped(cut_image(image, random_window(*image.shape[1:], size, rng), size)))
+            normal.extend(flipped(cut_image(image, random_window(*image.shape[1:], normal_side, rng), size)))
     windows, masks, ids = [], [], []
     for record in split.gen_train:
         image = native(record)
@@ -83,7 +85,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             skipped.append((str(record.mask_path), "empty mask: no window can be placed"))
             continue
         for _ in range(cfg.windows_per_defect):
-            window = window_around(mask, size, cfg.window_margin, rng)
+            window = window_around(mask, size, cfg.window_margin, rng, cfg.window_zoom)
             x, m = cut_image(image, window, size), cut_mask(mask, window, size)
             k = int(rng.integers(4)) if cfg.window_rot90 else 0
             x, m = flipped(np.rot90(x, k, axes=(1, 2)), np.rot90(m, k)[None])

@@ -7,9 +7,11 @@ import pytest
 
 from fast_core.data.windows import (
     Window,
+    cut_around,
     cut_image,
     cut_mask,
     mask_at,
+    min_side,
     paste_window,
     random_window,
     window_around,
@@ -53,6 +55,27 @@ def test_a_large_defect_gets_a_larger_window_resized_to_the_model() -> None:
     # any coverage counts: a one-pixel-wide line survives a 4× shrink
     line = _blob(256, 256, slice(0, 256), slice(100, 101))
     assert cut_mask(line, Window(0, 0, 256), 64).sum() == 64
+
+
+def test_a_zoom_cuts_a_smaller_window_around_a_small_defect_resized_up_and_pasted_back_down() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (1, 120, 150), dtype=np.uint8)
+    m = _blob(120, 150, slice(50, 56), slice(70, 77))  # a 6 × 7 defect
+    for r in (None, np.random.default_rng(4)):
+        w = window_around(m, 64, 0.25, r, zoom=2.0)
+        assert w.side == min_side(64, 2.0) == 32
+        assert w.y0 <= 50 < 56 <= w.y0 + 32 and w.x0 <= 70 < 77 <= w.x0 + 32
+    cut = cut_around(image[0], m, 64, 1, 0.25, zoom=2.0)
+    assert cut.window.side == 32 and cut.image.shape == (1, 64, 64)
+    assert cut.mask.sum() >= 4 * m.sum()  # twice the side in the model's pixels: the defect spans 4× the cells
+    # the zoom only sets the smallest side: a large defect's window is the same as without it
+    big = _blob(120, 150, slice(10, 110), slice(20, 40))
+    assert window_around(big, 64, 0.25, zoom=2.0) == window_around(big, 64, 0.25)
+    # back at native size: only the mask's pixels change, by the generated window shrunk to 32 px
+    generated = np.full((1, 64, 64), 200, np.uint8)
+    out = paste_window(image, generated, m, cut.window, reference=cut.image)
+    np.testing.assert_array_equal(out[:, ~m], image[:, ~m])
+    assert out[0][m].mean() > image[0][m].mean() + 30
 
 
 def test_windows_past_a_small_image_are_padded_and_the_paste_stays_inside() -> None:

@@ -110,9 +110,11 @@ def publish_tiny_model(
     keys: tuple[str, ...] = TINY_KEYS,
     seed: int = 0,
     frame: str = "global",
+    window_zoom: float = 1.0,
 ) -> str:
     """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code; ``frame``
-    ``"window"`` marks it as trained on native-resolution windows (synthesis then works in windows)."""
+    ``"window"`` marks it as trained on native-resolution windows (synthesis then works in windows, at
+    ``window_zoom``)."""
     model = FastLDM.from_scratch(tiny_fast_config(image_channels, keys), seed=seed)
     info = ModelInfo(
         image_size=32,
@@ -121,5 +123,6 @@ def publish_tiny_model(
         preset="tiny",
         run_id="tiny-test",
         frame=frame,  # type: ignore[arg-type]
+        window_zoom=window_zoom,
     )
     return publish_model(model, uri, info, storage)

@@ -69,6 +69,8 @@ def test_publish_rejects_info_that_disagrees(tmp_path: Path) -> None:
         publish_model(model, str(tmp_path / "m"), ModelInfo(image_size=32, image_channels=3, keys=["other"]))
     with pytest.raises(ValueError, match="image_channels must be 1 or 3"):
         ModelInfo(image_size=32, image_channels=2, keys=["a"])
+    with pytest.raises(ValueError, match="window_zoom must be a number >= 1, got 0.5"):
+        ModelInfo(image_size=32, image_channels=1, keys=["a"], frame="window", window_zoom=0.5)
 
 
 def test_put_dir_get_dir_round_trip(tmp_path: Path) -> None:

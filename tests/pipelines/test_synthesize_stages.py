@@ -14,6 +14,7 @@ from fast_core.data.transforms import decode_png, to_model_image
 from fast_core.synthesis import SynthesisConfig
 from pipelines.config import load_config
 from pipelines.manifest import MANIFEST_SCHEMA
+from pipelines.model_store import read_model_info
 from pipelines.synthesize.config import SynthesizeConfig
 from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
 from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
@@ -191,6 +192,34 @@ def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(
     expected = np.asarray(Image.fromarray(big_mask).resize((70, 90), Image.Resampling.NEAREST)) > 0
     np.testing.assert_array_equal(decode_png(out["mask_png"][2]) > 0, expected)
     assert out["mask_area"][2] == int(expected.sum())
+
+
+def test_a_zoomed_window_model_paints_a_small_defect_in_a_smaller_window_and_pastes_back_at_native_size(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 1}, mode="RGB", size=(90, 70))
+    model = publish_tiny_model(str(tmp_path / "model"), frame="window", window_zoom=2.0)
+    assert read_model_info(model).window_zoom == 2.0
+    small = np.zeros((90, 70), np.uint8)
+    small[40:45, 30:36] = 255  # 5 × 6: its window is ⌈32 / 2⌉ = 16 px, resized up to 32
+    Image.fromarray(small).save(tmp_path / "small_mask.png")
+    rows = [{**pair_rows(root, model, {("tiny", "crack"): 1})[0], "mask_uri": str(tmp_path / "small_mask.png")}]
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    kwargs = {"pending": _pending(rows), "image_size": 32, "image_channels": 3, "keys": ["good", "tiny/crack"]}
+    batch = load_inputs(table, frame="window", window_zoom=2.0, **kwargs)
+    plain = load_inputs(table, frame="window", **kwargs)
+    assert batch["window"][0][2] == 16 and plain["window"][0][2] == 32
+    assert batch["mask"][0].astype(bool).sum() >= 4 * plain["mask"][0].astype(bool).sum()
+    synth = FastSynthesizer(model_uri=model, sampler=SynthesisConfig(nfe=3, batch_size=4))
+    out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig())
+    source = decode_png(Path(rows[0]["image_uri"]).read_bytes(), "RGB")
+    image, label = decode_png(out["image_png"][0], "RGB"), decode_png(out["mask_png"][0]) > 0
+    assert out["status"][0] == "" and image.shape == source.shape
+    np.testing.assert_array_equal(label, small > 0)
+    np.testing.assert_array_equal(image[~label], source[~label])  # background bit-exact
+    assert not np.array_equal(image[label], source[label])
 
 
 def test_reference_start_pastes_the_rows_real_defect_in_the_window_and_rejects_rows_without_one(

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from fast_core.data.transforms import decode_png
+from fast_core.data.windows import Window, cut_image
 from pipelines.config import load_config
 from pipelines.train.checkpoint import CheckpointError, RunStore, flatten_optimizer_state, unflatten_optimizer_state
 from pipelines.train.config import StageConfig, TrainConfig, check_dataset
@@ -164,6 +165,7 @@ def test_a_rerun_with_another_frame_or_augmentation_is_refused_field_by_field(da
         ("dataset.window_margin=0.5", "dataset.window_margin: run has 0.25, config gives 0.5"),
         ("dataset.window_rot90=false", "dataset.window_rot90: run has True, config gives False"),
         ("dataset.vflip=true", "dataset.vflip: run has False, config gives True"),
+        ("dataset.window_zoom=2", "dataset.window_zoom: run has 1.0, config gives 2.0"),
     ]:
         changed = tiny_cfg(dataset, runs, "dataset.frame=window", override)
         with pytest.raises(ValueError, match="trained with different settings") as info:
@@ -301,6 +303,24 @@ def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> 
     found = [(h, v) for h, v in ways if any(np.array_equal(c[:, ::v, ::h], flipped.normal[0]) for c in crops)]
     assert found, "the first normal window is no flipped crop of its image"
     assert not np.array_equal(flipped.anomalies, data.anomalies)
+    # window_zoom 2: normal windows are 16-pixel crops resized up to 32 (a smooth upscale, not a 32-pixel crop)
+    zoomed = load_training_data(tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_zoom=2").dataset, seed=5)
+    assert zoomed.normal.shape == data.normal.shape and zoomed.anomalies.shape == data.anomalies.shape
+    assert not any(np.array_equal(c, zoomed.normal[0]) for c in crops)
+    assert any(
+        np.array_equal(cut_image(first, Window(y, x, 16), 32), zoomed.normal[0])
+        for y in range(40 - 15)
+        for x in range(60 - 15)
+    )
+    assert zoomed.masks.sum() > data.masks.sum()  # the same defects cover more of a zoomed window
+    for override, message in [
+        ("dataset.window_zoom=0.5", r"window_zoom must be in \[1, 8\], got 0.5"),
+        ("dataset.window_zoom=true", "window_zoom: expected a number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tiny_cfg(root, tmp_path / "runs", *overrides, override)
+    with pytest.raises(ValueError, match="window_zoom needs frame: window"):
+        tiny_cfg(root, tmp_path / "runs", "dataset.window_zoom=2")
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
