@@ -9,8 +9,10 @@ Two views, both read from Linux's ``/proc``:
   process alone holds: the memory that a second actor on the node adds.
 * :func:`actor_import_floor`: a fresh process that does what a ``FastSynthesizer`` actor does, in order (import
   torch; import Ray and Ray Data, which run the actor; import diffusers' UNet; import the synthesis stage; load the
-  model; run one batch), with :func:`memory_split` after each step: the memory each step adds, so that what is
-  avoidable can be told from what any torch + Ray Data + diffusers process holds.
+  model; run one batch), with :func:`memory_split` and the step's wall seconds after each step: the memory each step
+  adds, so that what is avoidable can be told from what any torch + Ray Data + diffusers process holds, and the time
+  a fresh actor process spends before its first batch (part of a pipeline's start-up that a bare loop, whose imports
+  are done before its clock starts, does not have).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 STATUS_FIELDS = {"VmRSS": "rss", "VmHWM": "peak_rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
@@ -47,27 +50,35 @@ def memory_split(pid: int | str = "self") -> dict[str, int]:
 
 def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str, Any]]:
     """The steps of :func:`actor_import_floor`, run in this (fresh) process."""
+    clock = [time.perf_counter()]
+
+    def step(name: str, **extra: Any) -> dict[str, Any]:
+        """``name``'s memory now and its wall seconds since the previous step."""
+        now = time.perf_counter()
+        seconds, clock[0] = now - clock[0], now
+        return {"step": name, **extra, "seconds": seconds, **memory_split()}
+
     steps = [{"step": "python", **memory_split()}]
     import torch
 
     torch.set_num_threads(threads)
-    steps.append({"step": "import torch", **memory_split()})
+    steps.append(step("import torch"))
     import ray.data  # noqa: F401  - a Ray Data actor's worker has imported both
 
-    steps.append({"step": "import ray, ray.data", **memory_split()})
+    steps.append(step("import ray, ray.data"))
     from diffusers import UNet2DConditionModel  # noqa: F401
 
-    steps.append({"step": "import diffusers UNet", **memory_split()})
+    steps.append(step("import diffusers UNet"))
     import numpy as np
 
     from benchmarks.pipeline_throughput import KEYS
     from fast_core.synthesis import SynthesisConfig
     from pipelines.synthesize.stages import FastSynthesizer
 
-    steps.append({"step": "import the synthesis stage", **memory_split()})
+    steps.append(step("import the synthesis stage"))
     synth = FastSynthesizer(model_uri=model_uri, sampler=SynthesisConfig(batch_size=batch_rows), num_cpus=threads)
     tensors = {t.data_ptr(): t.numel() * t.element_size() for t in synth.model.state_dict().values()}
-    steps.append({"step": "load the model", "weight_bytes": sum(tensors.values()), **memory_split()})
+    steps.append(step("load the model", weight_bytes=sum(tensors.values())))
     s, c = synth.info.image_size, synth.info.image_channels
     batch = {
         "image": np.random.default_rng(0).integers(0, 256, (batch_rows, s, s, c), dtype=np.uint8),
@@ -78,7 +89,7 @@ def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str
     }
     batch["mask"][:, s // 4 : s // 2, s // 4 : s // 2] = 255
     synth(batch)
-    steps.append({"step": "synthesize one batch", **memory_split()})
+    steps.append(step("synthesize one batch"))
     return steps
 
 

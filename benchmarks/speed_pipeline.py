@@ -214,15 +214,16 @@ def md_actor_memory(steps: list[dict[str, Any]] | None) -> list[str]:
     lines = [
         "\nAn actor's memory, step by step (a fresh process doing what a `FastSynthesizer` actor does; anon is "
         "private, file is mapped library pages that every process on the node shares; PSS charges shared pages to "
-        "their sharers, USS is what this process alone holds):\n",
-        "| step | RSS | added | peak RSS | anon | file | PSS | USS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "their sharers, USS is what this process alone holds; s: the step's wall seconds):\n",
+        "| step | s | RSS | added | peak RSS | anon | file | PSS | USS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     before = 0
     for step in steps:
         weights = f" ({fmt_bytes(step['weight_bytes'])} of weights)" if "weight_bytes" in step else ""
         lines.append(
-            f"| {step['step']}{weights} | {fmt_bytes(step['rss'])} | {fmt_bytes(step['rss'] - before)} | "
+            f"| {step['step']}{weights} | {fmt_num(step.get('seconds'), '.2f')} | {fmt_bytes(step['rss'])} | "
+            f"{fmt_bytes(step['rss'] - before)} | "
             f"{fmt_bytes(step['peak_rss'])} | {fmt_bytes(step['anon'])} | {fmt_bytes(step['file'])} | "
             f"{fmt_bytes(step.get('pss'))} | {fmt_bytes(step.get('uss'))} |"
         )
@@ -234,5 +235,12 @@ def md_actor_memory(steps: list[dict[str, Any]] | None) -> list[str]:
             f"\nBefore any model is loaded, the imports alone hold {fmt_bytes(imports['rss'])} of RSS "
             f"({fmt_bytes(imports['file'])} of it shared library pages); the model and one batch then add "
             f"{fmt_bytes(steps[-1]['peak_rss'] - imports['rss'])} at the peak."
+        )
+    imports_s = [step["seconds"] for step in steps if step["step"].startswith("import") and "seconds" in step]
+    if imports_s:
+        lines.append(
+            f"The imports take {sum(imports_s):.1f} s of a fresh actor process's start, before its model load and "
+            "first batch: a pipeline's start-up includes them (a Ray actor gets a new worker process), the bare "
+            "loop's does not (its imports come before its clock starts)."
         )
     return lines

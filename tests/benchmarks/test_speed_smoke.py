@@ -205,3 +205,21 @@ def test_memory_split_reads_this_process() -> None:
     assert split["rss"] > 0 and split["peak_rss"] >= split["rss"]
     assert split["anon"] + split["file"] + split["shmem"] == pytest.approx(split["rss"], rel=0.05)
     assert 0 < split["uss"] <= split["pss"] <= split["rss"]
+
+
+def test_actor_steps_table_shows_each_steps_seconds_and_the_imports_total() -> None:
+    from benchmarks.speed_pipeline import md_actor_memory
+
+    mib = 1 << 20
+    split = {"peak_rss": 0, "anon": mib, "file": mib, "pss": mib, "uss": mib}
+    steps = [
+        {"step": "python", **split, "rss": 10 * mib},
+        {"step": "import torch", **split, "rss": 200 * mib, "seconds": 1.25},
+        {"step": "import ray, ray.data", **split, "rss": 300 * mib, "seconds": 1.0},
+        {"step": "import the synthesis stage", **split, "rss": 400 * mib, "seconds": 0.5},
+        {"step": "load the model", **split, "rss": 450 * mib, "seconds": 0.25, "weight_bytes": 40 * mib},
+    ]
+    lines = md_actor_memory(steps)
+    assert "| import torch | 1.25 | 200.0 MiB | 190.0 MiB |" in "\n".join(lines)
+    assert "| python | — |" in "\n".join(lines)  # the first step has no duration
+    assert "The imports take 2.8 s of a fresh actor process's start" in lines[-1]
