@@ -50,12 +50,13 @@ def memory_split(pid: int | str = "self") -> dict[str, int]:
 
 def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str, Any]]:
     """The steps of :func:`actor_import_floor`, run in this (fresh) process."""
-    clock = [time.perf_counter()]
+    last = time.perf_counter()
 
     def step(name: str, **extra: Any) -> dict[str, Any]:
         """``name``'s memory now and its wall seconds since the previous step."""
+        nonlocal last
         now = time.perf_counter()
-        seconds, clock[0] = now - clock[0], now
+        seconds, last = now - last, now
         return {"step": name, **extra, "seconds": seconds, **memory_split()}
 
     steps = [{"step": "python", **memory_split()}]

@@ -51,7 +51,7 @@ class DatasetConfig:
     frame: Literal["global", "window"] = "global"
     windows_per_defect: int = 8  # window frame: windows per training-third defect image (random offsets)
     windows_per_normal: int = 1  # window frame: random windows per train/good image
-    window_margin: float = 0.25  # window frame: side = max(image_size, ⌈box side · (1 + margin)⌉), then resized
+    window_margin: float = 0.25  # window frame: side = max(⌈image_size / zoom⌉, ⌈box side · (1 + margin)⌉), resized
     window_rot90: bool = True  # window frame: turn each defect window by a random multiple of 90° (mask with it)
     # window frame [ours]: the smallest window is ⌈image_size / zoom⌉ pixels, resized up to image_size, so a small
     # defect spans zoom× more latent cells (normal windows are cut at that side too); stored with the model
@@ -92,10 +92,9 @@ class DatasetConfig:
             raise ValueError("TrainConfig.dataset.window_flips needs frame: window (it flips windows as they are cut)")
         if not isinstance(self.window_margin, int | float) or not 0.0 <= self.window_margin <= 4.0:
             raise ValueError(f"TrainConfig.dataset.window_margin must be in [0, 4], got {self.window_margin!r}")
-        if isinstance(self.window_zoom, bool) or not isinstance(self.window_zoom, int | float):
-            raise ValueError(f"TrainConfig.dataset.window_zoom must be a number in [1, 8], got {self.window_zoom!r}")
-        if not 1.0 <= self.window_zoom <= 8.0:
-            raise ValueError(f"TrainConfig.dataset.window_zoom must be in [1, 8], got {self.window_zoom!r}")
+        zoom = self.window_zoom
+        if isinstance(zoom, bool) or not isinstance(zoom, int | float) or not 1.0 <= zoom <= 8.0:
+            raise ValueError(f"TrainConfig.dataset.window_zoom must be in [1, 8], got {zoom!r}")
         if self.window_zoom != 1.0 and self.frame != "window":
             raise ValueError("TrainConfig.dataset.window_zoom needs frame: window (it sets the windows' smallest side)")
 
