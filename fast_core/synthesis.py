@@ -230,7 +230,7 @@ def _denoise(
         # 1. foreground reconstruction and anomaly-aware noise: z̃ = (1−m) z + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ζ)
         if cfg.use_farm and not in_tail and t >= cfg.farm_min_t:
             with amp():
-                z0_fg = model.farm_estimate(z, m, t_vec, keys).float()  # (B, C, h, w)
+                z0_fg = model.farm_estimate(z, m, t_vec, keys, z_bg).float()  # (B, C, h, w)
             zeta = _randn(z.shape[1:], generators, device)
             z_mix = (1.0 - m) * z + m * (math.sqrt(ab_t) * z0_fg + math.sqrt(1.0 - ab_t) * zeta)
         else:

@@ -79,7 +79,7 @@ def farm_mixed_input(
     """The FAST stage's noised, FARM-mixed input (FAST_SPEC §6), under the caller's autocast:
 
         z_t   = √ᾱ_t z_0 + √(1−ᾱ_t) ε
-        ẑ0_fg = FARM(z_t, m, t)                                             (keyed FARM: also the key)
+        ẑ0_fg = FARM(z_t, m, t)              (keyed FARM: also the key; context FARM: also (1 − m) ⊙ z_0)
         z̃_t   = (1−m) z_t + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ε)                    # the same ε
 
     Args:
@@ -92,7 +92,7 @@ def farm_mixed_input(
     """
     ab = _alpha_bar(t, z0)  # (B, 1, 1, 1)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-    z0_fg = model.farm_estimate(z_t, m, t, keys).float()
+    z0_fg = model.farm_estimate(z_t, m, t, keys, z0).float()
     return z0_fg, (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
 
 

@@ -1,8 +1,9 @@
 """FARM, the foreground-aware reconstruction module of FAST (FAST_SPEC §4): predicts the clean anomaly latent ẑ0_fg.
 
-FARM maps a noisy latent z_t, the latent-resolution anomaly mask m (1 = anomaly) and the timestep t to an estimate of
-the clean foreground latent m ⊙ z_0. A skip-free convolutional encoder brings z_t to a (h/4)×(w/4) bottleneck, where a
-time-dependent *background-adaptive soft mask* g_t ∈ (0, 1) damps responses outside the mask:
+FARM maps a noisy latent z_t, the latent-resolution anomaly mask m (1 = anomaly) and the timestep t (with ``context``
+[ours], also the clean background (1 − m) ⊙ z_bg beside the mask) to an estimate of the clean foreground latent
+m ⊙ z_0. A skip-free convolutional encoder brings its input to a (h/4)×(w/4) bottleneck, where a time-dependent
+*background-adaptive soft mask* g_t ∈ (0, 1) damps responses outside the mask:
 
     u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
 
@@ -51,6 +52,11 @@ class FARMConfig:
     # linear least-squares estimate of z_0 for unit-variance latents, so F only learns what it misses: at small t FARM
     # starts as (almost) the identity instead of having to learn to copy z_t (EDM's skip preconditioning).
     residual: bool = False
+    # Background context [ours]: the encoder also reads m and the clean background beside it, z_t ‖ m ‖ (1 − m) ⊙ z_bg,
+    # as an inpaint UNet does. The spec's FARM sees z_t alone, so at large t it cannot know the brightness and texture
+    # around the mask and its MSE estimate falls back to a mean over all backgrounds; the background is known at
+    # synthesis (the normal image's latent) and in training ((1 − m) ⊙ z_0).
+    context: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -63,7 +69,7 @@ class FARMConfig:
             raise ValueError(f"FARMConfig.time_dim must be a positive even int, got {self.time_dim}")
         if self.latent_size < 4 or self.latent_size % 4:
             raise ValueError(f"FARMConfig.latent_size must be a positive multiple of 4, got {self.latent_size}")
-        for name in ("skips", "residual"):
+        for name in ("skips", "residual", "context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FARMConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 0:
@@ -112,7 +118,7 @@ class FARM(nn.Module):
     Notation: C latent channels, h×w latent size, (w0, w1, w2) the widths, m the anomaly mask (1 = anomaly),
     m₂/m₄ the mask at h/2 and h/4 (``config.mask_pool``), e_t the timestep embedding.
 
-        h₁ = Block(z_t)                          # (B, w0, h, w)
+        h₁ = Block(z_t)                          # (B, w0, h, w);  context: Block(z_t ‖ m ‖ (1 − m) z_bg)
         h₂ = Block(maxpool(h₁))                  # (B, w1, h/2, w/2)
         h₃ = Conv1×1(Block(maxpool(h₂)))          # (B, w2, h/4, w/4)
         e = e_t (+ e_k, keyed)                   # (B, time_dim); e_k: the defect key's embedding [ours]
@@ -123,8 +129,10 @@ class FARM(nn.Module):
         ẑ0_fg = Conv3×3([d₁, m])                 # (B, C, h, w)
 
     With ``config.skips`` [ours] the decoder also reads h₂ and h₁, so fine detail of z_t need not pass the (h/4)²
-    bottleneck; the gate g_t still acts on the bottleneck alone. With ``config.residual`` [ours] the network's output
-    F is a correction to the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F), with FAST's schedule ᾱ.
+    bottleneck; the gate g_t still acts on the bottleneck alone. With ``config.context`` [ours] the first block also
+    reads the mask and the clean background latent outside it (2C + 1 input channels). With ``config.residual``
+    [ours] the network's output F is a correction to the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F), with
+    FAST's schedule ᾱ.
 
     >>> farm = FARM(FARMConfig(latent_size=16))
     >>> farm(torch.zeros(2, 4, 16, 16), torch.zeros(2, 1, 16, 16), torch.tensor([999, 0])).shape
@@ -138,7 +146,7 @@ class FARM(nn.Module):
         c, (w0, w1, w2) = cfg.latent_channels, cfg.widths
         self.bottleneck_size = cfg.latent_size // 4
         # encoder (no skip connections)
-        self.enc1 = _block(c, w0)
+        self.enc1 = _block(2 * c + 1 if cfg.context else c, w0)
         self.enc2 = _block(w0, w1)
         self.enc3 = _block(w1, w2)
         self.enc_proj = nn.Conv2d(w2, w2, 1)
@@ -227,8 +235,24 @@ class FARM(nn.Module):
         g = torch.sigmoid(self.time_mask(emb))  # (B, (h/4)·(w/4))
         return g.view(-1, 1, self.bottleneck_size, self.bottleneck_size)
 
+    def _encoder_input(self, z_t: torch.Tensor, m: torch.Tensor, z_bg: torch.Tensor | None) -> torch.Tensor:
+        """z_t, or z_t ‖ m ‖ (1 − m) ⊙ z_bg for a context FARM (``z_bg`` checked against z_t's shape)."""
+        if not self.config.context:
+            return z_t
+        if z_bg is None or tuple(z_bg.shape) != tuple(z_t.shape):
+            got = None if z_bg is None else tuple(z_bg.shape)
+            raise ValueError(
+                f"this FARM reads the background (context): pass z_bg of shape {tuple(z_t.shape)}, got {got}"
+            )
+        return torch.cat([z_t, m, (1.0 - m) * z_bg.to(z_t.dtype)], dim=1)
+
     def forward(
-        self, z_t: torch.Tensor, m: torch.Tensor, t: torch.Tensor, key_ids: torch.Tensor | None = None
+        self,
+        z_t: torch.Tensor,
+        m: torch.Tensor,
+        t: torch.Tensor,
+        key_ids: torch.Tensor | None = None,
+        z_bg: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstruct the clean foreground latent.
 
@@ -237,6 +261,8 @@ class FARM(nn.Module):
             m: (B, 1, h, w) float anomaly mask in {0, 1} (1 = anomaly) at latent resolution.
             t: (B,) long timesteps in [0, T−1] (a 0-d tensor is broadcast to the batch).
             key_ids: (B,) long defect-key indices in [0, num_keys); required by a keyed FARM, ignored otherwise.
+            z_bg: (B, C, h, w) clean background latent (only (1 − m) ⊙ z_bg is read); required by a context FARM,
+                ignored otherwise.
 
         Returns:
             ẑ0_fg of shape (B, C, h, w), trained against m ⊙ z_0.
@@ -245,7 +271,7 @@ class FARM(nn.Module):
         m = m.to(z_t.dtype)
         m2, m4 = self._pool_mask(m, 2), self._pool_mask(m, 4)  # (B,1,h/2,w/2), (B,1,h/4,w/4)
         # 1. encoder
-        h1 = self.enc1(z_t)  # (B, w0, h, w)
+        h1 = self.enc1(self._encoder_input(z_t, m, z_bg))  # (B, w0, h, w)
         h2 = self.enc2(F.max_pool2d(h1, 2))  # (B, w1, h/2, w/2)
         h3 = self.enc_proj(self.enc3(F.max_pool2d(h2, 2)))  # (B, w2, h/4, w/4)
         # 2. time-gated bottleneck: u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t

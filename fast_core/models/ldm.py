@@ -412,12 +412,15 @@ class FastLDM(nn.Module):
         the clean background latent (used by an ``inpaint`` UNet)."""
         return self.adaptor(self.unet_eps(z, t, keys, m, z_bg), m.to(z.dtype))
 
-    def farm_estimate(self, z: torch.Tensor, m: torch.Tensor, t: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        """ẑ0_fg = FARM(z, m, t) (FAST_SPEC §4); a keyed FARM also gets each sample's index in ``keys``."""
-        if self.farm.key_embed is None:
-            return self.farm(z, m, t)
-        ids = torch.tensor(self.conditioner.key_indices(keys), device=z.device, dtype=torch.long)
-        return self.farm(z, m, t, ids)
+    def farm_estimate(
+        self, z: torch.Tensor, m: torch.Tensor, t: torch.Tensor, keys: list[str], z_bg: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ẑ0_fg = FARM(z, m, t) (FAST_SPEC §4); a keyed FARM also gets each sample's index in ``keys``, a context FARM
+        the clean background latent ``z_bg``."""
+        ids = None
+        if self.farm.key_embed is not None:
+            ids = torch.tensor(self.conditioner.key_indices(keys), device=z.device, dtype=torch.long)
+        return self.farm(z, m, t, ids, z_bg if self.farm.config.context else None)
 
     def latent_mask(self, M: torch.Tensor, mode: MaskDownsample | None = None) -> torch.Tensor:
         """Pixel mask M (B, 1, H, W) in {0, 1} → latent mask m (B, 1, H/f, W/f) in {0., 1.}.

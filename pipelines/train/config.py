@@ -121,6 +121,8 @@ class ModelConfig:
     farm_skips: bool = False  # FARM's decoder also reads the encoder features at h/2 and h (FARMConfig.skips) [ours]
     # FARM corrects the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F) (FARMConfig.residual) [ours]
     farm_residual: bool = False
+    # FARM also reads the mask and the clean background beside it, z_t ‖ m ‖ (1 − m) z_0 (FARMConfig.context) [ours]
+    farm_context: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -128,7 +130,7 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
-        for name in ("farm_keyed", "farm_skips", "farm_residual"):
+        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
         if self.unet_conditioning is not None and self.base_model_uri is not None:

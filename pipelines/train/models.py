@@ -50,8 +50,10 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc = with_taef2(mc, cfg.dataset.image_size)
     if cfg.model.farm_keyed:
         mc.farm = dataclasses.replace(mc.farm, num_keys=len(keys))
-    if cfg.model.farm_skips or cfg.model.farm_residual:
-        mc.farm = dataclasses.replace(mc.farm, skips=cfg.model.farm_skips, residual=cfg.model.farm_residual)
+    if cfg.model.farm_skips or cfg.model.farm_residual or cfg.model.farm_context:
+        mc.farm = dataclasses.replace(
+            mc.farm, skips=cfg.model.farm_skips, residual=cfg.model.farm_residual, context=cfg.model.farm_context
+        )
     return mc
 
 

@@ -209,6 +209,28 @@ def test_farm_skips_feed_the_encoder_features_to_the_decoder() -> None:
         FARMConfig(skips=1)  # type: ignore[arg-type]
 
 
+def test_context_farm_reads_the_background_outside_the_mask_only() -> None:
+    """context: the first block reads z_t ‖ m ‖ (1 − m) ⊙ z_bg (2C + 1 channels). Changing z_bg outside the mask
+    changes ẑ0_fg, inside it changes nothing; a spec FARM ignores z_bg; a context FARM refuses to run without it."""
+    cfg = FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8, context=True)
+    torch.manual_seed(0)
+    farm = FARM(cfg).eval()
+    assert farm.enc1[0].in_channels == 9
+    z, m, t = torch.randn(2, 4, 8, 8), _half_mask(2, 8), torch.tensor([10, 900])
+    z_bg = torch.randn(2, 4, 8, 8)
+    base = farm(z, m, t, z_bg=z_bg)
+    torch.testing.assert_close(farm(z, m, t, z_bg=z_bg + 5.0 * m), base, atol=0, rtol=0)
+    assert not torch.equal(farm(z, m, t, z_bg=z_bg + 3.0 * (1 - m) * torch.randn_like(z_bg)), base)
+    spec = FARM(FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8)).eval()
+    torch.testing.assert_close(spec(z, m, t, z_bg=z_bg), spec(z, m, t), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="reads the background"):
+        farm(z, m, t)
+    with pytest.raises(ValueError, match="reads the background"):
+        farm(z, m, t, z_bg=z_bg[:, :2])
+    with pytest.raises(ValueError, match="context must be true or false"):
+        FARMConfig(context="yes")  # type: ignore[arg-type]
+
+
 def test_farm_config_round_trip() -> None:
     cfg = from_dict(FARMConfig, {"widths": [8, 16, 32], "latent_size": 16, "mask_pool": "bilinear"})
     assert cfg.widths == (8, 16, 32)

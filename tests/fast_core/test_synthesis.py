@@ -254,6 +254,21 @@ def test_keyed_farm_gets_each_samples_key(monkeypatch):
         model.farm_estimate(torch.zeros(1, 4, 8, 8), torch.ones(1, 1, 8, 8), torch.tensor([5]), ["tiny/dent"])
 
 
+def test_context_farm_gets_the_normal_images_background(monkeypatch):
+    """A context FARM reads the clean background of the image being painted: synthesis passes z_bg = E(x_n)."""
+    cfg = tiny_fast_config()
+    cfg.farm = dataclasses.replace(cfg.farm, context=True)
+    model = FastLDM.from_scratch(cfg, seed=0).eval()
+    seen = []
+    original = model.farm.forward
+    monkeypatch.setattr(model.farm, "forward", lambda *a: seen.append(a[4]) or original(*a))
+    images, masks = _inputs(2)
+    synthesize(model, images, masks, ["tiny/scratch", "good"], SynthesisConfig(nfe=3), _gens(1, 2), "cpu")
+    assert len(seen) == 1  # one FARM call (K = 1 segment)
+    with torch.no_grad():
+        torch.testing.assert_close(seen[0], model.encode(images).float())
+
+
 def test_guidance_needs_the_normal_key():
     model = FastLDM.from_scratch(tiny_fast_config(keys=("tiny/a", "tiny/b")), seed=0).eval()
     images, masks = _inputs(1)

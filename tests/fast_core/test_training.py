@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,34 @@ def test_fast_loss_matches_the_formula() -> None:
     assert parts["loss_farm"] == pytest.approx(float(loss_farm), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(2.0 * float(loss_eps) + 5.0 * float(loss_farm), rel=1e-5)
     assert float(m.sum()) > 0  # the masks reach the latent, so the FARM term is not trivially m ⊙ z0 = 0
+
+
+def test_context_farm_step_reads_the_clean_background_and_learns() -> None:
+    """A context FARM's training input is z_t ‖ m ‖ (1 − m) ⊙ z_0: the step's FARM term equals the formula with z_bg
+    = z_0, and it falls on a fixed batch as the spec FARM's does."""
+    cfg = tiny_fast_config()
+    cfg.farm = dataclasses.replace(cfg.farm, context=True)
+    model = FastLDM.from_scratch(cfg, seed=0).eval()
+    x, M = _batch()
+    _, parts = fast_training_step(model, x, M, KEYS, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # replay the draws: t first, then ε
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(4, 4, 8, 8, generator=g)
+    ab = AIASScheduler().alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        z0, m = model.encode(x), model.latent_mask(M)
+        z0_fg = model.farm(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, m, t, z_bg=z0)
+    assert parts["loss_farm"] == pytest.approx(float(F.mse_loss(z0_fg, m * z0)), rel=1e-5)
+
+    torch.manual_seed(0)
+    model = FastLDM.from_scratch(cfg, seed=0).train()
+    x, M = _batch(8)
+    g = torch.Generator().manual_seed(0)
+    losses = _train(
+        lambda: fast_training_step(model, x, M, KEYS * 2, g), model.trainable_parameters(), 40, 3e-3, "loss_farm"
+    )
+    first, last = _first_last(losses)
+    assert last < 0.2 * first, (first, last)
 
 
 def test_same_seed_same_loss_bytes() -> None:

@@ -189,7 +189,7 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
     keys = ["good", "widget/dent", "widget/scratch"]
     _check_run_info(store, cfg, keys, resume=False)
     info = json.loads(Path(store.uri("run.json")).read_text())
-    for name in ("farm_keyed", "farm_skips", "farm_residual"):  # recorded before the settings existed: spec FARM
+    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context"):  # recorded before they existed
         del info["model"][name]
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, cfg, keys, resume=True) is True
@@ -202,6 +202,10 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
         _check_run_info(store, res, keys, resume=True)
     farm = model_config(res, keys).farm
     assert (farm.residual, farm.skips, model_config(cfg, keys).farm.residual) == (True, True, False)
+    ctx = tiny_cfg(dataset, tmp_path / "runs", "model.farm_context=true")
+    with pytest.raises(ValueError, match="model.farm_context: run has False, config gives True"):
+        _check_run_info(store, ctx, keys, resume=True)
+    assert (model_config(ctx, keys).farm.context, model_config(cfg, keys).farm.context) == (True, False)
     with pytest.raises(ValueError, match="model.farm_skips: expected true/false"):
         tiny_cfg(dataset, tmp_path / "runs", "model.farm_skips=3")
 
