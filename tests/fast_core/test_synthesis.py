@@ -67,9 +67,9 @@ def _farm_inputs(model, monkeypatch) -> list[tuple[torch.Tensor, int]]:
     seen = []
     original = model.farm.forward
 
-    def spy(z, m, t):
+    def spy(z, m, t, *rest):  # rest: the key ids and background a keyed or context FARM reads
         seen.append((z.clone(), int(t[0])))
-        return original(z, m, t)
+        return original(z, m, t, *rest)
 
     monkeypatch.setattr(model.farm, "forward", spy)
     return seen
