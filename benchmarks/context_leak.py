@@ -31,8 +31,6 @@ import torch.nn.functional as F
 from benchmarks.generator_probe import load_probe_batch
 from pipelines.model_store import load_model
 
-logger = logging.getLogger(__name__)
-
 RINGS = 4  # rings 1..RINGS around m are reported one by one; the cells beyond them as "rest"
 
 
@@ -64,6 +62,11 @@ def rings(m: torch.Tensor, n: int = RINGS) -> list[torch.Tensor]:
     return [*out, 1 - cur]
 
 
+def _cell_mean(d: torch.Tensor, cells: torch.Tensor) -> float:
+    """Mean of d over the cells where ``cells`` is 1 (0 when there are none)."""
+    return float((d * cells).sum() / cells.sum().clamp(min=1))
+
+
 @torch.no_grad()
 def measure(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], dilate: int = 0) -> dict[str, Any]:
     """The figures of the module docstring for one model and batch of windows."""
@@ -80,7 +83,7 @@ def measure(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], dilat
         "rings": {
             name: {
                 "cells": int(p.sum()),
-                "mean": float((d * p).sum() / p.sum().clamp(min=1)),
+                "mean": _cell_mean(d, p),
                 "share": float((d * p).sum()) / total,
             }
             for name, p in zip(names, parts, strict=True)
@@ -89,8 +92,7 @@ def measure(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], dilat
     }
     for key in sorted(set(keys)):
         idx = [i for i, k in enumerate(keys) if k == key]
-        fg = float((d[idx] * parts[0][idx]).sum() / parts[0][idx].sum().clamp(min=1))
-        r1 = float((d[idx] * parts[1][idx]).sum() / parts[1][idx].sum().clamp(min=1))
+        fg, r1 = _cell_mean(d[idx], parts[0][idx]), _cell_mean(d[idx], parts[1][idx])
         out["per_defect_type"][key] = {
             "images": len(idx),
             "mask": fg,

@@ -78,6 +78,14 @@ class FARMConfig:
             raise ValueError(f"FARMConfig.num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
 
 
+def inpaint_input(z: torch.Tensor, m: torch.Tensor, z_bg: torch.Tensor) -> torch.Tensor:
+    """z ‖ m ‖ (1 − m) ⊙ z_bg: (B, 2C + 1, h, w), the input layout of an inpaint UNet and of a context FARM (the mask
+    and the clean background beside it; nothing of z_bg inside the mask is read). Shapes are checked by the callers.
+    """
+    m = m.to(z.dtype)
+    return torch.cat([z, m, (1.0 - m) * z_bg.to(z.dtype)], dim=1)
+
+
 def sinusoidal_table(num_timesteps: int, dim: int) -> torch.Tensor:
     """The sinusoidal timestep table used to initialise FARM's embedding.
 
@@ -244,7 +252,7 @@ class FARM(nn.Module):
             raise ValueError(
                 f"this FARM reads the background (context): pass z_bg of shape {tuple(z_t.shape)}, got {got}"
             )
-        return torch.cat([z_t, m, (1.0 - m) * z_bg.to(z_t.dtype)], dim=1)
+        return inpaint_input(z_t, m, z_bg)
 
     def forward(
         self,

@@ -51,7 +51,7 @@ from fast_core.models.conditioning import (
     TextualInversionConditioner,
     TextualInversionConfig,
 )
-from fast_core.models.farm import FARM, FARMConfig
+from fast_core.models.farm import FARM, FARMConfig, inpaint_input
 from fast_core.models.taef2 import TAEF2, TAEF2Config
 
 logger = logging.getLogger(__name__)
@@ -400,8 +400,7 @@ class FastLDM(nn.Module):
                     f"shape {tuple(z.shape)}; got m {None if m is None else tuple(m.shape)}, z_bg "
                     f"{None if z_bg is None else tuple(z_bg.shape)}"
                 )
-            m = m.to(z.dtype)
-            z = torch.cat([z, m, (1.0 - m) * z_bg.to(z.dtype)], dim=1)  # (B, 2C + 1, h, w)
+            z = inpaint_input(z, m, z_bg)  # (B, 2C + 1, h, w)
         context = self.conditioner(list(keys)).to(device=z.device, dtype=z.dtype)  # (B, L, D)
         return self.unet(z, t, encoder_hidden_states=context).sample
 
@@ -420,7 +419,7 @@ class FastLDM(nn.Module):
         ids = None
         if self.farm.key_embed is not None:
             ids = torch.tensor(self.conditioner.key_indices(keys), device=z.device, dtype=torch.long)
-        return self.farm(z, m, t, ids, z_bg if self.farm.config.context else None)
+        return self.farm(z, m, t, ids, z_bg)  # a FARM without context ignores z_bg
 
     def latent_mask(self, M: torch.Tensor, mode: MaskDownsample | None = None) -> torch.Tensor:
         """Pixel mask M (B, 1, H, W) in {0, 1} → latent mask m (B, 1, H/f, W/f) in {0., 1.}.
