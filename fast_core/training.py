@@ -154,6 +154,26 @@ def min_snr_weight(t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
     return (snr.clamp(max=gamma) / snr).to(torch.float32).to(t.device)
 
 
+def loss_t_weight(t: torch.Tensor, snr_gamma: float | None, prediction: str) -> torch.Tensor | None:
+    """Per-sample weights s_b of the ε term for a UNet that predicts ``prediction`` (``UNetConfig.prediction``):
+
+        epsilon:       s_t = 1, or min(SNR_t, γ)/SNR_t with ``snr_gamma`` γ        (:func:`min_snr_weight`)
+        v_prediction:  s_t = 1/ᾱ_t, or min(SNR_t, γ)/SNR_t with γ              [ours]
+
+    A v-prediction UNet learns v = √ᾱ_t ε − √(1−ᾱ_t) z_0 and is read as ε̂ = √(1−ᾱ_t) z_t + √ᾱ_t v̂, so
+    v̂ − v = (ε̂ − ε)/√ᾱ_t and its own loss ‖v̂ − v‖² is the ε-loss weighted by 1/ᾱ_t (215 at t = 999, ~1 at t = 0):
+    the noisy timesteps, where ẑ0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t multiplies every ε error by up to 1/√ᾱ_t, count in
+    clean-latent units. Min-SNR-γ weights the v-loss by min(SNR_t, γ)/(SNR_t + 1) (Hang et al. 2023), which is
+    the same ε weight as for an ε-prediction UNet. None when every weight is 1.
+
+    >>> [round(float(v), 1) for v in loss_t_weight(torch.tensor([0, 500, 999]), None, "v_prediction")]
+    [1.0, 3.6, 214.6]
+    """
+    if snr_gamma is not None or prediction == "epsilon":
+        return min_snr_weight(t, snr_gamma)
+    return (1.0 / _alphas_cumprod()[t.cpu()]).to(torch.float32).to(t.device)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for a reduced precision ``dtype``; a no-op for None or float32."""
     if dtype is None or dtype == torch.float32:
@@ -185,7 +205,8 @@ def fast_training_step(
 
     With ``fg_weight`` λ_fg > 0 the ε term is :func:`eps_loss`'s weighted mean (w = 1 + λ_fg·m) [ours]; the FARM term
     is unchanged (its target is 0 off the mask, where z̃_t does not use it). With ``snr_gamma`` γ the ε term is
-    weighted per sample by :func:`min_snr_weight` [ours].
+    weighted per sample by :func:`min_snr_weight` [ours]; on a v-prediction base by 1/ᾱ_t, the base's own loss
+    (:func:`loss_t_weight`).
 
     Gradients reach the conditioner's learned vectors, the Adaptor and FARM (also through z̃_t); the caller's optimizer
     decides what is updated (``model.configure_stage("fast")``).
@@ -216,7 +237,7 @@ def fast_training_step(
     with _autocast(z0.device, autocast_dtype):
         z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps, keys)
         eps_pred = model.predict_eps(z_mix, t, keys, m, z0).float()
-    loss_eps = eps_loss(eps_pred, eps, m, fg_weight, min_snr_weight(t, snr_gamma))
+    loss_eps = eps_loss(eps_pred, eps, m, fg_weight, loss_t_weight(t, snr_gamma, model.config.unet.prediction))
     loss_farm = F.mse_loss(z0_fg, m * z0)
     loss = lambda_eps * loss_eps + lambda_farm * loss_farm
     return loss, {
@@ -243,6 +264,7 @@ def unet_training_step(
         loss = mean((ε_θ(z_t, t, c(keys)) − ε)²)          # λ_fg = 0
         loss = Σ w (ε_θ − ε)² / (C · Σ w),  w = 1 + λ_fg · down(M)   # λ_fg > 0 [ours], see eps_loss
         each sample's term × min(SNR_t, γ)/SNR_t                      # snr_gamma γ [ours], see min_snr_weight
+        each sample's term × 1/ᾱ_t = ‖v̂ − v‖²                        # a v-prediction UNet [ours], see loss_t_weight
 
     An ``inpaint`` UNet takes z_t ‖ m ‖ (1 − m) ⊙ z_0 with m = down(M): it learns to fill the masked region from its
     surroundings (normal images need non-empty masks for that to teach anything: see pipelines.train.data).
@@ -278,7 +300,8 @@ def unet_training_step(
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     with _autocast(z0.device, autocast_dtype):
         eps_pred = model.unet_eps(z_t, t, keys, m, z0).float()
-    loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight, min_snr_weight(t, snr_gamma))
+    t_weight = loss_t_weight(t, snr_gamma, model.config.unet.prediction)
+    loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight, t_weight)
     return loss, {"loss": float(loss.detach())}
 
 

@@ -114,7 +114,8 @@ class VAEConfig:
 
 @dataclass(kw_only=True)
 class UNetConfig:
-    """Keyword arguments of the diffusers ``UNet2DConditionModel`` (in/out channels come from the VAE latent).
+    """Keyword arguments of the diffusers ``UNet2DConditionModel`` (in/out channels come from the VAE latent), plus
+    what it is fed (``conditioning``) and what it predicts (``prediction``).
 
     ``conditioning`` "inpaint" [ours] widens the input to 2C + 1 channels: z_t ‖ m ‖ (1 − m) ⊙ z_0, the latent mask and
     the clean background outside it (as Stable Diffusion's inpainting UNet), so the UNet knows where the defect goes
@@ -138,6 +139,9 @@ class UNetConfig:
     )
     up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     conditioning: Literal["none", "inpaint"] = "none"  # extra input channels: none, or m ‖ (1 − m) ⊙ z_0
+    # what the network outputs: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours]; stored as the base's scheduler
+    # prediction_type, and FastLDM.unet_eps turns v̂ into ε̂ for everything downstream
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -158,7 +162,8 @@ class UNetConfig:
 
     @classmethod
     def from_model(cls, unet: UNet2DConditionModel) -> UNetConfig:
-        """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``)."""
+        """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``); the
+        network does not record its ``prediction``, which the base's scheduler config carries (default epsilon)."""
         c = unet.config
         return cls(
             conditioning="inpaint" if int(c.in_channels) == 2 * int(c.out_channels) + 1 else "none",
@@ -222,7 +227,7 @@ class BaseComponents:
 
     Attributes:
         vae: the first-stage autoencoder (a trained ``AutoencoderKL`` or the pretrained :class:`TAEF2`).
-        unet: the ε-prediction UNet.
+        unet: the ε- or v-prediction UNet (``scheduler_config['prediction_type']``).
         scheduler_config: the training noise schedule (DDIMScheduler kwargs).
         text_encoder: a pretrained text encoder (LDMBertModel), or None.
         tokenizer: its tokenizer, or None.
@@ -278,7 +283,12 @@ def build_base_components(
         unet_model = build_unet(unet, int(vae_model.config.latent_channels))
     generator = torch.Generator().manual_seed(seed + 1)
     encoder = LearnedPromptEncoder(prompt_encoder, generator=generator)
-    return BaseComponents(vae=vae_model.eval(), unet=unet_model.eval(), prompt_encoder=encoder.eval())
+    return BaseComponents(
+        vae=vae_model.eval(),
+        unet=unet_model.eval(),
+        prompt_encoder=encoder.eval(),
+        scheduler_config={**DEFAULT_SCHEDULER_CONFIG, "prediction_type": unet.prediction},
+    )
 
 
 # loading helpers
@@ -341,14 +351,17 @@ def _wrap_load(what: str, folder: Path, loader: Any) -> Any:
         raise ValueError(f"base model: could not load the {what} from {folder}: {exc}") from exc
 
 
+PREDICTIONS = ("epsilon", "v_prediction")  # what a base UNet may output (scheduler ``prediction_type``)
+
+
 def _check_schedule(config: dict[str, Any], path: Path) -> None:
     bad = {k: config.get(k) for k, v in TRAINING_SCHEDULE.items() if config.get(k, v) != v}
-    if config.get("prediction_type", "epsilon") != "epsilon":
+    if config.get("prediction_type", "epsilon") not in PREDICTIONS:
         bad["prediction_type"] = config.get("prediction_type")
     if bad:
         raise ValueError(
             f"base model: {path} declares {bad}, but FAST trains and samples with {TRAINING_SCHEDULE} and epsilon "
-            f"prediction (FAST_SPEC §1); this base model is not compatible"
+            f"(FAST_SPEC §1) or v prediction; this base model is not compatible"
         )
 
 

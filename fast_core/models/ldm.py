@@ -9,6 +9,8 @@
     ε̂   = predict_eps(z, t, keys, m, z_bg) = Adaptor(UNet(u, t, c(keys)), m)
           u = z                                # unet.conditioning "none" (the LDM's UNet)
           u = z ‖ m ‖ (1 − m) ⊙ z_bg           # "inpaint" [ours]: the mask and the clean background beside it
+          UNet(u, t, c) = √(1−ᾱ_t) z + √ᾱ_t v̂  # unet.prediction "v_prediction" [ours]: the network outputs
+                                               # v̂ ≈ √ᾱ_t ε − √(1−ᾱ_t) z_0, given back as the ε̂ it implies
     m   = latent_mask(M)                       # "bilinear": resize then ≥ 0.5 [release];  "any": max-pool [ours]
 
 It also owns the model configs (:class:`FastModelConfig` and the presets ``tiny``, ``cpu_small``, ``full``) and the
@@ -28,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -294,6 +297,14 @@ class FastLDM(nn.Module):
         self.adaptor = adaptor
         self.config = config
         self.scheduler_config = dict(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
+        if self.scheduler_config.get("prediction_type", "epsilon") != config.unet.prediction:
+            raise ValueError(
+                f"FastLDM: config.unet.prediction is {config.unet.prediction!r} but the scheduler config says "
+                f"{self.scheduler_config.get('prediction_type', 'epsilon')!r}"
+            )
+        # ᾱ_t of the base's schedule (float64, CPU, t = 0 … T−1), read by a v-prediction UNet. A plain tensor, not a
+        # buffer: model.to(dtype) must not round it to bf16
+        self._alphas_cumprod = DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(torch.float64)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.stage: Stage = "fast"
         self.configure_stage("fast")
@@ -378,7 +389,8 @@ class FastLDM(nn.Module):
         m: torch.Tensor | None = None,
         z_bg: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The base UNet's ε̂ = ε_θ(u, t, c(keys)), without the Adaptor (u: see the module docstring).
+        """The base UNet's ε̂ = ε_θ(u, t, c(keys)), without the Adaptor (u: see the module docstring); a v-prediction
+        UNet's output v̂ comes back as the ε̂ it implies, √(1−ᾱ_t) z + √ᾱ_t v̂ (float32).
 
         Args:
             z: (B, C, h, w) noisy latent.
@@ -393,6 +405,7 @@ class FastLDM(nn.Module):
         t = torch.as_tensor(t, device=z.device)
         if t.ndim == 0:
             t = t.expand(b)
+        z_t = z
         if self.inpaint:
             if m is None or z_bg is None or z_bg.shape != z.shape or m.shape != (b, 1, *z.shape[2:]):
                 raise ValueError(
@@ -402,7 +415,13 @@ class FastLDM(nn.Module):
                 )
             z = inpaint_input(z, m, z_bg)  # (B, 2C + 1, h, w)
         context = self.conditioner(list(keys)).to(device=z.device, dtype=z.dtype)  # (B, L, D)
-        return self.unet(z, t, encoder_hidden_states=context).sample
+        out = self.unet(z, t, encoder_hidden_states=context).sample
+        if self.config.unet.prediction == "epsilon":
+            return out
+        # v̂ → ε̂ = √(1−ᾱ_t) z_t + √ᾱ_t v̂, in float32 (at large t ε̂ ≈ z_t, and ẑ0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t
+        # multiplies its rounding by up to 1/√ᾱ_t ≈ 15: a bf16 ε̂ would cost the clean estimate ~5 %)
+        ab = self._alphas_cumprod[t.cpu()].to(device=z_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
+        return (1.0 - ab).sqrt() * z_t.float() + ab.sqrt() * out.float()
 
     def predict_eps(
         self, z: torch.Tensor, t: torch.Tensor, keys: list[str], m: torch.Tensor, z_bg: torch.Tensor | None = None
@@ -515,9 +534,9 @@ class FastLDM(nn.Module):
             if isinstance(components.vae, TAEF2)
             else {"first_stage": "kl", "vae": VAEConfig.from_model(components.vae)}
         )
-        config = dataclasses.replace(
-            config, **first, unet=UNetConfig.from_model(components.unet), prompt_encoder=prompt_cfg
-        )
+        prediction = components.scheduler_config.get("prediction_type", "epsilon")
+        unet_cfg = dataclasses.replace(UNetConfig.from_model(components.unet), prediction=prediction)
+        config = dataclasses.replace(config, **first, unet=unet_cfg, prompt_encoder=prompt_cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
             farm = FARM(config.farm)

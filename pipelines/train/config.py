@@ -117,6 +117,8 @@ class ModelConfig:
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
     # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
     unet_conditioning: Literal["none", "inpaint"] | None = None  # override the preset's (none)
+    # what the base UNet learns: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours] (UNetConfig.prediction)
+    unet_prediction: Literal["epsilon", "v_prediction"] | None = None  # override the preset's (epsilon)
     farm_keyed: bool = False  # a defect-aware FARM (one learned embedding per key, FARMConfig.num_keys) [ours]
     farm_skips: bool = False  # FARM's decoder also reads the encoder features at h/2 and h (FARMConfig.skips) [ours]
     # FARM corrects the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F) (FARMConfig.residual) [ours]
@@ -133,11 +135,12 @@ class ModelConfig:
         for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.unet_conditioning is not None and self.base_model_uri is not None:
-            raise ValueError(
-                "TrainConfig.model.unet_conditioning applies to a base trained here; a loaded base "
-                "(base_model_uri) brings its own UNet"
-            )
+        for name in ("unet_conditioning", "unet_prediction"):
+            if getattr(self, name) is not None and self.base_model_uri is not None:
+                raise ValueError(
+                    f"TrainConfig.model.{name} applies to a base trained here; a loaded base "
+                    "(base_model_uri) brings its own UNet"
+                )
         if self.first_stage_uri is not None and self.base_model_uri is not None:
             raise ValueError(
                 "TrainConfig.model: first_stage_uri and base_model_uri are exclusive (a base has its own first stage)"

@@ -146,18 +146,19 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
 
     Runs recorded before ``loss`` (or one of its fields) existed trained with its default (the plain ε mean, no
     min-SNR weighting); before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` / ``farm_context`` with the
-    spec's FARM (key-blind, no skips, direct output, z_t alone); before ``mask_model`` with the whole-mask model (frame
-    "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
-    ``dataset.window_zoom`` at zoom 1, before ``dataset.normal_masks`` with borrowed masks. A run recorded before the
-    frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values being
-    unknown."""
+    spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.unet_prediction`` with the preset's ε
+    prediction; before ``mask_model`` with the whole-mask model (frame "image", the only one there was); before
+    ``dataset.window_flips`` with windows left as cut, before ``dataset.window_zoom`` at zoom 1, before
+    ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and augmentation fields
+    (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values being unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
         return {**late, "window_flips": False, "window_zoom": 1.0, "normal_masks": True, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
-        return {"farm_keyed": False, "farm_skips": False, "farm_residual": False, "farm_context": False, **have[key]}
+        old = {"farm_keyed": False, "farm_skips": False, "farm_residual": False, "farm_context": False}
+        return {**old, "unet_prediction": None, **have[key]}
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
     return have.get(key)
