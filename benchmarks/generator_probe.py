@@ -11,6 +11,9 @@ FARM-mixed input z̃_t of FAST_SPEC §6:
 
     prompt gain = 1 − mse_fg(unet(key)) / mse_fg(unet(good))      # 0: the prompt tells the UNet nothing about defects
 
+the clean estimate the sampler steps with, ẑ0 = (z̃_t − √(1−ᾱ_t) ε̂_fast)/√ᾱ_t, as relative errors
+Σ (ẑ0 − z_0)² / Σ z_0² over the anomaly cells and the rest at t ≥ 750, where the sampler's first steps decide what a
+defect looks like and an ε-error is multiplied by up to 1/√ᾱ_t ≈ 15 (≫ 1: the estimate is noise, not a picture),
 and FARM's relative foreground error Σ_fg (ẑ0_fg − z_0)² / Σ_fg z_0², over all t and over t ≤ 250 alone, where z_t
 is almost z_0: a FARM that cannot reproduce a nearly clean latent there (error ≫ 0.2) flattens every sampled defect,
 since the sampler mixes its estimate in down to t = 125. A prompt gain near 0 means the base model
@@ -39,6 +42,7 @@ from benchmarks.probe_pairs import paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
 from fast_core.data.windows import cut_around
+from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.synthesis_config import SynthesisConfig
 from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
@@ -48,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 TIMESTEPS = tuple(range(50, 1000, 100))  # t = 50, 150, …, 950: every noise level the sampler visits
 LOW_T = 250  # FARM's error is also reported over t ≤ LOW_T, where z_t is nearly z_0
+HIGH_T = 750  # the clean estimate's error is reported over t ≥ HIGH_T, the sampler's first steps
 
 
 def load_probe_batch(
@@ -79,6 +84,7 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     fg = m.expand_as(z0) > 0
     sums = {name: [0.0, 0.0] for name in ("unet_key", "unet_good", "fast")}
     farm_err: dict[int, float] = {}  # t → FARM's relative foreground error
+    x0_err: dict[int, tuple[float, float]] = {}  # t → the clean estimate's relative error (fg, bg)
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
         eps = torch.randn(z0.shape, generator=g)
@@ -92,6 +98,10 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
             sq = (pred.float() - eps).pow(2)
             sums[name][0] += float(sq[fg].mean())
             sums[name][1] += float(sq[~fg].mean())
+        ab = float(AIASScheduler().alphas_cumprod[t])
+        z0_hat = (z_mix - (1.0 - ab) ** 0.5 * preds["fast"].float()) / ab**0.5  # ẑ0 = (z̃ − √(1−ᾱ) ε̂)/√ᾱ
+        x0_sq = (z0_hat - z0).pow(2)
+        x0_err[t] = (float(x0_sq[fg].sum() / z0[fg].pow(2).sum()), float(x0_sq[~fg].sum() / z0[~fg].pow(2).sum()))
         farm_err[t] = float((z0_fg - z0)[fg].pow(2).sum() / z0[fg].pow(2).sum())
     n = len(TIMESTEPS)
     out: dict[str, float] = {
@@ -106,6 +116,9 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     out["farm_rel_err_fg"] = sum(farm_err.values()) / n
     low = [e for t, e in farm_err.items() if t <= LOW_T]
     out["farm_rel_err_fg_low_t"] = sum(low) / len(low)
+    high = [e for t, e in x0_err.items() if t >= HIGH_T]
+    out["x0_rel_err_fg_high_t"] = sum(e[0] for e in high) / len(high)
+    out["x0_rel_err_bg_high_t"] = sum(e[1] for e in high) / len(high)
     return out
 
 
@@ -113,14 +126,15 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
     """One row per probed model."""
     head = (
         "| model | ε-MSE fg: UNet(key) | UNet(good) | UNet+Adaptor | ε-MSE bg: UNet+Adaptor | prompt gain fg | "
-        "FARM rel. err fg | at t ≤ 250 |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "FARM rel. err fg | at t ≤ 250 | ẑ0 rel. err t ≥ 750: fg | bg |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['mse_fg_unet_key']:.4f} | {r['mse_fg_unet_good']:.4f} | {r['mse_fg_fast']:.4f} | "
             f"{r['mse_bg_fast']:.4f} | {100 * r['prompt_gain_fg']:.1f} % | {r['farm_rel_err_fg']:.3f} | "
-            f"{r['farm_rel_err_fg_low_t']:.3f} |"
+            f"{r['farm_rel_err_fg_low_t']:.3f} | {r['x0_rel_err_fg_high_t']:.3f} | {r['x0_rel_err_bg_high_t']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert row["images"] == 3  # ⌊3/3⌋ crack + ⌊6/3⌋ scratch training-third images
     assert row["prompt_gain_fg"] == pytest.approx(1 - row["mse_fg_unet_key"] / row["mse_fg_unet_good"])
     assert 0 < row["latent_fg_fraction"] < 1 and row["farm_rel_err_fg"] > 0 < row["farm_rel_err_fg_low_t"]
+    assert row["x0_rel_err_fg_high_t"] > 0 < row["x0_rel_err_bg_high_t"]
     assert all(row[f"mse_{part}_{p}"] > 0 for part in ("fg", "bg") for p in ("unet_key", "unet_good", "fast"))
     printed = capsys.readouterr().out
     assert "| tiny |" in printed and "| tiny | tiny/crack |" in printed

@@ -11,7 +11,9 @@ import torch
 
 from fast_core.configbase import from_dict, to_dict
 from fast_core.models.base import load_base_model, save_base_model
+from fast_core.models.farm import inpaint_input
 from fast_core.models.ldm import FastLDM, FastModelConfig, full_config, model_preset
+from fast_core.schedulers.scheduling_aias import AIASScheduler
 from tests.helpers.tiny_models import (
     TINY_KEYS,
     tiny_base_components,
@@ -178,6 +180,17 @@ def test_incompatible_noise_schedule_is_refused(tmp_path: Path) -> None:
         load_base_model(path)
 
 
+def test_a_base_that_predicts_neither_eps_nor_v_is_refused(tmp_path: Path) -> None:
+    path = tiny_base_model_dir(tmp_path)
+    cfg_path = path / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["prediction_type"] == "epsilon"
+    cfg["prediction_type"] = "sample"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'prediction_type': 'sample'"):
+        load_base_model(path)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_encode_decode_shapes(channels: int) -> None:
     model = tiny_fast_ldm(image_channels=channels).eval()
@@ -295,4 +308,41 @@ def test_a_unet_whose_inputs_disagree_with_the_config_is_refused() -> None:
             farm=tiny_fast_ldm().farm,
             adaptor=tiny_fast_ldm().adaptor,
             config=tiny_fast_config(inpaint=True),
+        )
+
+
+@torch.no_grad()
+def test_a_v_prediction_unet_is_read_as_the_eps_it_implies_and_travels_with_the_base(tmp_path: Path) -> None:
+    model = tiny_fast_ldm(seed=0, inpaint=True, prediction="v_prediction").eval()
+    assert model.config.unet.prediction == "v_prediction"
+    assert model.base_components().scheduler_config["prediction_type"] == "v_prediction"
+    z, z_bg = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 2:5, 2:6] = 1
+    t, keys = torch.tensor([999, 40]), ["tiny/crack", "good"]
+    v = model.unet(inpaint_input(z, m, z_bg), t, encoder_hidden_states=model.conditioner(keys)).sample
+    ab = AIASScheduler().alphas_cumprod[t].view(-1, 1, 1, 1).float()
+    eps = model.unet_eps(z, t, keys, m, z_bg)
+    assert eps.dtype == torch.float32
+    torch.testing.assert_close(eps, (1 - ab).sqrt() * z + ab.sqrt() * v)  # ε̂ = √(1−ᾱ_t) z_t + √ᾱ_t v̂
+    assert not torch.allclose(eps, v)
+    # the prediction type is the saved base's scheduler prediction_type: a loaded model reads v again
+    base = save_base_model(model.base_components(), tmp_path / "base")
+    assert json.loads((base / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    model.save_fast(tmp_path / "fast")
+    loaded = FastLDM.load_fast(tmp_path / "fast", base).eval()
+    assert loaded.config.unet.prediction == "v_prediction"
+    assert torch.equal(loaded.predict_eps(z, t, keys, m, z_bg), model.predict_eps(z, t, keys, m, z_bg))
+    # an ε model of the same weights returns the network's output as it is
+    plain = tiny_fast_ldm(seed=0, inpaint=True).eval()
+    assert torch.equal(plain.unet_eps(z, t, keys, m, z_bg), v)
+    with pytest.raises(ValueError, match="config.unet.prediction is 'epsilon' but the scheduler config says"):
+        FastLDM(
+            vae=model.vae,
+            unet=model.unet,
+            conditioner=model.conditioner,
+            farm=model.farm,
+            adaptor=model.adaptor,
+            config=tiny_fast_config(inpaint=True),
+            scheduler_config=model.scheduler_config,
         )

@@ -14,6 +14,8 @@ from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.training import (
     eps_loss,
     fast_training_step,
+    loss_t_weight,
+    min_snr_weight,
     sample_timesteps,
     unet_training_step,
     vae_training_step,
@@ -254,3 +256,30 @@ def test_inpaint_unet_step_needs_masks_and_learns() -> None:
     loss.backward()
     assert all(p.grad is not None for p in model.adaptor.parameters() if p.requires_grad)
     assert all(p.grad is None for p in model.unet.parameters()) and len(fast_params) > 0
+
+
+def test_a_v_prediction_base_step_is_the_v_loss_and_learns() -> None:
+    torch.manual_seed(0)
+    model = tiny_fast_ldm(seed=1, prediction="v_prediction").eval()
+    x, _ = _batch(4)
+    loss, _ = unet_training_step(model, x, KEYS, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # replay the draws: t first, then ε
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(4, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        z0 = model.encode(x).float()
+        ab = AIASScheduler().alphas_cumprod[t].view(-1, 1, 1, 1).float()
+        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+        v_hat = model.unet(z_t, t, encoder_hidden_states=model.conditioner(KEYS)).sample
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * z0  # the v target
+    torch.testing.assert_close(loss.detach(), F.mse_loss(v_hat, v), rtol=1e-4, atol=1e-6)
+    # min-SNR-γ gives the same ε weight in both parameterisations (Hang et al. 2023)
+    tt = torch.tensor([0, 100, 999])
+    assert torch.equal(loss_t_weight(tt, 5.0, "v_prediction"), min_snr_weight(tt, 5.0))
+    assert loss_t_weight(tt, None, "epsilon") is None
+    params = model.configure_stage("base")
+    model.train()
+    x, _ = _batch(8)
+    losses = _train(lambda: unet_training_step(model, x, KEYS * 2, g), params, 30, 2e-3)
+    first, last = _first_last(losses)
+    assert last < 0.8 * first, (first, last)

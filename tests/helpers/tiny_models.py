@@ -26,12 +26,14 @@ TINY_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anomaly", "*", "def
 
 
 def tiny_fast_config(
-    image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS, inpaint: bool = False
+    image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS, inpaint: bool = False, prediction: str = "epsilon"
 ) -> FastModelConfig:
-    """The ``tiny`` preset with the test keys (``inpaint``: the UNet takes z ‖ m ‖ (1 − m) z_bg)."""
+    """The ``tiny`` preset with the test keys (``inpaint``: the UNet takes z ‖ m ‖ (1 − m) z_bg; ``prediction``: what
+    the UNet outputs, ε or v)."""
     cfg = tiny_config(keys=keys, image_channels=image_channels)
     if inpaint:
         cfg.unet = dataclasses.replace(cfg.unet, conditioning="inpaint")
+    cfg.unet = dataclasses.replace(cfg.unet, prediction=prediction)
     return cfg
 
 
@@ -46,9 +48,11 @@ def tiny_base_model_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) 
     return save_base_model(tiny_base_components(image_channels, seed), Path(tmp_path) / "base")
 
 
-def tiny_fast_ldm(image_channels: int = 3, seed: int = 0, inpaint: bool = False) -> FastLDM:
+def tiny_fast_ldm(
+    image_channels: int = 3, seed: int = 0, inpaint: bool = False, prediction: str = "epsilon"
+) -> FastLDM:
     """A tiny FastLDM (from-scratch base + FARM + Adaptor), all weights from ``seed``; builds in well under a second."""
-    return FastLDM.from_scratch(tiny_fast_config(image_channels, inpaint=inpaint), seed=seed)
+    return FastLDM.from_scratch(tiny_fast_config(image_channels, inpaint=inpaint, prediction=prediction), seed=seed)
 
 
 def write_taef2_folder(folder: Path, seed: int = 0) -> Path:

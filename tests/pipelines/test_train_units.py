@@ -189,7 +189,7 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
     keys = ["good", "widget/dent", "widget/scratch"]
     _check_run_info(store, cfg, keys, resume=False)
     info = json.loads(Path(store.uri("run.json")).read_text())
-    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context"):  # recorded before they existed
+    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "unet_prediction"):  # recorded before
         del info["model"][name]
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, cfg, keys, resume=True) is True
@@ -208,6 +208,13 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
     assert (model_config(ctx, keys).farm.context, model_config(cfg, keys).farm.context) == (True, False)
     with pytest.raises(ValueError, match="model.farm_skips: expected true/false"):
         tiny_cfg(dataset, tmp_path / "runs", "model.farm_skips=3")
+    v = tiny_cfg(dataset, tmp_path / "runs", "model.unet_prediction=v_prediction")
+    with pytest.raises(ValueError, match="model.unet_prediction: run has None, config gives 'v_prediction'"):
+        _check_run_info(store, v, keys, resume=True)
+    assert (model_config(v, keys).unet.prediction, model_config(cfg, keys).unet.prediction) == (
+        "v_prediction",
+        "epsilon",
+    )
 
 
 def test_a_run_recorded_before_mask_frames_resumes_as_image_and_a_changed_frame_is_refused(
@@ -260,6 +267,8 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     assert "mask" not in stage_rows(data, cfg, "base")  # plain UNet without fg_weight: no mask column
     with pytest.raises(ValueError, match="unet_conditioning applies to a base trained here"):
         tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint", "model.base_model_uri=/b", "stages=[fast]")
+    with pytest.raises(ValueError, match="unet_prediction applies to a base trained here"):
+        tiny_cfg(dataset, tmp_path, "model.unet_prediction=v_prediction", "model.base_model_uri=/b", "stages=[fast]")
     preview = data.preview(4)
     assert preview["normal"].shape == (4, 3, 32, 32) and sorted(set(preview["mask_key_ids"].tolist())) == [1, 2]
     with pytest.raises(ValueError, match="cannot fill one batch of 2 on each of 2"):
