@@ -115,13 +115,17 @@ class TrainingData:
         """Fixed inputs of the sample grids: ``n`` normal images and, per key cycled, one training mask.
 
         Returns ``normal`` (n, C, S, S) uint8, ``masks`` (n, 1, S, S) uint8 and ``mask_key_ids`` (n,) int64 (the
-        first mask of each defect key in turn; empty when there are no masks).
+        first mask of each defect key in turn; empty when there are no masks). Without normal images (a run that
+        trains on defect windows only) each mask's own defect image stands in as the background, so the grid repaints
+        that defect inside its mask.
         """
         normal = self.normal[np.arange(n) % max(len(self.normal), 1)] if len(self.normal) else self.normal[:0]
         if not len(self.masks):
             return {"normal": normal, "masks": self.masks[:0], "mask_key_ids": self.anomaly_key_ids[:0]}
         firsts = [int(np.flatnonzero(self.anomaly_key_ids == k)[0]) for k in np.unique(self.anomaly_key_ids)]
         picks = [firsts[i % len(firsts)] for i in range(n)]
+        if not len(normal):
+            normal = self.anomalies[picks]
         return {"normal": normal, "masks": self.masks[picks], "mask_key_ids": self.anomaly_key_ids[picks]}
 
 

@@ -570,6 +570,22 @@ def test_vae_and_fast_grids_are_pngs_of_the_right_size() -> None:
         base_grid(inpaint, keys, 3, 4, 0, torch.device("cpu"))
 
 
+def test_defect_windows_only_give_the_grids_their_own_defects_to_repaint(tmp_path: Path) -> None:
+    root = make_dummy_mvtec(tmp_path / "ds", n_good=3, defects={"scratch": 6, "dent": 3}, size=(40, 60), mode="RGB")
+    overrides = ["dataset.frame=window", "dataset.windows_per_defect=2", "dataset.windows_per_normal=0"]
+    data = load_training_data(tiny_cfg(root, tmp_path / "runs", *overrides).dataset, seed=5)
+    assert len(data.normal) == 0 and len(data.anomalies) == 2 * (2 + 1)
+    preview = data.preview(4)  # no normal window: each mask's own defect window is the background
+    firsts = [int(np.flatnonzero(data.anomaly_key_ids == k)[0]) for k in (1, 2)]
+    assert np.array_equal(preview["normal"], data.anomalies[[firsts[i % 2] for i in range(4)]])
+    assert np.array_equal(preview["masks"], data.masks[[firsts[i % 2] for i in range(4)]])
+    inpaint = tiny_fast_ldm(inpaint=True).eval()
+    png = base_grid(
+        inpaint, ["good", "tiny/crack"], 2, 3, 0, torch.device("cpu"), (preview["normal"], preview["masks"])
+    )
+    assert decode_png(png).shape[:2] == (2 * 32 + 2, 2 * 32 + 2)
+
+
 # --------------------------------------------------------------------------------------- one step per stage (no Ray)
 @pytest.mark.parametrize("stage", ["vae", "base", "fast", "mask"])
 def test_one_step_of_each_stage_updates_only_its_weights(dataset: Path, tmp_path: Path, stage: str) -> None:
