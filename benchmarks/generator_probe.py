@@ -85,6 +85,7 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     sums = {name: [0.0, 0.0] for name in ("unet_key", "unet_good", "fast")}
     farm_err: dict[int, float] = {}  # t → FARM's relative foreground error
     x0_err: dict[int, tuple[float, float]] = {}  # t → the clean estimate's relative error (fg, bg)
+    alphas = AIASScheduler().alphas_cumprod  # ᾱ_t of the FAST schedule
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
         eps = torch.randn(z0.shape, generator=g)
@@ -98,7 +99,7 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
             sq = (pred.float() - eps).pow(2)
             sums[name][0] += float(sq[fg].mean())
             sums[name][1] += float(sq[~fg].mean())
-        ab = float(AIASScheduler().alphas_cumprod[t])
+        ab = float(alphas[t])
         z0_hat = (z_mix - (1.0 - ab) ** 0.5 * preds["fast"].float()) / ab**0.5  # ẑ0 = (z̃ − √(1−ᾱ) ε̂)/√ᾱ
         x0_sq = (z0_hat - z0).pow(2)
         x0_err[t] = (float(x0_sq[fg].sum() / z0[fg].pow(2).sum()), float(x0_sq[~fg].sum() / z0[~fg].pow(2).sum()))
