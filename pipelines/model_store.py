@@ -4,7 +4,8 @@ Layout at a model URI (a local directory or an ``s3://`` prefix)::
 
     <uri>/base/        the base LDM in the CompVis diffusers layout (fast_core.models.base.save_base_model)
     <uri>/fast/        fast.safetensors + fast_config.json (FastLDM.save_fast: prompt vectors, FARM, Adaptor)
-    <uri>/model.json   ModelInfo (image size and channels, defect keys, preset, trained steps, run id), written LAST
+    <uri>/model.json   ModelInfo (image size and channels, defect keys and the untrained ones, preset, trained steps,
+                       run id, frame), written LAST
 
 ``model.json`` is the completion marker: a model URI without it is incomplete (a publish that died half way) and is
 refused. Every file is written atomically, so a reader sees each file whole. Weights are safetensors only.
@@ -57,6 +58,9 @@ class ModelInfo:
     frame: Literal["global", "window"] = "global"
     window_margin: float = 0.25  # window frame: side = max(⌈S / zoom⌉, ⌈mask box side · (1 + margin)⌉)
     window_zoom: float = 1.0  # window frame: the smallest window is ⌈S / zoom⌉ pixels, resized up to S
+    # keys the conditioner knows but no training row carried, e.g. "good" after training on defect windows only
+    # (dataset.windows_per_normal: 0): synthesis refuses guidance, whose negative branch is "good", on such a model
+    untrained_keys: list[str] = field(default_factory=list)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class ModelInfo:
             raise ValueError(f"ModelInfo.frame must be 'global' or 'window', got {self.frame!r}")
         if isinstance(self.window_zoom, bool) or not isinstance(self.window_zoom, int | float) or self.window_zoom < 1:
             raise ValueError(f"ModelInfo.window_zoom must be a number >= 1, got {self.window_zoom!r}")
+        if not set(self.untrained_keys) <= set(self.keys):
+            raise ValueError(f"ModelInfo.untrained_keys {self.untrained_keys!r} must be among its keys {self.keys!r}")
         if self.format != FORMAT:
             raise ValueError(f"model format {self.format!r} is not supported (expected {FORMAT!r})")
 

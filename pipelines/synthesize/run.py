@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fast_core.data.layout import GOOD
 from pipelines import storage
 from pipelines.config import dump_config
 from pipelines.manifest import SUMMARY_FILE, read_manifest
@@ -116,7 +117,14 @@ def _model(cfg: SynthesizeConfig, index: pa.Table) -> tuple[str, ModelInfo]:
             image_size=cfg.baseline.image_size, image_channels=cfg.baseline.image_channels, keys=keys or ["none"]
         )
     model_uri = _model_uri(cfg, index)
-    return model_uri, read_model_info(model_uri, cfg.storage)
+    info = read_model_info(model_uri, cfg.storage)
+    if cfg.generator == "fast" and cfg.sampler.guidance != 1.0 and GOOD in info.untrained_keys:
+        raise ValueError(
+            f"sampler.guidance = {cfg.sampler.guidance} steers away from the normal key {GOOD!r}, which the model at "
+            f"{model_uri} never trained on (it was trained on defect windows only, dataset.windows_per_normal: 0); "
+            "set sampler.guidance: 1, or train the model with normal windows"
+        )
+    return model_uri, info
 
 
 def _model_uri(cfg: SynthesizeConfig, index: pa.Table) -> str:

@@ -80,6 +80,15 @@ class TrainingData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     mask_shapes: BoxShapes | None = None
 
+    @property
+    def untrained_keys(self) -> list[str]:
+        """The keys no training row carries, in ``keys`` order: ``"good"`` when there are no normal images or
+        windows (``dataset.windows_per_normal: 0``), so the model never learns what its normal key means."""
+        used = {int(k) for k in np.concatenate([self.anomaly_key_ids, self.extra_key_ids])}
+        if len(self.normal):
+            used.add(0)
+        return [key for i, key in enumerate(self.keys) if i not in used]
+
     def stage_columns(self, stage: str, base_masks: bool = False, borrow_masks: bool = False) -> dict[str, np.ndarray]:
         """The columns stage ``stage`` trains on (see the module docstring); ``base_masks`` adds the mask column to
         the base stage (for ``loss.fg_weight > 0`` or an inpaint UNet; otherwise it would only cost object-store

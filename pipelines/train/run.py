@@ -382,7 +382,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         store.mark_done(stage, info)
         summaries.append(StageSummary(stage, scfg.steps, False, start, info["wall_s"], final_loss, grids))
 
-    model_uri = _publish(cfg, store, data.keys) if "fast" in cfg.stages else None
+    model_uri = _publish(cfg, store, data.keys, data.untrained_keys) if "fast" in cfg.stages else None
     mask_model_uri = _publish_mask(cfg, store, data.keys, _box_sizes(data)) if "mask" in cfg.stages else None
     return TrainSummary(
         run_uri=store.run_uri,
@@ -442,8 +442,9 @@ def _grid_steps(scfg: StageConfig) -> list[int]:
     ]
 
 
-def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
-    """Publish the final model (base + FAST) unless the same run's model is already there."""
+def _publish(cfg: TrainConfig, store: RunStore, keys: list[str], untrained: list[str]) -> str:
+    """Publish the final model (base + FAST) unless the same run's model is already there. ``untrained``: the keys
+    no training row carried; recorded only when this run trained its own base (a loaded base knows its keys)."""
     steps = {s: cfg.stage_config(s).steps for s in cfg.stages if s != "mask"}  # the mask model is published apart
     info = ModelInfo(
         image_size=cfg.dataset.image_size,
@@ -455,6 +456,7 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str]) -> str:
         frame=cfg.dataset.frame,
         window_margin=cfg.dataset.window_margin,
         window_zoom=cfg.dataset.window_zoom,
+        untrained_keys=list(untrained) if cfg.model.base_model_uri is None else [],
     )
     uri = cfg.model_uri
     try:

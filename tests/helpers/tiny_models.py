@@ -115,10 +115,11 @@ def publish_tiny_model(
     seed: int = 0,
     frame: str = "global",
     window_zoom: float = 1.0,
+    untrained_keys: tuple[str, ...] = (),
 ) -> str:
     """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code; ``frame``
     ``"window"`` marks it as trained on native-resolution windows (synthesis then works in windows, at
-    ``window_zoom``)."""
+    ``window_zoom``); ``untrained_keys`` marks keys as never trained on (e.g. ``"good"`` of a defect-only run)."""
     model = FastLDM.from_scratch(tiny_fast_config(image_channels, keys), seed=seed)
     info = ModelInfo(
         image_size=32,
@@ -128,5 +129,6 @@ def publish_tiny_model(
         run_id="tiny-test",
         frame=frame,  # type: ignore[arg-type]
         window_zoom=window_zoom,
+        untrained_keys=list(untrained_keys),
     )
     return publish_model(model, uri, info, storage)

@@ -18,9 +18,11 @@ from fast_core.baselines.foreground import dilate
 from fast_core.data.transforms import decode_png, to_model_image
 from fast_core.synthesis_config import SynthesisConfig
 from pipelines.manifest import MANIFEST_SCHEMA, SUMMARY_FILE
+from pipelines.model_store import ModelInfo
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import BaselineSettings
+from pipelines.synthesize.run import _model, read_manifest_index
 from pipelines.synthesize.stages import load_inputs, to_model_uint8
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.manifests import pair_rows, write_manifest_rows
@@ -253,3 +255,22 @@ def test_baselines_without_any_model_use_their_own_geometry_and_stay_rgb(setup: 
     images = [decode_png(r["image"]["bytes"]) for r in data]
     assert all(im.shape == (36, 36, 3) for im in images) and {r["model_uri"] for r in data} == {""}
     assert any(not np.array_equal(im[..., 0], im[..., 1]) for im in images)  # colour kept, not a grey copy
+
+
+def test_guidance_is_refused_before_any_work_on_a_model_that_never_trained_its_normal_key(setup: dict) -> None:
+    model = publish_tiny_model(str(setup["tmp"] / "defect-only-model"), untrained_keys=("good",))
+    manifest = write_manifest_rows(str(setup["tmp"] / "manifest-defect-only"), setup["rows"][:2])
+    out = setup["tmp"] / "guided"
+
+    def cfg(guidance: float, generator: str = "fast") -> SynthesizeConfig:
+        sampler = SynthesisConfig(nfe=3, guidance=guidance)
+        return SynthesizeConfig(manifest=manifest, out=str(out), model_uri=model, generator=generator, sampler=sampler)
+
+    with pytest.raises(ValueError, match="never trained on .*windows_per_normal: 0.*set sampler.guidance: 1"):
+        run_synthesis(cfg(2.0))  # checked before Ray starts: nothing is written
+    assert not out.exists()
+    index = read_manifest_index(manifest, None)
+    assert _model(cfg(1.0), index)[1].untrained_keys == ["good"]  # no guidance: the model serves as it is
+    assert _model(cfg(2.0, "cutpaste"), index)[0] == model  # baselines paint without the model's keys
+    with pytest.raises(ValueError, match="untrained_keys \\['other'\\] must be among its keys"):
+        ModelInfo(image_size=32, image_channels=3, keys=["good"], untrained_keys=["other"])

@@ -575,6 +575,9 @@ def test_defect_windows_only_give_the_grids_their_own_defects_to_repaint(tmp_pat
     overrides = ["dataset.frame=window", "dataset.windows_per_defect=2", "dataset.windows_per_normal=0"]
     data = load_training_data(tiny_cfg(root, tmp_path / "runs", *overrides).dataset, seed=5)
     assert len(data.normal) == 0 and len(data.anomalies) == 2 * (2 + 1)
+    assert data.untrained_keys == ["good"]  # published with the model: synthesis then refuses guidance against it
+    with_normals = [*overrides[:-1], "dataset.windows_per_normal=1"]
+    assert load_training_data(tiny_cfg(root, tmp_path / "runs", *with_normals).dataset, seed=5).untrained_keys == []
     preview = data.preview(4)  # no normal window: each mask's own defect window is the background
     firsts = [int(np.flatnonzero(data.anomaly_key_ids == k)[0]) for k in (1, 2)]
     assert np.array_equal(preview["normal"], data.anomalies[[firsts[i % 2] for i in range(4)]])
