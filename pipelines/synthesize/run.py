@@ -121,8 +121,8 @@ def _model(cfg: SynthesizeConfig, index: pa.Table) -> tuple[str, ModelInfo]:
     if cfg.generator == "fast" and cfg.sampler.guidance != 1.0 and GOOD in info.untrained_keys:
         raise ValueError(
             f"sampler.guidance = {cfg.sampler.guidance} steers away from the normal key {GOOD!r}, which the model at "
-            f"{model_uri} never trained on (it was trained on defect windows only, dataset.windows_per_normal: 0); "
-            "set sampler.guidance: 1, or train the model with normal windows"
+            f"{model_uri} never trained on (its training data held no normal image or window, as with "
+            "dataset.windows_per_normal: 0); set sampler.guidance: 1, or train the model with normal windows"
         )
     return model_uri, info
 
