@@ -157,7 +157,7 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
-        before = {f"farm_{name}": False for name in ("keyed", "skips", "residual", "context")}
+        before = {"farm_keyed": False, "farm_skips": False, "farm_residual": False, "farm_context": False}
         return {**before, "unet_prediction": None, **have[key]}
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
