@@ -61,9 +61,10 @@ from pipelines.model_store import ModelInfo, publish_model
 from pipelines.ray_utils import ensure_ray
 from pipelines.shards import COMMITS_DIR, ShardStore, num_shards
 from pipelines.synthesize import ComputeConfig, SynthesizeConfig, run_synthesis
+from pipelines.synthesize.encode import encode_and_qc
 from pipelines.synthesize.run import job_identity, shard_tables
 from pipelines.synthesize.schema import DATA_SCHEMA, REJECTED_SCHEMA
-from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from pipelines.synthesize.stages import FastSynthesizer, load_inputs
 
 PRESETS = {"tiny": "tiny", "small": "cpu_small"}
 KEYS = ["good", "bench/crack", "bench/scratch"]

@@ -31,7 +31,8 @@ from fast_core.data.windows import cut_around, cut_image, mask_at
 from fast_core.synthesis import SynthesisConfig
 from pipelines.manifest import MANIFEST_SCHEMA, row_seed, sample_id_for
 from pipelines.model_store import ModelInfo
-from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from pipelines.synthesize.encode import encode_and_qc
+from pipelines.synthesize.stages import FastSynthesizer, load_inputs
 from pipelines.train.data import defect_key
 from pipelines.train.grid import compose
 

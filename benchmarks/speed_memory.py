@@ -13,6 +13,8 @@ Two views, both read from Linux's ``/proc``:
   adds, so that what is avoidable can be told from what any torch + Ray Data + diffusers process holds, and the time
   a fresh actor process spends before its first batch (part of a pipeline's start-up that a bare loop, whose imports
   are done before its clock starts, does not have).
+* :func:`task_import_floor`: the same for a fresh CPU task worker that runs ``encode_and_qc`` (import Ray Data, then
+  the stage's module), which imports no torch.
 """
 
 from __future__ import annotations
@@ -94,10 +96,39 @@ def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str
     return steps
 
 
+def _task_steps() -> list[dict[str, Any]]:
+    """The steps of :func:`task_import_floor`, run in this (fresh) process."""
+    last = time.perf_counter()
+    steps = [{"step": "python", **memory_split()}]
+    import ray.data  # noqa: F401  - a Ray Data task's worker has imported it
+
+    now = time.perf_counter()
+    steps.append({"step": "import ray, ray.data", "seconds": now - last, **memory_split()})
+    last = now
+    from pipelines.synthesize.encode import encode_and_qc  # noqa: F401
+
+    steps.append(
+        {"step": "import the CPU stage (encode_and_qc)", "seconds": time.perf_counter() - last, **memory_split()}
+    )
+    steps.append({"step": "torch imported", "imported": "torch" in sys.modules})
+    return steps
+
+
+def task_import_floor() -> list[dict[str, Any]]:
+    """:func:`memory_split` after each import of a fresh CPU task worker that runs ``encode_and_qc`` (``python -m
+    benchmarks.speed_memory --task``); the last entry says whether torch came with them (it should not)."""
+    return _fresh(["--task"])
+
+
 def actor_import_floor(model_uri: str, batch_rows: int, threads: int) -> list[dict[str, Any]]:
     """:func:`memory_split` after each step of an actor's life, in a fresh interpreter (``python -m
     benchmarks.speed_memory``: nothing imported before the first step; module docstring)."""
-    argv = [sys.executable, "-m", "benchmarks.speed_memory", model_uri, str(batch_rows), str(threads)]
+    return _fresh([model_uri, str(batch_rows), str(threads)])
+
+
+def _fresh(args: list[str]) -> list[dict[str, Any]]:
+    """The JSON steps printed by ``python -m benchmarks.speed_memory ARGS`` in a new interpreter."""
+    argv = [sys.executable, "-m", "benchmarks.speed_memory", *args]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -107,10 +138,16 @@ def actor_import_floor(model_uri: str, batch_rows: int, threads: int) -> list[di
 def main(argv: list[str] | None = None) -> int:
     """Print the steps of :func:`actor_import_floor` as one JSON line (the last line of stdout)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed_memory", description=__doc__.split("\n")[0])
-    p.add_argument("model_uri")
-    p.add_argument("batch_rows", type=int)
-    p.add_argument("threads", type=int)
+    p.add_argument("--task", action="store_true", help="a CPU task worker's imports instead of an actor's life")
+    p.add_argument("model_uri", nargs="?")
+    p.add_argument("batch_rows", type=int, nargs="?")
+    p.add_argument("threads", type=int, nargs="?")
     args = p.parse_args(argv)
+    if args.task:
+        print(json.dumps(_task_steps()))
+        return 0
+    if args.model_uri is None or args.batch_rows is None or args.threads is None:
+        p.error("model_uri, batch_rows and threads are needed without --task")
     print(json.dumps(_floor_steps(args.model_uri, args.batch_rows, args.threads)))
     return 0
 

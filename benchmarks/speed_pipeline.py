@@ -20,12 +20,13 @@ import torch
 
 from benchmarks import output_path, pipeline_throughput
 from benchmarks.speed_common import fmt_bytes, fmt_num, say
-from benchmarks.speed_memory import actor_import_floor
+from benchmarks.speed_memory import actor_import_floor, task_import_floor
 from benchmarks.speed_ray import RayMonitor, operator_stats
 from pipelines.synthesize import run as synth_run
 from pipelines.synthesize import run_synthesis
 from pipelines.synthesize.stages import FastSynthesizer
 
+RSS_GOAL = 500 * 2**20  # the goal for a synthesis actor's peak RSS (cpu preset)
 BARE_STAGES = ("model_load", "load_inputs", "synthesize", "encode_and_qc", "shard_tables", "commit")
 _BUILD_DATASET = synth_run._build_dataset  # the synthesis stage's own, called by PipelineProbe.build_dataset
 
@@ -143,6 +144,7 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     report["driver_peak_rss_bytes"] = output_path.peak_rss_bytes()
     say("pipeline: an actor's memory, step by step")
     report["actor_memory_steps"] = actor_import_floor(report["model_uri"], args.pipeline_batch, args.pipeline_threads)
+    report["task_memory_steps"] = task_import_floor()
     return report
 
 
@@ -182,6 +184,7 @@ def md_pipeline(p: dict[str, Any]) -> str:
         f"{fmt_bytes(p['driver_peak_rss_bytes'])}; monitor CPU {monitor_cpu_s:.1f} s in all."
     )
     lines += md_actor_memory(p.get("actor_memory_steps"))
+    lines += md_task_memory(p.get("task_memory_steps"))
     errors = sorted({e for m in mems for e in m["errors"]})
     if errors:
         lines.append("Monitor errors: " + "; ".join(errors))
@@ -243,4 +246,31 @@ def md_actor_memory(steps: list[dict[str, Any]] | None) -> list[str]:
             "first batch: a pipeline's start-up includes them (a Ray actor gets a new worker process), the bare "
             "loop's does not (its imports come before its clock starts)."
         )
+    torch_ray = by_name.get("import ray, ray.data")
+    if torch_ray is not None and imports is not None:
+        floor = torch_ray["rss"] + steps[-1]["peak_rss"] - imports["rss"]
+        lines.append(
+            f"A floor without diffusers: torch and Ray Data ({fmt_bytes(torch_ray['rss'])}) plus the model and one "
+            f"batch at the peak come to {fmt_bytes(floor)}, against a goal of {fmt_bytes(RSS_GOAL)}."
+        )
+    return lines
+
+
+def md_task_memory(steps: list[dict[str, Any]] | None) -> list[str]:
+    """A fresh CPU task worker's imports (:func:`benchmarks.speed_memory.task_import_floor`), as markdown lines."""
+    if not steps:
+        return []
+    lines = [
+        "\nA CPU task worker's memory (a fresh process importing what an `encode_and_qc` task imports):\n",
+        "| step | s | RSS | USS |",
+        "|---|---:|---:|---:|",
+    ]
+    for step in steps:
+        if "rss" in step:
+            lines.append(
+                f"| {step['step']} | {fmt_num(step.get('seconds'), '.2f')} | {fmt_bytes(step['rss'])} | "
+                f"{fmt_bytes(step.get('uss'))} |"
+            )
+    torch_in = [step["imported"] for step in steps if step["step"] == "torch imported"]
+    lines.append(f"\ntorch imported by the CPU stage: {'yes' if torch_in and torch_in[0] else 'no'}.")
     return lines

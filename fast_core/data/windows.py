@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from fast_core.data.transforms import to_uint8_chw
+from fast_core.data.png import to_uint8_chw
 
 
 @dataclass(frozen=True)

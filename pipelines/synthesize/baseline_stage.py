@@ -36,7 +36,8 @@ from fast_core.data.layout import Layout, read_dataset
 from fast_core.data.transforms import decode_png, to_model_image
 from pipelines import storage
 from pipelines.storage import StorageConfig
-from pipelines.synthesize.stages import STAGE_SYNTH, Batch, to_model_uint8
+from pipelines.synthesize.encode import STAGE_SYNTH, Batch
+from pipelines.synthesize.stages import to_model_uint8
 
 logger = logging.getLogger(__name__)
 

@@ -58,10 +58,11 @@ from pipelines.ray_utils import check_cpu_budget, ensure_ray, stream_blocks
 from pipelines.shards import ShardStore, commit_stream, commit_totals, num_shards
 from pipelines.synthesize.baseline_stage import BaselineSynthesizer, defect_image_uris, texture_uris
 from pipelines.synthesize.config import SynthesizeConfig, content_hash
+from pipelines.synthesize.encode import encode_and_qc
 from pipelines.synthesize.outputs import STATS, SUCCESS, write_outputs
 from pipelines.synthesize.provenance import provenance
 from pipelines.synthesize.schema import DATA_SCHEMA, IMAGE_STRUCT, REJECTED_SCHEMA, image_path, mask_path
-from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from pipelines.synthesize.stages import FastSynthesizer, load_inputs
 
 logger = logging.getLogger(__name__)
 

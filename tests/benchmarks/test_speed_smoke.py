@@ -222,4 +222,23 @@ def test_actor_steps_table_shows_each_steps_seconds_and_the_imports_total() -> N
     lines = md_actor_memory(steps)
     assert "| import torch | 1.25 | 200.0 MiB | 190.0 MiB |" in "\n".join(lines)
     assert "| python | — |" in "\n".join(lines)  # the first step has no duration
-    assert "The imports take 2.8 s of a fresh actor process's start" in lines[-1]
+    assert "The imports take 2.8 s of a fresh actor process's start" in "\n".join(lines)
+    # torch + Ray Data (300) + the peak above the imports (0 - 400): the floor line is computed, not copied
+    assert lines[-1].startswith("A floor without diffusers: torch and Ray Data (300.0 MiB)")
+
+
+def test_a_cpu_task_worker_imports_no_torch_and_the_table_says_so() -> None:
+    from benchmarks.speed_memory import task_import_floor
+    from benchmarks.speed_pipeline import md_task_memory
+
+    steps = task_import_floor()
+    assert [s["step"] for s in steps] == [
+        "python",
+        "import ray, ray.data",
+        "import the CPU stage (encode_and_qc)",
+        "torch imported",
+    ]
+    assert steps[-1]["imported"] is False
+    assert steps[2]["rss"] >= steps[1]["rss"] > steps[0]["rss"] > 0
+    text = "\n".join(md_task_memory(steps))
+    assert "| import the CPU stage (encode_and_qc) |" in text and "torch imported by the CPU stage: no." in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from pipelines.config import load_config
 from pipelines.manifest import MANIFEST_SCHEMA
 from pipelines.model_store import read_model_info
 from pipelines.synthesize.config import SynthesizeConfig
-from pipelines.synthesize.stages import FastSynthesizer, encode_and_qc, load_inputs
+from pipelines.synthesize.encode import encode_and_qc
+from pipelines.synthesize.stages import FastSynthesizer, load_inputs
 from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file
 from tests.helpers.manifests import pair_rows
 from tests.helpers.tiny_models import publish_tiny_model
@@ -109,6 +112,18 @@ def test_synthesizer_is_batch_independent_and_passes_rejections(setup: dict) -> 
     outside = batch["mask"][0] == 0
     np.testing.assert_array_equal(out["image"][0][outside], batch["image"][0][outside])
     assert not np.array_equal(out["image"][0], batch["image"][0])
+
+
+def test_the_cpu_stage_imports_neither_torch_nor_diffusers_in_a_fresh_process() -> None:
+    """A Ray task worker imports ``encode_and_qc``'s module (and its package) before its first block; with torch and
+    diffusers that took about 5 s on the first shard's critical path. Ray pickles the function by its module."""
+    assert encode_and_qc.__module__ == "pipelines.synthesize.encode"
+    probe = (
+        "import sys, pickle, pipelines.synthesize.encode as e; pickle.loads(pickle.dumps(e.encode_and_qc)); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'ray') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_encode_and_qc(setup: dict) -> None:
