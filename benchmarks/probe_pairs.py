@@ -4,7 +4,7 @@ compare the painted defects' ring contrast and grain ratio with the real ones', 
 For each defect type, up to ``per_type`` training-third masks (spread over the sorted list) are paired with normal
 ``train/good`` images (the i-th mask with normal image ``i · ⌊N_good / per_type⌋``), run through exactly what a
 synthesis job runs (:func:`~pipelines.synthesize.stages.load_inputs` in the model's frame,
-:class:`~pipelines.synthesize.stages.FastSynthesizer` with AIAS-10 + FARM, :func:`~pipelines.synthesize.stages.
+:class:`~pipelines.synthesize.stages.FastSynthesizer` with AIAS-10 + FARM, :func:`~pipelines.synthesize.encode.
 encode_and_qc`), and the output's ring contrast and grain ratio (:mod:`benchmarks.quality_contrast`) are measured
 at the image's own size; the same masks on their own real images give the reference. The gate of a defect type
 passes when both median ratios painted / real lie in [0.5, 2]: the painted defect is as visible as a real one, and
