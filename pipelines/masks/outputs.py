@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from fast_core.data.transforms import encode_png
+from fast_core.data.png import encode_png
 from fast_core.masks import compare_mask_sets, histogram_summary
 from pipelines import storage
 from pipelines.masks.schema import REAL_REJECTED_FILE

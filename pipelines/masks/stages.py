@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from fast_core.data.transforms import decode_png, encode_png
+from fast_core.data.png import decode_png, encode_png
 from fast_core.masks import MaskAugmentConfig, MaskFilter, MaskFilterConfig, augment_mask, mask_stats
 from fast_core.masks.placement import despeckled_sample, draw_box, draw_side, drop_specks, place_shape, placement_rng
 from fast_core.masks.shapes import normalised_shape, stretched_shape

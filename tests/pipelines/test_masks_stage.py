@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -479,3 +481,16 @@ def test_ray_run_to_s3(ray_local: None, dataset: Path, s3_bucket: S3Bucket) -> N
     assert table.num_rows == summary.written
     side = table.column("mask").to_pylist()[0]
     assert storage.read_bytes(f"{out}/{side['path']}", st) == side["bytes"]
+
+
+def test_the_cpu_stages_import_no_torch_in_a_fresh_process() -> None:
+    """Ray task workers import ``pipelines.masks.stages`` (and its package) before their first block; the CPU stages
+    need numpy, Pillow and scipy only (the diffusion sampler loads torch and diffusers in its actor)."""
+    probe = (
+        "import sys, pickle, pipelines.masks.stages as s; "
+        "[pickle.loads(pickle.dumps(f)) for f in (s.load_real_masks, s.generate_masks, s.filter_shard)]; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'ray') if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
