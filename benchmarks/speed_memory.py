@@ -136,7 +136,8 @@ def _fresh(args: list[str]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the steps of :func:`actor_import_floor` as one JSON line (the last line of stdout)."""
+    """Print the steps of :func:`actor_import_floor` (or, with ``--task``, of :func:`task_import_floor`) as one JSON
+    line (the last line of stdout)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed_memory", description=__doc__.split("\n")[0])
     p.add_argument("--task", action="store_true", help="a CPU task worker's imports instead of an actor's life")
     p.add_argument("model_uri", nargs="?")
