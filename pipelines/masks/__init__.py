@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562), not with the package: a Ray
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipelines.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pipelines.masks.config import MasksConfig
@@ -19,12 +20,7 @@ _HOMES = {
     "run_masks": "pipelines.masks.run",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """``name`` from the submodule that defines it (imported now), or AttributeError as for any module."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = ["MasksConfig", "MasksSummary", "run_masks"]

@@ -11,8 +11,9 @@ diffusers, which ``config`` and ``run`` bring in.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipelines.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pipelines.synthesize.config import ComputeConfig, FaultConfig, SynthesizeConfig
@@ -26,12 +27,7 @@ _HOMES = {
     "run_synthesis": "pipelines.synthesize.run",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """``name`` from the submodule that defines it (imported now), or AttributeError as for any module."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = ["ComputeConfig", "FaultConfig", "SynthesisSummary", "SynthesizeConfig", "run_synthesis"]
