@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 STATUS_FIELDS = {"VmRSS": "rss", "VmHWM": "peak_rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
@@ -50,17 +51,23 @@ def memory_split(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str, Any]]:
-    """The steps of :func:`actor_import_floor`, run in this (fresh) process."""
+def _stepper() -> Callable[..., dict[str, Any]]:
+    """``step(name, **extra)``: ``name``'s memory now (:func:`memory_split`) and its wall seconds since the previous
+    step (or since this call)."""
     last = time.perf_counter()
 
     def step(name: str, **extra: Any) -> dict[str, Any]:
-        """``name``'s memory now and its wall seconds since the previous step."""
         nonlocal last
         now = time.perf_counter()
         seconds, last = now - last, now
         return {"step": name, **extra, "seconds": seconds, **memory_split()}
 
+    return step
+
+
+def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str, Any]]:
+    """The steps of :func:`actor_import_floor`, run in this (fresh) process."""
+    step = _stepper()
     steps = [{"step": "python", **memory_split()}]
     import torch
 
@@ -98,18 +105,14 @@ def _floor_steps(model_uri: str, batch_rows: int, threads: int) -> list[dict[str
 
 def _task_steps() -> list[dict[str, Any]]:
     """The steps of :func:`task_import_floor`, run in this (fresh) process."""
-    last = time.perf_counter()
+    step = _stepper()
     steps = [{"step": "python", **memory_split()}]
     import ray.data  # noqa: F401  - a Ray Data task's worker has imported it
 
-    now = time.perf_counter()
-    steps.append({"step": "import ray, ray.data", "seconds": now - last, **memory_split()})
-    last = now
+    steps.append(step("import ray, ray.data"))
     from pipelines.synthesize.encode import encode_and_qc  # noqa: F401
 
-    steps.append(
-        {"step": "import the CPU stage (encode_and_qc)", "seconds": time.perf_counter() - last, **memory_split()}
-    )
+    steps.append(step("import the CPU stage (encode_and_qc)"))
     steps.append({"step": "torch imported", "imported": "torch" in sys.modules})
     return steps
 
