@@ -2,8 +2,9 @@
 
 :class:`FastLDM` wraps the diffusers components behind the few operations FAST needs (FAST_SPEC §3, §6):
 
-    z_0 = encode(x) = s · E(x).mean            # x ∈ [−1, 1]^(B, 3|1, H, W), s = scaling_factor, z_0: (B, C, H/f, W/f)
-    x   = decode(z) = clamp(D(z / s), −1, 1)
+    z_0 = encode(x) = s · (E(x).mean − μ)      # x ∈ [−1, 1]^(B, 3|1, H, W), s = scaling_factor, z_0: (B, C, H/f, W/f)
+    x   = decode(z) = clamp(D(z / s + μ), −1, 1)
+                                               # μ: TAEF2's per-channel latent_shift (measured), else 0
                                                # first stage: a KL VAE trained from scratch ("kl", f = 2^(n−1), C = 4)
                                                # or the pretrained, frozen TAEF2 ("taef2", f = 8, C = 32)
     ε̂   = predict_eps(z, t, keys, m, z_bg) = Adaptor(UNet(u, t, c(keys)), m)
@@ -249,7 +250,7 @@ class FastLDM(nn.Module):
         conditioner: ``keys -> (B, L, D)`` context (textual inversion over a text encoder, or a learned encoder).
         farm: :class:`FARM`.
         adaptor: :class:`Adaptor`.
-        scaling_factor: s in z = s · E(x).
+        scaling_factor: s in z = s · (E(x) − μ).
         config: the :class:`FastModelConfig` (vae/unet/prompt_encoder reflect the actual base).
         scheduler_config: the base's noise schedule (DDIMScheduler kwargs).
     """
@@ -354,8 +355,15 @@ class FastLDM(nn.Module):
             return self.vae.encode_unscaled(x)
         return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
 
+    def _latent_shift(self, like: torch.Tensor) -> torch.Tensor | None:
+        """μ as a (1, C, 1, 1) tensor on ``like``'s device and dtype, or None when the first stage has no shift."""
+        shift = getattr(self.vae.config, "latent_shift", None) if isinstance(self.vae, TAEF2) else None
+        if shift is None:
+            return None
+        return torch.tensor(shift, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z_0 = s · E(x) (deterministic).
+        """z_0 = s · (E(x) − μ) (deterministic; μ = 0 unless the TAEF2 first stage has a ``latent_shift``).
 
         Args:
             x: (B, image_channels, H, W) images in [−1, 1]; H and W multiples of ``downsample_factor``.
@@ -363,16 +371,19 @@ class FastLDM(nn.Module):
         Returns:
             (B, C, H/f, W/f) scaled latent.
         """
-        return self.encode_unscaled(x) * self.scaling_factor
+        e = self.encode_unscaled(x)
+        mu = self._latent_shift(e)
+        return (e if mu is None else e - mu) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """x = clamp(D(z / s), −1, 1): (B, C, h, w) latent → (B, image_channels, f·h, f·w) image in [−1, 1]."""
+        """x = clamp(D(z / s + μ), −1, 1): (B, C, h, w) latent → (B, image_channels, f·h, f·w) image in [−1, 1]."""
         if z.ndim != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(
                 f"FastLDM.decode: z must have shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}"
             )
         if isinstance(self.vae, TAEF2):
-            return self.vae.decode_unscaled(z / self.scaling_factor)
+            mu = self._latent_shift(z)
+            return self.vae.decode_unscaled(z / self.scaling_factor + (0.0 if mu is None else mu))
         x = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample
         return x.clamp(-1.0, 1.0)
 
@@ -567,7 +578,7 @@ class FastLDM(nn.Module):
         """A randomly initialised model (from-scratch base + FAST modules) of shape ``config``, from ``seed``.
 
         A ``taef2`` config needs the loaded pretrained ``first_stage`` (:meth:`TAEF2.from_folder`); its scaling
-        factor is taken from ``config.taef2``.
+        factor and channel shift are taken from ``config.taef2``.
         """
         if (config.first_stage == "taef2") != (first_stage is not None):
             raise ValueError(

@@ -2,10 +2,16 @@
 
 The "tiny autoencoder for FLUX.2" (MIT licence) is a distilled stand-in for a large diffusion VAE: 2 × 1.34 M
 parameters, deterministic (no posterior), 35–37 dB PSNR on Magnetic Tile where a KL VAE trained from scratch on two
-CPU cores gives blurred grey fields. FAST uses it frozen, with a latent scale measured on the training data:
+CPU cores gives blurred grey fields. FAST uses it frozen, with a latent scale (and optionally a per-channel shift)
+measured on the training data:
 
-    z = s · E(u),  u = (x + 1) / 2 ∈ [0, 1]^(B, 3, H, W)          (grey: the channel replicated to RGB)
-    x = 2 · clamp(D(z / s), 0, 1) − 1                              (grey: the mean of the three channels)
+    z = s · (E(u) − μ),  u = (x + 1) / 2 ∈ [0, 1]^(B, 3, H, W)    (grey: the channel replicated to RGB)
+    x = 2 · clamp(D(z / s + μ), 0, 1) − 1                          (grey: the mean of the three channels)
+
+μ (``latent_shift``, one value per channel, 0 when unset) matters to a denoiser: TAEF2's channel means on Magnetic
+Tile are far from 0 (RMS 0.56 of a channel's std), and D(0) is a flat grey 36 levels brighter than the data's mean
+image, so an ε-model's uncertain clean estimate (ẑ0 → 0 at large t) decodes as a bright blot. With μ subtracted,
+ẑ0 = 0 decodes as the mean image.
 
 Layers (every conv 3×3, padding 1, 64 wide unless noted; the indices are the state-dict prefixes):
 
@@ -24,6 +30,7 @@ safetensors files :meth:`TAEF2.save` writes. Loading is strict, and the folder's
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +55,9 @@ class TAEF2Config:
     """The frozen first stage's settings; the layer shapes are fixed by the published weights."""
 
     image_channels: int = 3  # 1 (grey: replicated to RGB in, averaged out) or 3 (RGB)
-    scaling_factor: float = 1.0  # s in z = s · E(u): 1 / std of E(u) on the training images (measured, then set)
+    scaling_factor: float = 1.0  # s in z = s · (E(u) − μ): 1 / std of E(u) − μ on the training images (measured)
+    # μ in z = s · (E(u) − μ): each latent channel's mean on the training images (measured), or None (μ = 0)
+    latent_shift: tuple[float, ...] | None = None
     latent_channels: int = LATENT_CHANNELS  # C of the latent (fixed by the weights)
 
     def __post_init__(self) -> None:
@@ -58,6 +67,14 @@ class TAEF2Config:
             raise ValueError(f"TAEF2Config.latent_channels is fixed at {LATENT_CHANNELS}, got {self.latent_channels}")
         if not self.scaling_factor > 0:
             raise ValueError(f"TAEF2Config.scaling_factor must be > 0, got {self.scaling_factor}")
+        if self.latent_shift is not None:
+            shift = tuple(float(v) for v in self.latent_shift)
+            if len(shift) != self.latent_channels or not all(math.isfinite(v) for v in shift):
+                raise ValueError(
+                    f"TAEF2Config.latent_shift must be {self.latent_channels} finite numbers (one per latent channel), "
+                    f"got {self.latent_shift!r}"
+                )
+            self.latent_shift = shift
 
     @property
     def downsample_factor(self) -> int:
@@ -169,11 +186,11 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) 
 
 
 class TAEF2(nn.Module):
-    """The frozen first stage: images in [−1, 1] ↔ unscaled latents (the scale s is in ``config``, applied by FastLDM).
+    """The frozen first stage: images in [−1, 1] ↔ unscaled latents (s and μ are in ``config``, applied by FastLDM).
 
     Attributes:
         encoder, decoder: the two ``nn.Sequential`` stacks (state-dict names as published).
-        config: :class:`TAEF2Config` (image channels, scaling factor s).
+        config: :class:`TAEF2Config` (image channels, scaling factor s, channel shift μ).
         license_text: the weights' licence, written beside every saved copy.
     """
 
@@ -199,7 +216,7 @@ class TAEF2(nn.Module):
     def encode_unscaled(self, x: torch.Tensor) -> torch.Tensor:
         """E(u), u = (x + 1) / 2, for images x in [−1, 1] of ``image_channels`` channels: (B, 32, H/8, W/8).
 
-        The scale s (``config.scaling_factor``) is applied by the caller: z = s · E(u).
+        The shift μ and scale s (``config``) are applied by the caller: z = s · (E(u) − μ).
         """
         u = (x.to(self.dtype) + 1) / 2
         if u.shape[1] == 1:
@@ -207,7 +224,7 @@ class TAEF2(nn.Module):
         return self.encoder(u)
 
     def decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
-        """x = 2 · clamp(D(z), 0, 1) − 1 for an unscaled latent z (z / s); grey models average the three channels."""
+        """x = 2 · clamp(D(z), 0, 1) − 1 for an unscaled latent z (z / s + μ); grey: the mean of the 3 channels."""
         u = self.decoder(z.to(self.dtype)).clamp(0, 1)
         if self.image_channels == 1:
             u = u.mean(dim=1, keepdim=True)

@@ -113,6 +113,9 @@ class ModelConfig:
     # A folder (local or s3://) with the pretrained TAEF2 first stage (taef2_encoder.pth, taef2_decoder.pth, LICENSE):
     # the first stage is then frozen, and stage "vae" only measures the latent scale s = 1 / std(E(x)) on the data.
     first_stage_uri: str | None = None
+    # with first_stage_uri: stage "vae" also measures each latent channel's mean μ, and z = s · (E(x) − μ), so the
+    # denoiser's "don't know" estimate ẑ0 = 0 decodes as the data's mean image, not TAEF2's flat grey D(0) [ours]
+    latent_shift: bool = False
     adaptor_mode: Literal["replace", "residual_zero_init", "none"] | None = None  # override the preset's Adaptor mode
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
     # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
@@ -132,7 +135,7 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
-        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context"):
+        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "latent_shift"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("unet_conditioning", "unet_prediction"):
@@ -141,6 +144,11 @@ class ModelConfig:
                     f"TrainConfig.model.{name} applies to a base trained here; a loaded base "
                     "(base_model_uri) brings its own UNet"
                 )
+        if self.latent_shift and self.first_stage_uri is None:
+            raise ValueError(
+                "TrainConfig.model.latent_shift is measured on a pretrained first stage; set model.first_stage_uri "
+                "(a KL VAE trained here keeps its latents near zero mean by its KL term)"
+            )
         if self.first_stage_uri is not None and self.base_model_uri is not None:
             raise ValueError(
                 "TrainConfig.model: first_stage_uri and base_model_uri are exclusive (a base has its own first stage)"

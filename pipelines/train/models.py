@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,17 +102,38 @@ def stage_state(model: FastLDM, stage: str) -> dict[str, torch.Tensor]:
     return {n: state[n] for n in stage_state_names(model, stage)}
 
 
-def set_scaling_factor(model: FastLDM, s: float) -> None:
-    """z = s · E(x): set the latent scaling factor on the model and in the VAE's config (saved with the base)."""
+def set_scaling_factor(model: FastLDM, s: float, shift: list[float] | None = None) -> None:
+    """z = s · (E(x) − μ): set the latent scaling factor (and TAEF2's channel shift μ, ``shift``) on the model and in
+    the first stage's config (saved with the base)."""
     if not s > 0 or s != s:
         raise ValueError(f"latent scaling factor must be a positive number, got {s}")
+    if shift is not None and not isinstance(model.vae, TAEF2):
+        raise ValueError("a latent shift needs the pretrained TAEF2 first stage (model.first_stage_uri)")
     if isinstance(model.vae, TAEF2):
-        model.vae.config.scaling_factor = float(s)
-        model.config.taef2.scaling_factor = float(s)
+        mu = None if shift is None else tuple(float(v) for v in shift)
+        model.vae.config = dataclasses.replace(model.vae.config, scaling_factor=float(s), latent_shift=mu)  # validates
+        model.config.taef2 = dataclasses.replace(model.config.taef2, scaling_factor=float(s), latent_shift=mu)
     else:
         model.vae.register_to_config(scaling_factor=float(s))
         model.config.vae.scaling_factor = float(s)
     model.scaling_factor = float(s)
+
+
+def recorded_shift(cfg: TrainConfig, done: dict[str, Any]) -> list[float] | None:
+    """The channel shift μ stage "vae" recorded (``done``: its ``stages/vae.json``), checked against
+    ``model.latent_shift``: the base and FAST stages must train on the latents the run was measured for.
+
+    Raises:
+        ValueError: the config asks for a shift the finished stage did not measure, or the other way round.
+    """
+    shift = done.get("latent_shift")
+    if bool(cfg.model.latent_shift) != (shift is not None):
+        raise ValueError(
+            f"model.latent_shift is {str(cfg.model.latent_shift).lower()} but this run's finished stage 'vae' was "
+            f"measured {'with' if shift is not None else 'without'} a channel shift; keep the setting the run started "
+            "with, or use another run_name"
+        )
+    return None if shift is None else [float(v) for v in shift]
 
 
 def load_stage_weights(model: FastLDM, stage: str, weights: dict[str, torch.Tensor], where: str) -> None:
@@ -149,8 +171,9 @@ def build_model(cfg: TrainConfig, keys: list[str], store: RunStore, upto: str | 
     else:
         model = FastLDM.from_scratch(mc, seed=cfg.seed)
     for stage in required_stages(cfg, upto):
-        if stage == "vae" and cfg.model.first_stage_uri is not None:  # pretrained: only the measured scale
-            set_scaling_factor(model, float(store.done("vae")["scaling_factor"]))
+        if stage == "vae" and cfg.model.first_stage_uri is not None:  # pretrained: only the measured scale (+ shift)
+            done = store.done("vae")
+            set_scaling_factor(model, float(done["scaling_factor"]), recorded_shift(cfg, done))
             continue
         ckpt = store.stage_weights(stage)
         load_stage_weights(model, stage, ckpt.final_weights, f"stage {stage!r} checkpoint {ckpt.uri}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -41,8 +42,8 @@ from pipelines.train.curves import CURVES, render_curves
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
 from pipelines.train.mask_data import load_box_shapes
-from pipelines.train.models import build_model, load_stage_weights, local_base_dir, required_stages
-from pipelines.train.steps import mask_model, measure_scaling_factor
+from pipelines.train.models import build_model, load_stage_weights, local_base_dir, recorded_shift, required_stages
+from pipelines.train.steps import mask_model, measure_latent_stats, measure_scaling_factor
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +148,10 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     Runs recorded before ``loss`` (or one of its fields) existed trained with its default (the plain ε mean, no
     min-SNR weighting); before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` / ``farm_context`` with the
     spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.unet_prediction`` with the preset's ε
-    prediction; before ``mask_model`` with the whole-mask model (frame "image", the only one there was); before
-    ``dataset.window_flips`` with windows left as cut, before ``dataset.window_zoom`` at zoom 1, before
-    ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and augmentation fields
-    (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values being unknown."""
+    prediction; before ``model.latent_shift`` without a shift; before ``mask_model`` with the whole-mask model (frame
+    "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
+    ``dataset.window_zoom`` at zoom 1, before ``dataset.normal_masks`` with borrowed masks. A run recorded before the
+    frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
         return {**late, "window_flips": False, "window_zoom": 1.0, "normal_masks": True, **have[key]}
@@ -158,6 +159,7 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
         before = {"farm_keyed": False, "farm_skips": False, "farm_residual": False, "farm_context": False}
+        before |= {"latent_shift": False}
         return {**before, "unet_prediction": None, **have[key]}
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
@@ -400,13 +402,20 @@ def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingDat
     training images (driver, CPU, deterministic) and recorded in ``stages/vae.json``."""
     done = store.done("vae")
     if done is not None:
+        recorded_shift(cfg, done)  # a run measured with(out) the shift cannot go on without (with) it
         logger.info("stage vae: pretrained first stage, latent scale s = %.5f measured earlier", done["scaling_factor"])
         return StageSummary("vae", 0, True, 0, done["wall_s"], None)
     t0 = time.perf_counter()
     model = build_model(cfg, data.keys, store, "vae")
-    s = measure_scaling_factor(model.eval(), _scale_images(data), torch.device("cpu"), cfg.stage.vae.batch_size)
+    s, shift = measure_latent_stats(
+        model.eval(), _scale_images(data), torch.device("cpu"), cfg.stage.vae.batch_size, shift=cfg.model.latent_shift
+    )
     wall = time.perf_counter() - t0
-    logger.info("stage vae: pretrained first stage %s, latent scale s = 1/std = %.5f", cfg.model.first_stage_uri, s)
+    rms = None if shift is None else math.sqrt(sum(v * v for v in shift) / len(shift))
+    logger.info(
+        "stage vae: pretrained first stage %s, latent scale s = 1/std = %.5f%s", cfg.model.first_stage_uri, s,
+        "" if rms is None else f", channel shift μ measured (RMS {rms:.3f})",
+    )  # fmt: skip
     info = {
         "stage": "vae",
         "steps": 0,
@@ -415,6 +424,7 @@ def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingDat
         "final_loss": None,
         "wall_s": wall,
         "scaling_factor": s,
+        "latent_shift": shift,
         "grids": [],
         "finished": time.time(),
     }

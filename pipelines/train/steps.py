@@ -162,10 +162,24 @@ def _encode_uint8(
 @torch.no_grad()
 def measure_scaling_factor(model: FastLDM, images: np.ndarray, device: torch.device, batch: int) -> float:
     """s = 1 / std of the unscaled latents E(x) (VAE: posterior means) of ``images`` (N, C, S, S) uint8 (LDM rule)."""
-    std = float(_encode_uint8(model.encode_unscaled, images, device, batch).std())
-    if not std > 0 or not math.isfinite(std):
+    return measure_latent_stats(model, images, device, batch, shift=False)[0]
+
+
+@torch.no_grad()
+def measure_latent_stats(
+    model: FastLDM, images: np.ndarray, device: torch.device, batch: int, *, shift: bool
+) -> tuple[float, list[float] | None]:
+    """(s, μ) of the unscaled latents E(x) of ``images`` (N, C, S, S) uint8, for z = s · (E(x) − μ).
+
+    μ_c = mean of channel c over the images and latent cells (``shift``; else None, μ = 0), and
+    s = 1 / std(E(x) − μ) over every value, so z has zero mean per channel and unit variance overall.
+    """
+    e = _encode_uint8(model.encode_unscaled, images, device, batch)  # (N, C, h, w)
+    mu = e.mean(dim=(0, 2, 3)) if shift else None
+    std = float((e if mu is None else e - mu.view(1, -1, 1, 1)).std())
+    if not std > 0 or not math.isfinite(std) or (mu is not None and not bool(torch.isfinite(mu).all())):
         raise NonFiniteLossError(f"stage 'vae': latent std is {std}; cannot set the scaling factor")
-    return 1.0 / std
+    return 1.0 / std, None if mu is None else [float(v) for v in mu]
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ passes) fall far below that, so the PSNR floor tests the architecture, not just 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -150,6 +151,38 @@ def test_fast_ldm_on_taef2_encodes_saves_and_reloads(tmp_path: Path) -> None:
     assert loaded.config.first_stage == "taef2" and loaded.scaling_factor == 1.4
     with torch.no_grad():
         assert torch.equal(loaded.encode(x), z)
+
+
+def test_a_latent_shift_centres_encode_and_decode_inverts_it_through_save_and_reload(tmp_path: Path) -> None:
+    cfg = with_taef2(tiny_config(keys=("good", "tiny/crack"), image_channels=1), image_size=32)
+    mu = tuple(float(v) for v in torch.linspace(-1.0, 1.0, 32))
+    cfg.taef2 = dataclasses.replace(cfg.taef2, scaling_factor=1.4, latent_shift=mu)
+    first = TAEF2.from_folder(write_taef2_folder(tmp_path / "taef2"))
+    model = FastLDM.from_scratch(cfg, first_stage=first, seed=0)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    mu_t = torch.tensor(mu).view(1, -1, 1, 1)
+    with torch.no_grad():
+        e = first.encode_unscaled(x)
+        z = model.encode(x)
+        assert torch.allclose(z, (e - mu_t) * 1.4)  # z = s · (E(x) − μ)
+        assert torch.allclose(model.decode(z), first.decode_unscaled(e), atol=1e-6)  # D(z / s + μ) = D(E(x))
+        # the denoiser's "don't know" ẑ0 = 0 decodes as D(μ), not D(0)
+        zero = torch.zeros(1, 32, 4, 4)
+        assert torch.allclose(model.decode(zero), first.decode_unscaled(zero + mu_t), atol=1e-6)
+        assert not torch.allclose(model.decode(zero), first.decode_unscaled(zero), atol=1e-3)
+
+    base = save_base_model(model.base_components(), tmp_path / "base")
+    loaded = load_base_model(base)
+    assert loaded.vae.config.latent_shift == mu
+    model.save_fast(tmp_path / "fast")
+    with torch.no_grad():
+        assert torch.equal(FastLDM.load_fast(tmp_path / "fast", loaded).encode(x), z)
+
+
+@pytest.mark.parametrize("shift", [(0.0,) * 31, (float("nan"),) * 32], ids=["one channel short", "not finite"])
+def test_a_latent_shift_needs_one_finite_value_per_channel(shift: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="TAEF2Config.latent_shift must be 32 finite numbers"):
+        TAEF2Config(latent_shift=shift)
 
 
 def test_taef2_config_without_weights_is_an_error() -> None:

@@ -120,24 +120,32 @@ def test_pretrained_first_stage_is_measured_not_trained_then_base_and_fast_train
     first = write_taef2_folder(tmp_path / "taef2", seed=3)
     steps = ["stage.base.steps=2", "stage.fast.steps=2", "stage.base.checkpoint_every=2"]
     cache = ["latent_cache=true", "dataset.hflip=false", "dataset.vflip=false"]  # each stage encodes its rows once
-    cfg = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps, *cache)
+    shift = "model.latent_shift=true"  # stage vae also measures each latent channel's mean μ
+    cfg = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", shift, *steps, *cache)
     summary = run_training(cfg)
     store = RunStore(cfg.run_uri)
     vae = store.done("vae")
     assert vae["steps"] == 0 and vae["pretrained"] == str(first) and vae["checkpoint"] is None
     assert vae["scaling_factor"] > 0 and metric_steps(store, "vae") == []
+    assert len(vae["latent_shift"]) == 32 and any(v != 0 for v in vae["latent_shift"])
     assert "pretrained first stage (frozen), latent scale measured" in summary.format()
     assert metric_steps(store, "base") == [1, 2] and metric_steps(store, "fast") == [1, 2]
 
     model, _ = load_model(summary.model_uri)
     assert model.config.first_stage == "taef2" and model.latent_channels == 32
     assert model.scaling_factor == pytest.approx(vae["scaling_factor"])
+    assert model.vae.config.latent_shift == pytest.approx(vae["latent_shift"])  # published with the first stage
     assert (Path(summary.model_uri) / BASE_DIR / "taef2" / "LICENSE").is_file()
     source = TAEF2.from_folder(first).state_dict()
     assert all(torch.equal(v, source[k]) for k, v in model.vae.state_dict().items())  # frozen: the published weights
 
     again = run_training(cfg)
     assert all(s.skipped for s in again.stages)
+    unshifted = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps, *cache)
+    with pytest.raises(
+        ValueError, match="model.latent_shift is false but this run's finished stage 'vae' was measured"
+    ):
+        run_training(unshifted)  # the base was trained on shifted latents
 
 
 def test_fast_stage_to_s3_and_load_published_model(

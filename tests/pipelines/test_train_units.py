@@ -20,19 +20,27 @@ from pipelines.train.data import check_stage_rows, load_training_data
 from pipelines.train.grid import base_grid, compose, fast_grid, vae_grid
 from pipelines.train.loops import WeightsEMA, lr_at
 from pipelines.train.mask_data import load_box_shapes
-from pipelines.train.models import build_model, model_config, required_stages, stage_state
+from pipelines.train.models import (
+    build_model,
+    model_config,
+    recorded_shift,
+    required_stages,
+    set_scaling_factor,
+    stage_state,
+)
 from pipelines.train.run import _box_sizes, _check_run_info, stage_rows
 from pipelines.train.steps import (
     StageObjective,
     configure_trainable,
     encode_rows,
     flip_batch,
+    measure_latent_stats,
     prepare_batch,
     stage_model,
     step_seed,
 )
 from tests.helpers.dummy_data import make_dummy_mvtec, truncate_file, write_empty_mask
-from tests.helpers.tiny_models import tiny_fast_ldm
+from tests.helpers.tiny_models import tiny_fast_ldm, write_taef2_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -98,6 +106,8 @@ def test_relative_local_paths_become_absolute(dataset: Path, tmp_path: Path, mon
         ("stage.base.lr_schedule=linear", "lr_schedule"),
         ("scaling.max_failures=-1", "TrainConfig.scaling.max_failures must be an integer >= 0"),
         ("model.first_stage_uri=", "first_stage_uri is empty"),
+        ("model.latent_shift=true", "latent_shift is measured on a pretrained first stage; set model.first_stage_uri"),
+        ("model.latent_shift=1", "model.latent_shift: expected true/false, got 1"),
         ("model.unet_conditioning=masked", "unet_conditioning"),
         ("mask_model.frame=crop", "mask_model.frame = 'crop' is not one of: 'image', 'box'"),
     ],
@@ -189,7 +199,7 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
     keys = ["good", "widget/dent", "widget/scratch"]
     _check_run_info(store, cfg, keys, resume=False)
     info = json.loads(Path(store.uri("run.json")).read_text())
-    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "unet_prediction"):  # recorded before
+    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "unet_prediction", "latent_shift"):
         del info["model"][name]
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, cfg, keys, resume=True) is True
@@ -522,6 +532,40 @@ def test_build_model_needs_finished_earlier_stages(dataset: Path, tmp_path: Path
     assert set(stage_state(model, "vae")) == {k for k in model.state_dict() if k.startswith("vae.")}
     assert required_stages(cfg, "fast") == ["vae", "base"]
     assert required_stages(cfg, "mask") == []  # the mask model trains from scratch: stages [mask] runs on its own
+
+
+def test_latent_stats_centre_each_channel_and_a_changed_shift_setting_is_refused(dataset: Path, tmp_path: Path) -> None:
+    first = write_taef2_folder(tmp_path / "taef2", seed=1)
+    cfg = tiny_cfg(dataset, tmp_path / "runs", f"model.first_stage_uri={first}", "model.latent_shift=true")
+    model = build_model(cfg, ["good", "widget/dent"], RunStore(cfg.run_uri), "vae").eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
+    s, shift = measure_latent_stats(model, images, torch.device("cpu"), 4, shift=True)
+    with torch.no_grad():
+        e = model.encode_unscaled(torch.from_numpy(images).float() / 127.5 - 1.0)
+    mu = e.mean(dim=(0, 2, 3))
+    assert shift == pytest.approx(mu.tolist(), abs=1e-6)
+    assert s == pytest.approx(1.0 / float((e - mu.view(1, -1, 1, 1)).std()), rel=1e-5)
+    assert measure_latent_stats(model, images, torch.device("cpu"), 4, shift=False) == (
+        pytest.approx(1.0 / float(e.std()), rel=1e-5),
+        None,
+    )
+    set_scaling_factor(model, s, shift)
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(images).float() / 127.5 - 1.0)
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and float(z.std()) == pytest.approx(1.0, rel=1e-4)
+    assert model.config.taef2.latent_shift == model.vae.config.latent_shift == tuple(shift)
+
+    assert recorded_shift(cfg, {"latent_shift": shift}) == shift
+    with pytest.raises(
+        ValueError, match="model.latent_shift is true but this run's finished stage 'vae' was measured without"
+    ):
+        recorded_shift(cfg, {"scaling_factor": s})
+    plain = tiny_cfg(dataset, tmp_path / "runs", f"model.first_stage_uri={first}")
+    with pytest.raises(ValueError, match="model.latent_shift is false but .* measured with a channel shift"):
+        recorded_shift(plain, {"latent_shift": shift})
+    kl = tiny_fast_ldm()
+    with pytest.raises(ValueError, match="a latent shift needs the pretrained TAEF2 first stage"):
+        set_scaling_factor(kl, 1.0, shift)
 
 
 # ------------------------------------------------------------------------------------------------ loop helpers
