@@ -142,17 +142,21 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
 
 def contrast_markdown(rows: dict[str, dict[str, Any]]) -> str:
     """One row per probed model and defect type: real and painted median ring contrast and grain ratio, the ratios
-    painted / real, the gate (both ratios in [0.5, 2])."""
+    painted / real, the median signed contrast real / painted with the share of painted defects of the real sign, and
+    the gate (both ratios in [0.5, 2], the sign kept by at least half)."""
     lines = [
-        "| model | defect type | contrast real | painted | ratio | grain real | painted | ratio | gate [0.5, 2] |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | defect type | contrast real | painted | ratio | grain real | painted | ratio | signed real / "
+        "painted (same sign) | gate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, r in rows.items():
         for key, v in r["ring_contrast"]["per_defect_type"].items():
-            g = v["grain"]
+            g, s = v["grain"], v.get("polarity") or {}
+            share = "–" if s.get("same_sign_share") is None else f"{100 * s['same_sign_share']:.0f} %"
             lines.append(
                 f"| {name} | {key} | {v['real_median']} | {v['painted_median']} | {v['ratio']} | "
-                f"{g['real_median']} | {g['painted_median']} | {g['ratio']} | {'pass' if v['passes'] else 'FAIL'} |"
+                f"{g['real_median']} | {g['painted_median']} | {g['ratio']} | "
+                f"{s.get('real_median')} / {s.get('painted_median')} ({share}) | {'pass' if v['passes'] else 'FAIL'} |"
             )
     return "\n".join(lines)
 

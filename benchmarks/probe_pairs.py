@@ -7,9 +7,11 @@ synthesis job runs (:func:`~pipelines.synthesize.stages.load_inputs` in the mode
 :class:`~pipelines.synthesize.stages.FastSynthesizer` with AIAS-10 + FARM, :func:`~pipelines.synthesize.encode.
 encode_and_qc`), and the output's ring contrast and grain ratio (:mod:`benchmarks.quality_contrast`) are measured
 at the image's own size; the same masks on their own real images give the reference. The gate of a defect type
-passes when both median ratios painted / real lie in [0.5, 2]: the painted defect is as visible as a real one, and
-as grainy inside as its surroundings are (a smooth fill teaches a segmenter a cue that real defects lack). The
-contact sheet has two rows per type: the real defects,
+passes when both median ratios painted / real lie in [0.5, 2] and the polarity holds: the painted defect is as visible
+as a real one, as grainy inside as its surroundings are (a smooth fill teaches a segmenter a cue that real defects
+lack), and at least half the painted defects are darker (brighter) than their ring where the real ones' median signed
+contrast is darker (brighter) by ``POLARITY_MIN`` grey levels or more. Ring contrast alone is blind to the sign: a
+bright blot where real defects are dark pits passes it. The contact sheet has two rows per type: the real defects,
 then the painted ones, each cell the centred window around the mask (``cut_around`` with the model's S, margin and zoom)
 resized to ``cell`` px, so large masks show whole.
 """
@@ -37,6 +39,7 @@ from pipelines.train.data import defect_key
 from pipelines.train.grid import compose
 
 GATE = (0.5, 2.0)  # painted / real median ring contrast (and grain ratio) that passes
+POLARITY_MIN = 4.0  # grey levels: real defects whose median signed contrast is smaller have no sign to keep
 
 
 def probe_rows(
@@ -99,6 +102,23 @@ def _passes(ratio: float | None) -> bool:
     return ratio is not None and GATE[0] <= ratio <= GATE[1]
 
 
+def _polarity(real: list[float], painted: list[float]) -> dict[str, Any]:
+    """Median signed contrast of the real and painted defects, the share of painted ones on the real median's side
+    (None when the real median is within ``POLARITY_MIN`` of 0 or a side is empty), and whether the polarity holds
+    (that share ≥ 1/2; it holds trivially when there is no sign to keep)."""
+    r = statistics.median(real) if real else None
+    p = statistics.median(painted) if painted else None
+    share = None
+    if r is not None and abs(r) >= POLARITY_MIN and painted:
+        share = sum(1 for v in painted if v * r > 0) / len(painted)
+    return {
+        "real_median": None if r is None else round(r, 2),
+        "painted_median": None if p is None else round(p, 2),
+        "same_sign_share": None if share is None else round(share, 3),
+        "passes": share is None or share >= 0.5,
+    }
+
+
 def paint_and_compare(
     model_uri: str,
     info: ModelInfo,
@@ -149,10 +169,12 @@ def paint_and_compare(
     for key in real_paths:
         contrast = _compare(real.contrast[key], painted.contrast[key], 2)
         grain = _compare(real.grain[key], painted.grain[key], 3)
+        polarity = _polarity(real.signed[key], painted.signed[key])
         per_key[key] = {
             **contrast,
             "grain": grain,
-            "passes": _passes(contrast["ratio"]) and _passes(grain["ratio"]),
+            "polarity": polarity,
+            "passes": _passes(contrast["ratio"]) and _passes(grain["ratio"]) and polarity["passes"],
         }
     result = {
         "pairs_per_type": per_type,

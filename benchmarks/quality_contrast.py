@@ -4,7 +4,8 @@ pairs, next to the real defects'.
 For an image ``x`` (grey levels 0–255) and a non-empty mask ``M``, with ``R`` the ring of pixels
 within ``RING_PX`` of ``M`` but outside it (a binary dilation of ``M`` minus ``M``)::
 
-    ring contrast = | mean_{p ∈ M} x(p) − mean_{p ∈ R} x(p) |
+    signed contrast = mean_{p ∈ M} x(p) − mean_{p ∈ R} x(p)       (< 0: darker than its surroundings)
+    ring contrast   = | signed contrast |
     grain ratio   = mean_{p ∈ M ⊖ 1} |x − box₃(x)|(p) / mean_{p ∈ (M ⊕ (1 + RING_PX)) ∖ (M ⊕ 1)} |x − box₃(x)|(p)
 
 (box₃: the 3 × 3 mean; ⊖ / ⊕ 1: erosion / dilation by one pixel, so no 3 × 3 box straddles the mask's edge). Real
@@ -51,6 +52,22 @@ def _grow(mask: np.ndarray, px: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * px + 1))) > 0
 
 
+def signed_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
+    """mean inside ``mask`` − mean over the ``ring_px`` ring around it, in grey levels (negative: a dark defect); None
+    when either is empty.
+
+    >>> x = np.full((9, 9), 200, np.uint8); x[3:6, 3:6] = 50
+    >>> signed_contrast(x, x < 100, 1)
+    -150.0
+    """
+    grey = _grey(image)
+    inside = mask.astype(bool)
+    ring = _grow(inside, ring_px) & ~inside
+    if not inside.any() or not ring.any():
+        return None
+    return float(grey[inside].mean() - grey[ring].mean())
+
+
 def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
     """|mean inside ``mask`` − mean over the ``ring_px`` ring around it| in grey levels; None when either is empty.
 
@@ -59,12 +76,8 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -
     >>> ring_contrast(x, m, 1)
     200.0
     """
-    grey = _grey(image)
-    inside = mask.astype(bool)
-    ring = _grow(inside, ring_px) & ~inside
-    if not inside.any() or not ring.any():
-        return None
-    return float(abs(grey[inside].mean() - grey[ring].mean()))
+    c = signed_contrast(image, mask, ring_px)
+    return None if c is None else abs(c)
 
 
 def grain_ratio(image: np.ndarray, mask: np.ndarray, ring_px: int = RING_PX) -> float | None:
@@ -108,16 +121,19 @@ def _medians(values: dict[str, list[float]], digits: int) -> dict[str, float]:
 
 
 class Tally:
-    """Ring contrast and grain ratio of pairs, per defect key (a measure that is undefined for a pair is left out)."""
+    """Ring contrast (and its signed value) and grain ratio of pairs, per defect key (a measure that is undefined for a
+    pair is left out)."""
 
     def __init__(self) -> None:
         self.contrast: dict[str, list[float]] = defaultdict(list)
+        self.signed: dict[str, list[float]] = defaultdict(list)
         self.grain: dict[str, list[float]] = defaultdict(list)
 
     def add(self, key: str, grey: np.ndarray, mask: np.ndarray) -> None:
-        c, g = ring_contrast(grey, mask), grain_ratio(grey, mask)
+        c, g = signed_contrast(grey, mask), grain_ratio(grey, mask)
         if c is not None:
-            self.contrast[key].append(c)
+            self.contrast[key].append(abs(c))
+            self.signed[key].append(c)
         if g is not None:
             self.grain[key].append(g)
 
@@ -129,6 +145,7 @@ class Tally:
             "median_of_medians": round(statistics.median(per_key.values()), 2) if per_key else None,
             "pairs": {k: len(v) for k, v in sorted(self.contrast.items())},
             "grain_ratio_per_defect_type": _medians(self.grain, 3),
+            "signed_median_per_defect_type": _medians(self.signed, 2),
         }
 
 

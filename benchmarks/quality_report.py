@@ -208,6 +208,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             "|---|" + "---:|" * len(defects),
         ]
         lines += _contrast_rows(contrast, rows, "grain_ratio_per_defect_type", defects, settings, "{:.2f}")
+        if any("signed_median_per_defect_type" in v for v in contrast.values()):  # reports before the sign: none
+            lines += [
+                "",
+                "Median signed contrast (grey levels, mean in mask − mean in the ring; < 0: darker than around it):",
+                "",
+                "| pairs of | " + " | ".join(d.split("/", 1)[1] for d in defects) + " |",
+                "|---|" + "---:|" * len(defects),
+            ]
+            lines += _contrast_rows(contrast, rows, "signed_median_per_defect_type", defects, settings, "{:+.1f}")
     lines += ["", "| target | mIoU points | pooled σ | goal | met |", "|---|---:|---:|---|---|"]
     for key, t in report["targets"].items():
         value = "–" if t["points"] is None else f"{t['points']:+.2f}"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import generator_probe
+from benchmarks.probe_pairs import _polarity
 from fast_core.data.transforms import decode_png
 from tests.helpers.dummy_data import make_dummy_mvtec
 from tests.helpers.tiny_models import publish_tiny_model
@@ -30,7 +31,10 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert v["ratio"] == pytest.approx(v["painted_median"] / v["real_median"], rel=0.01)
         g = v["grain"]
         assert g["real_median"] > 0 and g["ratio"] == pytest.approx(g["painted_median"] / g["real_median"], rel=0.01)
-        assert v["passes"] == (0.5 <= v["ratio"] <= 2.0 and 0.5 <= g["ratio"] <= 2.0)
+        s = v["polarity"]
+        assert s["real_median"] is not None and s["painted_median"] is not None
+        assert s["passes"] == (s["same_sign_share"] is None or s["same_sign_share"] >= 0.5)
+        assert v["passes"] == (0.5 <= v["ratio"] <= 2.0 and 0.5 <= g["ratio"] <= 2.0 and s["passes"])
     sheet = decode_png((tmp_path / "sheets" / "tiny_sheet.png").read_bytes())
     assert sheet.shape[0] == 4 * 96 + 3 * 2  # real and painted rows for each of the two types
     assert row["images"] == 3  # ⌊3/3⌋ crack + ⌊6/3⌋ scratch training-third images
@@ -65,3 +69,12 @@ def test_probe_needs_training_images(tmp_path: Path) -> None:
     root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 2}, n_good=2)  # ⌊2/3⌋ = 0
     with pytest.raises(ValueError, match="no training-third anomaly image"):
         generator_probe.load_probe_batch(str(root), 32, 1, 4)
+
+
+def test_the_polarity_gate_fails_bright_blots_where_real_defects_are_dark_pits() -> None:
+    dark = [-30.0, -25.0, -12.0]
+    assert _polarity(dark, [-9.0, -14.0, 3.0])["passes"]  # two of three dark, like the real ones
+    bright = _polarity(dark, [11.8, 6.0, -2.0])  # ring contrast alone would pass these (0.4-1x)
+    assert bright == {"real_median": -25.0, "painted_median": 6.0, "same_sign_share": 0.333, "passes": False}
+    faint = _polarity([1.0, -2.0, 3.0], [20.0])  # real median within POLARITY_MIN of 0: no sign to keep
+    assert faint["same_sign_share"] is None and faint["passes"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.quality_contrast import grain_ratio, ring_contrast
+from benchmarks.quality_contrast import Tally, grain_ratio, ring_contrast, signed_contrast
 
 
 def _noise_with_square(fill: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +22,11 @@ def test_ring_contrast_is_the_step_at_the_mask_edge() -> None:
     x[3:6, 3:6] = 200
     assert ring_contrast(x, x > 0, 1) == 200.0
     assert ring_contrast(x, np.zeros_like(x, bool)) is None
+    assert signed_contrast(x, x > 0, 1) == 200.0 and signed_contrast(255 - x, x > 0, 1) == -200.0
+    tally = Tally()
+    tally.add("k", 255 - x, x > 0)
+    assert tally.summary()["signed_median_per_defect_type"] == {"k": -200.0}
+    assert tally.summary()["median_per_defect_type"] == {"k": 200.0}
 
 
 def test_grain_ratio_tells_a_smooth_fill_from_a_grainy_defect() -> None:

@@ -90,9 +90,12 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
     assert contrast["real_third"]["pairs"] == {"tiny/crack": 1, "tiny/scratch": 1}
     assert all(v >= 0 for v in contrast["cutpaste"]["median_per_defect_type"].values())
     assert set(contrast["fast"]["grain_ratio_per_defect_type"]) == {"tiny/crack", "tiny/scratch"}
+    signed = contrast["cutpaste"]["signed_median_per_defect_type"]
+    unsigned = contrast["cutpaste"]["median_per_defect_type"]
+    assert set(signed) == set(unsigned) and all(abs(signed[k]) <= unsigned[k] + 0.01 for k in signed)
     markdown = (report_dir / "results.md").read_text()
     assert "| FAST (AIAS-10 + FARM) | 4 | 0 |" in markdown and "| real third + FAST | 6 | 0 |" in markdown
-    assert " ± " in markdown and "Median grain ratio" in markdown
+    assert " ± " in markdown and "Median grain ratio" in markdown and "Median signed contrast" in markdown
     chart = np.asarray(Image.open(report_dir / "miou.png"))
     assert chart.ndim == 3 and chart.shape[0] > 100
     assert [m for m in METHOD_ORDER if m in report["methods"]] == list(report["methods"])
