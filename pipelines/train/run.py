@@ -158,8 +158,13 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):
-        before = {"farm_keyed": False, "farm_skips": False, "farm_residual": False, "farm_context": False}
-        before |= {"latent_shift": False}
+        before = {
+            "farm_keyed": False,
+            "farm_skips": False,
+            "farm_residual": False,
+            "farm_context": False,
+            "latent_shift": False,
+        }
         return {**before, "unet_prediction": None, **have[key]}
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
@@ -398,8 +403,9 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
 
 
 def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingData) -> StageSummary:
-    """Stage "vae" on a pretrained, frozen first stage: nothing is trained; s = 1 / std(E(x)) is measured once on the
-    training images (driver, CPU, deterministic) and recorded in ``stages/vae.json``."""
+    """Stage "vae" on a pretrained, frozen first stage: nothing is trained; s = 1 / std(E(x) − μ) (and, with
+    ``model.latent_shift``, each channel's mean μ; else μ = 0) is measured once on the training images (driver, CPU,
+    deterministic) and recorded in ``stages/vae.json``."""
     done = store.done("vae")
     if done is not None:
         recorded_shift(cfg, done)  # a run measured with(out) the shift cannot go on without (with) it
