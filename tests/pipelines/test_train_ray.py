@@ -142,10 +142,8 @@ def test_pretrained_first_stage_is_measured_not_trained_then_base_and_fast_train
     again = run_training(cfg)
     assert all(s.skipped for s in again.stages)
     unshifted = tiny_cfg(root, str(tmp_path / "runs"), f"model.first_stage_uri={first}", *steps, *cache)
-    with pytest.raises(
-        ValueError, match="model.latent_shift is false but this run's finished stage 'vae' was measured"
-    ):
-        run_training(unshifted)  # the base was trained on shifted latents
+    with pytest.raises(ValueError, match="model.latent_shift: run has True, config gives False"):
+        run_training(unshifted)  # refused before any work: the base was trained on shifted latents
 
 
 def test_fast_stage_to_s3_and_load_published_model(
