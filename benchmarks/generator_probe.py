@@ -151,12 +151,12 @@ def contrast_markdown(rows: dict[str, dict[str, Any]]) -> str:
     ]
     for name, r in rows.items():
         for key, v in r["ring_contrast"]["per_defect_type"].items():
-            g, s = v["grain"], v.get("polarity") or {}
-            share = "–" if s.get("same_sign_share") is None else f"{100 * s['same_sign_share']:.0f} %"
+            g, s = v["grain"], v["polarity"]
+            share = "–" if s["same_sign_share"] is None else f"{100 * s['same_sign_share']:.0f} %"
             lines.append(
                 f"| {name} | {key} | {v['real_median']} | {v['painted_median']} | {v['ratio']} | "
                 f"{g['real_median']} | {g['painted_median']} | {g['ratio']} | "
-                f"{s.get('real_median')} / {s.get('painted_median')} ({share}) | {'pass' if v['passes'] else 'FAIL'} |"
+                f"{s['real_median']} / {s['painted_median']} ({share}) | {'pass' if v['passes'] else 'FAIL'} |"
             )
     return "\n".join(lines)
 
