@@ -42,7 +42,7 @@ from pipelines.train.curves import CURVES, render_curves
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
 from pipelines.train.mask_data import load_box_shapes
-from pipelines.train.models import build_model, load_stage_weights, local_base_dir, recorded_shift, required_stages
+from pipelines.train.models import build_model, load_stage_weights, local_base_dir, required_stages
 from pipelines.train.steps import mask_model, measure_latent_stats, measure_scaling_factor
 
 logger = logging.getLogger(__name__)
@@ -408,7 +408,6 @@ def _pretrained_first_stage(cfg: TrainConfig, store: RunStore, data: TrainingDat
     deterministic) and recorded in ``stages/vae.json``."""
     done = store.done("vae")
     if done is not None:
-        recorded_shift(cfg, done)  # a run measured with(out) the shift cannot go on without (with) it
         logger.info("stage vae: pretrained first stage, latent scale s = %.5f measured earlier", done["scaling_factor"])
         return StageSummary("vae", 0, True, 0, done["wall_s"], None)
     t0 = time.perf_counter()
