@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         "--guidance", type=float, default=1.0, help="guidance w of the painted pairs (SynthesisConfig.guidance)"
     )
     ap.add_argument("--no-farm", action="store_true", help="paint the pairs without FARM")
+    ap.add_argument(
+        "--paste",
+        choices=("residual", "replace", "smooth"),
+        default="residual",
+        help="what goes inside M in the painted pairs (SynthesisConfig.paste; default residual)",
+    )
     args = ap.parse_args(argv)
     if args.images < 1 or args.pairs < 0:
         ap.error("--images must be >= 1 and --pairs >= 0")
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
         if args.pairs:
-            sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm)
+            sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm, paste=args.paste)
             contrast, sheet = paint_and_compare(
                 uri, info, args.dataset_root, args.pairs, threads=args.threads, sampler=sampler
             )

@@ -10,7 +10,9 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                 ``window_baseline_size`` (256²) so that both reach the segmenter at nearly native sharpness
     synthesize  one dataset version per synthetic method (the manifest fixes normal images and seeds):
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · FAST with FAST_SPEC §3's decoded-window
-                  paste instead of the residual one (``fast_replace``, with --methods) · DDPM-T (T = 100 on
+                  paste instead of the residual one (``fast_replace``, with --methods) · FAST with and without
+                  FARM, the decoded change smoothed at the mask's own scale (``fast_smooth``,
+                  ``fast_no_farm_smooth``, with --methods; fast_core.smooth_paste) · DDPM-T (T = 100 on
                   cpu-full, 1000 on GPU) · FAST on generated masks (``fast_masks_augment`` / ``_diffusion`` /
                   ``_mix``, with --methods: the mask stage makes the masks, a manifest with the same job seed and
                   counts pairs them with the normal images, FAST paints them; the sampled ones need
@@ -137,7 +139,8 @@ class Preset:
 MASK_METHODS = ("fast_masks_augment", "fast_masks_diffusion", "fast_masks_mix")
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
-    "fast", "fast_no_farm", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
+    "fast", "fast_no_farm", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_clip", "fast_no_farm_clip",
+    "fast_farm_early",
     "fast_ref", "fast_ref_no_farm", *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
     "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
@@ -145,11 +148,12 @@ QUICK_METHODS = ("fast", "cutpaste", "perlin", "realpaste", "real_third")
 #: The other fast solvers on the same model, FARM and loop (DPM-Solver++(2M) and UniPC at AIAS's NFE of 10): run them
 #: with --methods; in a CPU preset each adds one segmenter per seed (about 3–5 minutes) to budgets already spent.
 SOLVER_METHODS = ("dpmpp", "unipc")
-#: cpu-full leaves DDIM-50, the paste ablation and the clipped samplers out (add them with --methods) and runs its
+#: cpu-full leaves DDIM-50, the paste ablations and the clipped samplers out (add them with --methods) and runs its
 #: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
 #: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
 ABLATIONS = (
-    "ddim", "fast_replace", "fast_clip", "fast_no_farm_clip", "fast_farm_early", "fast_ref", "fast_ref_no_farm",
+    "ddim", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
+    "fast_ref", "fast_ref_no_farm",
     *MASK_METHODS,
 )  # fmt: skip
 CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not in SOLVER_METHODS)
@@ -218,6 +222,8 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast": Method("fast", "fast"),
         "fast_no_farm": Method("fast_no_farm", "fast", use_farm=False),
         "fast_replace": Method("fast_replace", "fast", paste="replace"),
+        "fast_smooth": Method("fast_smooth", "fast", paste="smooth"),
+        "fast_no_farm_smooth": Method("fast_no_farm_smooth", "fast", use_farm=False, paste="smooth"),
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),

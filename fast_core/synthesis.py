@@ -16,6 +16,8 @@ convention: 1 = anomaly (the region to synthesize), 0 = normal background.
     x_out = M ⊙ x̂ + (1 − M) ⊙ x_n;  label = M
     x̂ = decode(z)                                   paste = "replace" (FAST_SPEC §3)
     x̂ = x_n + decode(z) − decode(z_bg)              paste = "residual" (default, ours)
+    x̂ = x_n + G_σ ∗ (M ⊙ (decode(z) − decode(z_bg)))  paste = "smooth" (ours; σ = k · half-thickness of M,
+                                                    fast_core.smooth_paste)
 
 Reference start [ours]: with ``start = "reference"`` the caller also gives x_ref, the normal image with a real defect
 pasted inside M, and the sampling starts from encode(x_ref) noised to t₀ = ``start_t`` (AIAS boundaries between t₀ and
@@ -61,6 +63,7 @@ from fast_core.samplers import (
     scheduler_step,
     target_timestep,
 )
+from fast_core.smooth_paste import smooth_change
 from fast_core.synthesis_config import SynthesisConfig
 
 if TYPE_CHECKING:
@@ -79,7 +82,7 @@ class SynthesisResult:
 
     Args:
         images: (B, C, H, W) float32 in [−1, 1]: x̂ inside M (decode(z), or x_n + decode(z) − decode(z_bg) with
-            ``paste="residual"``), the input image exactly outside it.
+            ``paste="residual"``, or that change smoothed with ``paste="smooth"``), the input image exactly outside it.
         masks: (B, 1, H, W) float32: the input mask M, bit-exact (the label of the pair).
         latent_mask_empty: (B,) bool: True where the latent mask m has no anomaly cell: the sampler saw no anomaly
             region, so the pixels pasted into M are only a reconstruction of the background.
@@ -291,9 +294,12 @@ def _synthesize_chunk(
             z = math.sqrt(ab_0) * (z_bg if x_ref is None else z_ref) + math.sqrt(1.0 - ab_0) * noise
         z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, keys, generators, amp)
     with timer("decode"), amp():
-        if cfg.paste == "residual":  # one decoder call for D(z) and D(z_bg)
+        if cfg.paste in ("residual", "smooth"):  # one decoder call for D(z) and D(z_bg)
             both = model.decode(torch.cat([z, z_bg])).float()
-            decoded = (x_n + both[: z.shape[0]] - both[z.shape[0] :]).clamp(-1.0, 1.0)  # x_n + D(z) − D(z_bg)
+            delta = both[: z.shape[0]] - both[z.shape[0] :]  # Δ = D(z) − D(z_bg)
+            if cfg.paste == "smooth":  # G_σ ∗ (M ⊙ Δ), σ = k · r(M)
+                delta = smooth_change(delta, mask_px, cfg.smooth_scale)
+            decoded = (x_n + delta).clamp(-1.0, 1.0)
         else:
             decoded = model.decode(z).float().clamp(-1.0, 1.0)  # (B, C, H, W)
     with timer("paste"):

@@ -68,8 +68,10 @@ class SynthesisConfig:
     # pixel → latent mask: resize then >= 0.5, or max-pool; None: the rule the model was trained with (its config)
     mask_downsample: Literal["bilinear", "any"] | None = None
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
-    # what goes inside M: the decoded latent (replace, FAST_SPEC §3), or the input plus the decoded change (residual)
-    paste: Literal["residual", "replace"] = "residual"
+    # what goes inside M: the decoded latent (replace, FAST_SPEC §3), the input plus the decoded change (residual), or
+    # the input plus that change blurred at the mask's own scale (smooth, fast_core.smooth_paste) [ours]
+    paste: Literal["residual", "replace", "smooth"] = "residual"
+    smooth_scale: float = 0.5  # paste "smooth": σ = smooth_scale × the mask's half-thickness in pixels
     # classifier-free guidance w towards the defect key, against the normal key "good" [ours]:
     # ε̂ = ε̂_good + w (ε̂_key − ε̂_good); 1 = off (one UNet call per step), otherwise two calls per step
     guidance: float = 1.0
@@ -125,6 +127,10 @@ class SynthesisConfig:
                 f"SynthesisConfig.start_t = {t0} leaves no room for nfe = {self.nfe}: AIAS needs nfe − 1 distinct "
                 f"segment boundaries from start_t down to 1"
             )
+        k = self.smooth_scale
+        if isinstance(k, bool) or not isinstance(k, int | float) or not 0 < k < math.inf:
+            raise ValueError(f"SynthesisConfig.smooth_scale must be a number > 0, got {k!r}")
+        self.smooth_scale = float(k)
         c = self.clip_x0
         if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c < math.inf):
             raise ValueError(f"SynthesisConfig.clip_x0 must be a number > 0 or null (no clipping), got {c!r}")

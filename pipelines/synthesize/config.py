@@ -115,6 +115,7 @@ LATER_SAMPLER_FIELDS: dict[str, object] = {
     "clip_x0": None,
     "farm_min_t": 0,
     "start_t": 999,
+    "smooth_scale": 0.5,
 }
 LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fast_core import synthesis
+from fast_core import smooth_paste, synthesis
 from fast_core.configbase import from_dict, to_dict
 from fast_core.models.ldm import FastLDM
 from fast_core.samplers import make_scheduler, target_timestep
@@ -287,6 +287,48 @@ def test_residual_paste_keeps_the_input_where_the_sampler_returns_the_background
     assert (replaced.images[inside] - images[inside]).abs().mean() > 1e-2  # the decoder's reconstruction differs
 
 
+def test_smooth_paste_adds_the_change_blurred_at_the_masks_scale_and_keeps_the_background(model, monkeypatch):
+    """paste="smooth": x̂ = x_n + G_σ ∗ (M ⊙ (D(z) − D(z_bg))), σ = k · r(M), inside M only; outside M bit-exact."""
+    images, masks = _inputs(2)
+    final: dict[str, torch.Tensor] = {}
+
+    def denoise(model, sched, cfg, z, z_bg, *rest):
+        final["z"] = z_bg + 0.5 * torch.randn_like(z_bg, generator=torch.Generator().manual_seed(0))
+        return final["z"].clone(), 0
+
+    monkeypatch.setattr(synthesis, "_denoise", denoise)
+    residual = _run(model, SynthesisConfig(nfe=5), images=images, masks=masks)
+    smooth = _run(model, SynthesisConfig(nfe=5, paste="smooth", smooth_scale=0.5), images=images, masks=masks)
+    outside = masks.expand_as(images) == 0
+    assert torch.equal(smooth.images[outside], images[outside])
+    with torch.no_grad():
+        delta = model.decode(final["z"]) - model.decode(model.encode(images))
+    expected = torch.empty_like(images)
+    for i in range(2):  # the masks are 16 × 16 and 15 × 17 rectangles: 8 erosions empty each, σ = 0.5 · 8 = 4 px
+        assert smooth_paste.half_thickness(masks[i : i + 1]).item() == 8
+        r = torch.arange(-12, 13, dtype=torch.float32)
+        g = torch.exp(-0.5 * (r / 4.0) ** 2)
+        g = g / g.sum()
+        kernel = (g[:, None] * g[None, :]).expand(3, 1, 25, 25)
+        blurred = torch.nn.functional.conv2d(delta[i : i + 1] * masks[i : i + 1], kernel, padding=12, groups=3)
+        expected[i] = (images[i] + blurred[0]).clamp(-1, 1)
+    inside = ~outside
+    torch.testing.assert_close(smooth.images[inside], expected[inside], atol=1e-5, rtol=0)
+    assert not torch.allclose(smooth.images[inside], residual.images[inside], atol=1e-3)  # the grain of Δ is gone
+
+
+def test_half_thickness_counts_erosions_and_a_frame_filling_mask_stops():
+    m = torch.zeros(4, 1, 12, 12)
+    m[0, :, 5:7, 1:11] = 1  # a 2-px line: one erosion empties it
+    m[1, :, 2:9, 2:9] = 1  # 7 × 7 square: 4
+    m[3] = 1  # fills the frame: the border does not erode, so the count stops at the frame's side
+    assert smooth_paste.half_thickness(m).tolist() == [1, 4, 0, 12]
+    delta = torch.ones(4, 1, 12, 12)
+    out = smooth_paste.smooth_change(delta, m, 0.5)
+    assert torch.equal(out[2], torch.zeros(1, 12, 12))  # an empty mask: no change at all
+    assert out[1, 0, 5, 5] > out[1, 0, 2, 2] > 0  # the change fades inside M towards its edge
+
+
 # --------------------------------------------------------------------------------------------------- NFE and paths
 @pytest.mark.parametrize(
     ("sampler", "nfe"),
@@ -423,6 +465,9 @@ def test_model_mode_is_restored(model):
         ({"batch_size": 0}, "batch_size"),
         ({"use_farm": "yes"}, "use_farm"),
         ({"paste": "blend"}, "paste"),
+        ({"smooth_scale": 0.0}, "smooth_scale"),
+        ({"smooth_scale": float("inf")}, "smooth_scale"),
+        ({"smooth_scale": True}, "smooth_scale"),
         ({"guidance": -1.0}, "guidance"),
         ({"guidance": float("nan")}, "guidance"),
         ({"guidance": True}, "guidance"),

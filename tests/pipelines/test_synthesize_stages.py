@@ -175,9 +175,11 @@ def test_the_change_check_is_part_of_a_fingerprint_only_when_on() -> None:
     assert content("qc.min_change=3")["qc"]["min_change"] == 3.0
 
 
-def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(tmp_path: Path) -> None:
+@pytest.mark.parametrize("paste", ["residual", "smooth"])
+def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(tmp_path: Path, paste: str) -> None:
     """A window-frame model: inputs are cut at the image's own size around the mask (a mask of another size is
-    resized to the image first), the output is the native image with only the mask's pixels changed."""
+    resized to the image first), the output is the native image with only the mask's pixels changed; both pastes
+    that carry a change carry it to native size against the window they started from."""
     from PIL import Image
 
     root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 2}, mode="RGB", size=(90, 70))
@@ -194,8 +196,10 @@ def test_window_frame_paints_in_a_native_window_and_pastes_back_inside_the_mask(
     )
     assert (batch["status"] == "").all() and batch["image"].shape == (3, 32, 32, 3)
     assert batch["window"][0][2] == 32 and batch["window"][2][2] > 32  # native window; a larger one for the big mask
-    synth = FastSynthesizer(model_uri=model, sampler=SynthesisConfig(nfe=3, batch_size=4))
-    out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig())
+    synth = FastSynthesizer(model_uri=model, sampler=SynthesisConfig(nfe=3, batch_size=4, paste=paste))
+    painted = synth(batch)
+    assert np.array_equal(painted["window_in"], batch["image"])
+    out = encode_and_qc(painted, qc_cfg=qc.QCConfig())
     assert (out["status"] == "").all()
     for i, row in enumerate(rows):
         source = decode_png(Path(row["image_uri"]).read_bytes(), "RGB")
@@ -341,6 +345,9 @@ def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
     assert residual != replace and residual["sampler"]["paste"] == "residual"
     assert "paste" not in replace["sampler"]  # outputs made before the setting existed were all "replace"
     assert content("generator=cutpaste") == content("generator=cutpaste", "sampler.paste=replace")  # unused there
+    smooth = content("sampler.paste=smooth")
+    assert smooth["sampler"]["paste"] == "smooth" and "smooth_scale" not in smooth["sampler"]  # at its default
+    assert content("sampler.paste=smooth", "sampler.smooth_scale=1.0")["sampler"]["smooth_scale"] == 1.0
 
 
 def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() -> None:
