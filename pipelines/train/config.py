@@ -59,6 +59,10 @@ class DatasetConfig:
     # window frame: flip each window (defect and normal) left-right and upside down with probability 1/2 each when it
     # is cut, once, instead of at every step (hflip/vflip); what a latent cache needs (TrainConfig.latent_cache)
     window_flips: bool = False
+    # window frame [ours]: each window's grey levels are moved once as it is cut, x ← c (x − x̄) + x̄ + b with
+    # c ~ U[1 − j, 1 + j] and b ~ U[−j, j] · 128 (x̄ the window's mean), so a defect's absolute level says nothing and
+    # the UNet must paint it relative to the background it sees; 0 = off
+    window_jitter: float = 0.0
     # An inpaint UNet's base stage: each normal image borrows a training mask (key "good") and learns to fill it with
     # normal texture (true), or keeps an empty mask, so that a mask is only ever filled with a defect (false)
     normal_masks: bool = True
@@ -95,6 +99,11 @@ class DatasetConfig:
         zoom = self.window_zoom
         if isinstance(zoom, bool) or not isinstance(zoom, int | float) or not 1.0 <= zoom <= 8.0:
             raise ValueError(f"TrainConfig.dataset.window_zoom must be in [1, 8], got {zoom!r}")
+        jitter = self.window_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0.0 <= jitter <= 0.5:
+            raise ValueError(f"TrainConfig.dataset.window_jitter must be in [0, 0.5], got {jitter!r}")
+        if jitter and self.frame != "window":
+            raise ValueError("TrainConfig.dataset.window_jitter needs frame: window (it moves windows as they are cut)")
         if self.window_zoom != 1.0 and self.frame != "window":
             raise ValueError("TrainConfig.dataset.window_zoom needs frame: window (it sets the windows' smallest side)")
 

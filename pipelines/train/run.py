@@ -119,6 +119,7 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "window_rot90": d.window_rot90,
             "window_flips": d.window_flips,
             "window_zoom": d.window_zoom,
+            "window_jitter": d.window_jitter,
             "normal_masks": d.normal_masks,
         },
         "model": to_dict(cfg.model),
@@ -150,11 +151,13 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.unet_prediction`` with the preset's ε
     prediction; before ``model.latent_shift`` without a shift; before ``mask_model`` with the whole-mask model (frame
     "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
-    ``dataset.window_zoom`` at zoom 1, before ``dataset.normal_masks`` with borrowed masks. A run recorded before the
+    ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before ``dataset.normal_masks``
+    with borrowed masks. A run recorded before the
     frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
-        return {**late, "window_flips": False, "window_zoom": 1.0, "normal_masks": True, **have[key]}
+        before = {"window_flips": False, "window_zoom": 1.0, "window_jitter": 0.0, "normal_masks": True}
+        return {**late, **before, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
     if key == "model" and isinstance(have.get(key), dict):

@@ -6,6 +6,9 @@
     normal rows   for each ``train/good`` image, ``windows_per_normal`` random windows of side ⌈S / zoom⌉ (S at
                   zoom 1), resized to S (padded when the image is smaller)
     window_flips  each window (and its mask) then flipped left-right and upside down with probability 1/2 each, once
+    window_jitter each window's grey levels then moved once, x ← c (x − x̄) + x̄ + b, c ~ U[1 − j, 1 + j],
+                  b ~ U[−j, j] · 128, x̄ its mean, rounded and clipped to [0, 255], from a stream of its own, so
+                  the windows and masks are those cut without it
 
 The result is an ordinary :class:`TrainingData` (every array S × S), so the stages, the row feed and the resume
 logic are those of the global frame. Every draw comes from ``numpy.random.default_rng([seed, 9])`` in file order,
@@ -42,6 +45,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
     normal_side = min_side(size, cfg.window_zoom)
     mode = "L" if channels == 1 else "RGB"
     rng = np.random.default_rng([seed, _STREAM])
+    jitter_rng = np.random.default_rng([seed, _STREAM, 1])  # its own stream: the windows' places do not depend on it
     skipped: list[tuple[str, str]] = []
     keys = [GOOD, *sorted({defect_key(r) for r in split.gen_train})]
     key_index = {k: i for i, k in enumerate(keys)}
@@ -61,13 +65,24 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
         out = [a[..., ::-1] if h else a for a in arrays]
         return [np.ascontiguousarray(a[..., ::-1, :] if v else a) for a in out]
 
+    def jittered(x: np.ndarray) -> np.ndarray:
+        """The window (C, S, S) uint8 with its grey levels moved by one draw, when window_jitter (else unchanged)."""
+        j = cfg.window_jitter
+        if not j:
+            return x
+        u = jitter_rng.random(2)
+        c, b = 1.0 + j * (2.0 * u[0] - 1.0), 128.0 * j * (2.0 * u[1] - 1.0)
+        mean = float(x.mean())
+        return np.clip(np.rint(c * (x.astype(np.float32) - mean) + mean + b), 0, 255).astype(np.uint8)
+
     normal: list[np.ndarray] = []
     for record in split.train_good:
         image = native(record)
         if image is None:
             continue
         for _ in range(cfg.windows_per_normal):
-            normal.extend(flipped(cut_image(image, random_window(*image.shape[1:], normal_side, rng), size)))
+            cut = cut_image(image, random_window(*image.shape[1:], normal_side, rng), size)
+            normal.extend(jittered(w) for w in flipped(cut))
     windows, masks, ids = [], [], []
     for record in split.gen_train:
         image = native(record)
@@ -89,7 +104,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             x, m = cut_image(image, window, size), cut_mask(mask, window, size)
             k = int(rng.integers(4)) if cfg.window_rot90 else 0
             x, m = flipped(np.rot90(x, k, axes=(1, 2)), np.rot90(m, k)[None])
-            windows.append(np.ascontiguousarray(x))
+            windows.append(jittered(np.ascontiguousarray(x)))
             masks.append(np.ascontiguousarray(m))
             ids.append(key_index[defect_key(record)])
     return stack_training_data(cfg.root, keys, channels, size, normal, (windows, masks, ids), skipped)

@@ -176,6 +176,7 @@ def test_a_rerun_with_another_frame_or_augmentation_is_refused_field_by_field(da
         ("dataset.window_rot90=false", "dataset.window_rot90: run has True, config gives False"),
         ("dataset.vflip=true", "dataset.vflip: run has False, config gives True"),
         ("dataset.window_zoom=2", "dataset.window_zoom: run has 1.0, config gives 2.0"),
+        ("dataset.window_jitter=0.25", "dataset.window_jitter: run has 0.0, config gives 0.25"),
     ]:
         changed = tiny_cfg(dataset, runs, "dataset.frame=window", override)
         with pytest.raises(ValueError, match="trained with different settings") as info:
@@ -319,6 +320,23 @@ def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> 
     found = [(h, v) for h, v in ways if any(np.array_equal(c[:, ::v, ::h], flipped.normal[0]) for c in crops)]
     assert found, "the first normal window is no flipped crop of its image"
     assert not np.array_equal(flipped.anomalies, data.anomalies)
+    # window_jitter: the same windows with their grey levels moved once each: c (x − x̄) + x̄ + b, so each window is
+    # still an exact affine image of its unjittered self (up to rounding and clipping), and the draws are seeded
+    jitter = tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_jitter=0.25").dataset
+    moved = load_training_data(jitter, seed=5)
+    assert np.array_equal(load_training_data(jitter, seed=5).anomalies, moved.anomalies)
+    assert np.array_equal(moved.masks, data.masks)  # the same windows: the jitter draws from a stream of its own
+    for before, after in [(data.normal[0], moved.normal[0]), (data.anomalies[0], moved.anomalies[0])]:
+        x, y = before.astype(np.float64).ravel(), after.astype(np.float64).ravel()
+        assert not np.array_equal(x, y)
+        inside = (y > 0) & (y < 255)  # not clipped
+        slope, offset = np.polyfit(x[inside], y[inside], 1)
+        assert 0.75 - 0.02 <= slope <= 1.25 + 0.02
+        assert np.abs(slope * x[inside] + offset - y[inside]).max() <= 1.0  # rounding only
+    with pytest.raises(ValueError, match=r"window_jitter must be in \[0, 0.5\]"):
+        tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_jitter=0.6")
+    with pytest.raises(ValueError, match="window_jitter needs frame: window"):
+        tiny_cfg(root, tmp_path / "runs", "dataset.window_jitter=0.1")
     # window_zoom 2: normal windows are 16-pixel crops resized up to 32 (a smooth upscale, not a 32-pixel crop)
     zoomed = load_training_data(tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_zoom=2").dataset, seed=5)
     assert zoomed.normal.shape == data.normal.shape and zoomed.anomalies.shape == data.anomalies.shape
