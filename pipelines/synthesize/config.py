@@ -153,6 +153,8 @@ class SynthesizeConfig:
         """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
         sampler = without_later_defaults(to_dict(self.sampler), LATER_SAMPLER_FIELDS, drop_all=self.generator != "fast")
         sampler.pop("batch_size")
+        if sampler.get("paste") != "smooth":  # smooth_scale shapes the bytes of the smooth paste only
+            sampler.pop("smooth_scale", None)
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),

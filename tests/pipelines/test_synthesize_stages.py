@@ -348,6 +348,7 @@ def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
     smooth = content("sampler.paste=smooth")
     assert smooth["sampler"]["paste"] == "smooth" and "smooth_scale" not in smooth["sampler"]  # at its default
     assert content("sampler.paste=smooth", "sampler.smooth_scale=1.0")["sampler"]["smooth_scale"] == 1.0
+    assert content("sampler.smooth_scale=1.0") == residual  # unused by the residual paste: the same bytes
 
 
 def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() -> None:
