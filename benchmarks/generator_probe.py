@@ -34,7 +34,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -43,7 +43,7 @@ from fast_core.data.layout import load_image, load_mask, read_dataset, split_ano
 from fast_core.data.transforms import to_model_image, to_model_mask
 from fast_core.data.windows import cut_around
 from fast_core.schedulers.scheduling_aias import AIASScheduler
-from fast_core.synthesis_config import SynthesisConfig
+from fast_core.synthesis_config import Paste, SynthesisConfig
 from fast_core.training import farm_mixed_input
 from pipelines.model_store import load_model
 from pipelines.train.data import defect_key
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-farm", action="store_true", help="paint the pairs without FARM")
     ap.add_argument(
         "--paste",
-        choices=("residual", "replace", "smooth"),
+        choices=get_args(Paste),
         default="residual",
         help="what goes inside M in the painted pairs (SynthesisConfig.paste; default residual)",
     )

@@ -294,7 +294,7 @@ def _synthesize_chunk(
             z = math.sqrt(ab_0) * (z_bg if x_ref is None else z_ref) + math.sqrt(1.0 - ab_0) * noise
         z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, keys, generators, amp)
     with timer("decode"), amp():
-        if cfg.paste in ("residual", "smooth"):  # one decoder call for D(z) and D(z_bg)
+        if cfg.pastes_change:  # one decoder call for D(z) and D(z_bg)
             both = model.decode(torch.cat([z, z_bg])).float()
             delta = both[: z.shape[0]] - both[z.shape[0] :]  # Δ = D(z) − D(z_bg)
             if cfg.paste == "smooth":  # G_σ ∗ (M ⊙ Δ), σ = k · r(M)

@@ -31,11 +31,13 @@ __all__ = [
     "MAX_NFE",
     "MIN_NFE",
     "NUM_TRAIN_TIMESTEPS",
+    "Paste",
     "SamplerName",
     "SynthesisConfig",
 ]
 
 SamplerName = Literal["aias", "ddpm", "ddim", "plms", "dpmpp", "unipc"]
+Paste = Literal["residual", "replace", "smooth"]  # what goes inside M (SynthesisConfig.paste)
 
 NUM_TRAIN_TIMESTEPS = 1000  # T
 BETA_START = 0.00085  # β_0
@@ -70,7 +72,7 @@ class SynthesisConfig:
     batch_size: int = 8  # samples per forward pass; larger inputs are processed in chunks of this size
     # what goes inside M: the decoded latent (replace, FAST_SPEC §3), the input plus the decoded change (residual), or
     # the input plus that change blurred at the mask's own scale (smooth, fast_core.smooth_paste) [ours]
-    paste: Literal["residual", "replace", "smooth"] = "residual"
+    paste: Paste = "residual"
     smooth_scale: float = 0.5  # paste "smooth": σ = smooth_scale × the mask's half-thickness in pixels
     # classifier-free guidance w towards the defect key, against the normal key "good" [ours]:
     # ε̂ = ε̂_good + w (ε̂_key − ε̂_good); 1 = off (one UNet call per step), otherwise two calls per step
@@ -137,3 +139,8 @@ class SynthesisConfig:
         self.clip_x0 = None if c is None else float(c)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"SynthesisConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+    @property
+    def pastes_change(self) -> bool:
+        """True for the pastes that add a decoded change to the input (residual, smooth), not decode(z) itself."""
+        return self.paste != "replace"

@@ -306,7 +306,7 @@ class FastSynthesizer:
         image_out = np.array(batch["image"], copy=True)
         image_out[good] = to_uint8(torch.nan_to_num(x_out, nan=0.0, posinf=1.0, neginf=-1.0))
         out["image_in"] = batch["image"]  # x_n, for the change check of encode_and_qc
-        if "window" in batch and self.sampler.paste in ("residual", "smooth"):
+        if "window" in batch and self.sampler.pastes_change:
             out["window_in"] = batch["image"]  # the reference of the native-size residual paste (encode_and_qc)
         out["image"] = image_out
         out["finite"][good] = finite
