@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_model(args.model_uri)
     x, M, keys = load_probe_batch(
         args.dataset_root, info.image_size, info.image_channels, args.images, info.frame, info.window_margin,
-        info.window_zoom,
+        info.window_zoom, info.window_level,
     )  # fmt: skip
     row = measure(model, x, M, keys, args.dilate)
     print(markdown(row))

@@ -41,6 +41,7 @@ import torch
 from benchmarks.probe_pairs import paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
+from fast_core.data.window_level import background_mean, level_gain, scale_uint8
 from fast_core.data.windows import cut_around
 from fast_core.schedulers.scheduling_aias import AIASScheduler
 from fast_core.synthesis_config import Paste, SynthesisConfig
@@ -56,10 +57,18 @@ HIGH_T = 750  # the clean estimate's error is reported over t ≥ HIGH_T, the sa
 
 
 def load_probe_batch(
-    root: str, size: int, channels: int, n: int, frame: str = "global", margin: float = 0.25, zoom: float = 1.0
+    root: str,
+    size: int,
+    channels: int,
+    n: int,
+    frame: str = "global",
+    margin: float = 0.25,
+    zoom: float = 1.0,
+    level: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Up to ``n`` training-third anomaly images with masks, spread evenly over the sorted list, as the model sees
-    them: resized to S × S (global frame) or the centred S × S window around the mask (window frame)."""
+    them: resized to S × S (global frame) or the centred S × S window around the mask (window frame), scaled to the
+    model's grey level when it has one (``ModelInfo.window_level``, as its training windows were)."""
     train = [r for r in split_anomalies(read_dataset(root).records).gen_train if r.mask_path is not None]
     if not train:
         raise ValueError(f"{root}: no training-third anomaly image with a mask")
@@ -70,7 +79,9 @@ def load_probe_batch(
         M = torch.stack([to_model_mask(load_mask(r.mask_path), size) for r in recs])
         return x, M, [defect_key(r) for r in recs]
     cuts = [cut_around(load_image(r.image_path), load_mask(r.mask_path), size, channels, margin, zoom) for r in recs]
-    x = torch.stack([torch.from_numpy(c.image).float() / 127.5 - 1.0 for c in cuts])
+    images = [c.image if level is None else scale_uint8(c.image, level_gain(level, background_mean(c.image, c.mask)))
+              for c in cuts]  # fmt: skip
+    x = torch.stack([torch.from_numpy(i).float() / 127.5 - 1.0 for i in images])
     M = torch.stack([torch.from_numpy(c.mask).float()[None] for c in cuts])
     return x, M, [defect_key(r) for r in recs]
 
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             info.frame,
             info.window_margin,
             info.window_zoom,
+            info.window_level,
         )
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)

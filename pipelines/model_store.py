@@ -58,6 +58,9 @@ class ModelInfo:
     frame: Literal["global", "window"] = "global"
     window_margin: float = 0.25  # window frame: side = max(⌈S / zoom⌉, ⌈mask box side · (1 + margin)⌉)
     window_zoom: float = 1.0  # window frame: the smallest window is ⌈S / zoom⌉ pixels, resized up to S
+    # window frame: L, the grey level each window's background is scaled to before the model sees it, and its change
+    # scaled back after (fast_core.data.window_level); None: windows as cut
+    window_level: float | None = None
     # keys the conditioner knows but no training row carried, e.g. "good" after training on defect windows only
     # (dataset.windows_per_normal: 0): synthesis refuses guidance, whose negative branch is "good", on such a model
     untrained_keys: list[str] = field(default_factory=list)
@@ -74,6 +77,13 @@ class ModelInfo:
             raise ValueError(f"ModelInfo.frame must be 'global' or 'window', got {self.frame!r}")
         if isinstance(self.window_zoom, bool) or not isinstance(self.window_zoom, int | float) or self.window_zoom < 1:
             raise ValueError(f"ModelInfo.window_zoom must be a number >= 1, got {self.window_zoom!r}")
+        level = self.window_level
+        if level is not None and (
+            isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level <= 255
+        ):
+            raise ValueError(f"ModelInfo.window_level must be null or a grey level in (0, 255], got {level!r}")
+        if level is not None and self.frame != "window":
+            raise ValueError("ModelInfo.window_level needs frame 'window' (it scales the windows around the masks)")
         if not set(self.untrained_keys) <= set(self.keys):
             raise ValueError(f"ModelInfo.untrained_keys {self.untrained_keys!r} must be among its keys {self.keys!r}")
         if self.format != FORMAT:

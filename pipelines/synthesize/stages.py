@@ -36,6 +36,7 @@ import torch
 from fast_core import qc
 from fast_core.baselines.realpaste import paste_in_place
 from fast_core.data.transforms import decode_png, encode_png, to_model_image, to_model_mask, to_uint8_chw
+from fast_core.data.window_level import background_mean, from_level, level_gain, to_level
 from fast_core.data.windows import cut_around, cut_image, mask_at
 from fast_core.synthesis import SynthesisConfig, synthesize, to_uint8
 from pipelines import storage
@@ -290,6 +291,17 @@ class FastSynthesizer:
             references = torch.stack(
                 [to_model_image(batch["reference"][i], batch["image"].shape[1], channels) for i in good]
             )
+        level = self.info.window_level
+        if level is not None:  # the model's grey level (fast_core.data.window_level): one gain per window
+            gain = torch.tensor(
+                [
+                    level_gain(level, background_mean(batch["image"][i].transpose(2, 0, 1), batch["mask"][i]))
+                    for i in good
+                ],
+                dtype=torch.float64,
+            )
+            inputs, images = images, to_level(images, gain)
+            references = None if references is None else to_level(references, gain)
         result = synthesize(
             self.model,
             images,
@@ -302,6 +314,8 @@ class FastSynthesizer:
             references=references,
         )
         x_out = result.images.float().cpu()
+        if level is not None:
+            x_out = from_level(inputs, images, x_out, gain)
         finite = torch.isfinite(x_out).flatten(1).all(dim=1).numpy()
         image_out = np.array(batch["image"], copy=True)
         image_out[good] = to_uint8(torch.nan_to_num(x_out, nan=0.0, posinf=1.0, neginf=-1.0))

@@ -63,6 +63,10 @@ class DatasetConfig:
     # c ~ U[1 − j, 1 + j] and b ~ U[−j, j] · 128 (x̄ the window's mean), so a defect's absolute level says nothing and
     # the UNet must paint it relative to the background it sees; 0 = off
     window_jitter: float = 0.0
+    # window frame [ours]: each window is scaled by one gain so that its background (the pixels outside its mask) has
+    # the mean grey level L of the training windows (their median), in training and synthesis alike, so a defect is
+    # learned and painted relative to the background it lies on (fast_core.data.window_level); L goes with the model
+    window_level: bool = False
     # An inpaint UNet's base stage: each normal image borrows a training mask (key "good") and learns to fill it with
     # normal texture (true), or keeps an empty mask, so that a mask is only ever filled with a defect (false)
     normal_masks: bool = True
@@ -89,7 +93,7 @@ class DatasetConfig:
             raise ValueError(
                 f"TrainConfig.dataset.windows_per_normal must be an integer >= 0, got {self.windows_per_normal!r}"
             )
-        for name in ("hflip", "vflip", "window_rot90", "window_flips", "normal_masks"):
+        for name in ("hflip", "vflip", "window_rot90", "window_flips", "window_level", "normal_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.dataset.{name} must be true or false, got {getattr(self, name)!r}")
         if self.window_flips and self.frame != "window":
@@ -104,6 +108,8 @@ class DatasetConfig:
             raise ValueError(f"TrainConfig.dataset.window_jitter must be in [0, 0.5], got {jitter!r}")
         if jitter and self.frame != "window":
             raise ValueError("TrainConfig.dataset.window_jitter needs frame: window (it moves windows as they are cut)")
+        if self.window_level and self.frame != "window":
+            raise ValueError("TrainConfig.dataset.window_level needs frame: window (it scales windows as they are cut)")
         if self.window_zoom != 1.0 and self.frame != "window":
             raise ValueError("TrainConfig.dataset.window_zoom needs frame: window (it sets the windows' smallest side)")
 

@@ -68,6 +68,7 @@ class TrainingData:
         extra_key_ids: (E,) int64.
         skipped: ``(path, reason)`` of every file left out.
         mask_shapes: the mask stage's rows when its model is in the box frame (set by the run), else None.
+        window_level: L, the grey level every window was scaled to (``dataset.window_level``), else None.
     """
 
     keys: list[str]
@@ -79,6 +80,7 @@ class TrainingData:
     extra_key_ids: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     mask_shapes: BoxShapes | None = None
+    window_level: float | None = None
 
     @property
     def untrained_keys(self) -> list[str]:

@@ -120,6 +120,7 @@ def _run_fingerprint(cfg: TrainConfig, keys: list[str]) -> dict[str, Any]:
             "window_flips": d.window_flips,
             "window_zoom": d.window_zoom,
             "window_jitter": d.window_jitter,
+            "window_level": d.window_level,
             "normal_masks": d.normal_masks,
         },
         "model": to_dict(cfg.model),
@@ -151,12 +152,19 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.unet_prediction`` with the preset's ε
     prediction; before ``model.latent_shift`` without a shift; before ``mask_model`` with the whole-mask model (frame
     "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
-    ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before ``dataset.normal_masks``
+    ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before ``dataset.window_level``
+    unscaled, before ``dataset.normal_masks``
     with borrowed masks. A run recorded before the
     frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
-        before = {"window_flips": False, "window_zoom": 1.0, "window_jitter": 0.0, "normal_masks": True}
+        before = {
+            "window_flips": False,
+            "window_zoom": 1.0,
+            "window_jitter": 0.0,
+            "window_level": False,
+            "normal_masks": True,
+        }
         return {**late, **before, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
@@ -392,7 +400,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainSummary:
         store.mark_done(stage, info)
         summaries.append(StageSummary(stage, scfg.steps, False, start, info["wall_s"], final_loss, grids))
 
-    model_uri = _publish(cfg, store, data.keys, data.untrained_keys) if "fast" in cfg.stages else None
+    model_uri = _publish(cfg, store, data) if "fast" in cfg.stages else None
     mask_model_uri = _publish_mask(cfg, store, data.keys, _box_sizes(data)) if "mask" in cfg.stages else None
     return TrainSummary(
         run_uri=store.run_uri,
@@ -460,9 +468,11 @@ def _grid_steps(scfg: StageConfig) -> list[int]:
     ]
 
 
-def _publish(cfg: TrainConfig, store: RunStore, keys: list[str], untrained: list[str]) -> str:
-    """Publish the final model (base + FAST) unless the same run's model is already there. ``untrained``: the keys
-    no training row carried; recorded only when this run trained its own base (a loaded base knows its keys)."""
+def _publish(cfg: TrainConfig, store: RunStore, data: TrainingData) -> str:
+    """Publish the final model (base + FAST) unless the same run's model is already there. The keys no training row
+    carried (``data.untrained_keys``) are recorded only when this run trained its own base (a loaded base knows its
+    keys); ``data.window_level``, the level the windows were scaled to, goes with the model."""
+    keys, untrained = data.keys, data.untrained_keys
     steps = {s: cfg.stage_config(s).steps for s in cfg.stages if s != "mask"}  # the mask model is published apart
     info = ModelInfo(
         image_size=cfg.dataset.image_size,
@@ -474,6 +484,7 @@ def _publish(cfg: TrainConfig, store: RunStore, keys: list[str], untrained: list
         frame=cfg.dataset.frame,
         window_margin=cfg.dataset.window_margin,
         window_zoom=cfg.dataset.window_zoom,
+        window_level=data.window_level,
         untrained_keys=list(untrained) if cfg.model.base_model_uri is None else [],
     )
     uri = cfg.model_uri

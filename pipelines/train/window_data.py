@@ -6,6 +6,9 @@
     normal rows   for each ``train/good`` image, ``windows_per_normal`` random windows of side ⌈S / zoom⌉ (S at
                   zoom 1), resized to S (padded when the image is smaller)
     window_flips  each window (and its mask) then flipped left-right and upside down with probability 1/2 each, once
+    window_level  each window then scaled by g = L / b, b its mean grey level outside its mask (a normal window's
+                  whole mean), L the median of b over every window cut (fast_core.data.window_level), rounded
+                  and clipped to [0, 255]; L is returned with the data (TrainingData.window_level)
     window_jitter each window's grey levels then moved once, x ← c (x − x̄) + x̄ + b, c ~ U[1 − j, 1 + j],
                   b ~ U[−j, j] · 128, x̄ its mean, rounded and clipped to [0, 255], from a stream of its own, so
                   the windows and masks are those cut without it
@@ -24,6 +27,7 @@ import numpy as np
 
 from fast_core.data.layout import GOOD, ImageRecord, load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_uint8_chw
+from fast_core.data.window_level import background_mean, level_gain, scale_uint8
 from fast_core.data.windows import cut_image, cut_mask, mask_at, min_side, random_window, window_around
 from pipelines.train.config import DatasetConfig
 from pipelines.train.data import TrainingData, defect_key, stack_training_data
@@ -82,7 +86,7 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             continue
         for _ in range(cfg.windows_per_normal):
             cut = cut_image(image, random_window(*image.shape[1:], normal_side, rng), size)
-            normal.extend(jittered(w) for w in flipped(cut))
+            normal.extend(flipped(cut))
     windows, masks, ids = [], [], []
     for record in split.gen_train:
         image = native(record)
@@ -104,7 +108,21 @@ def load_window_data(cfg: DatasetConfig, seed: int) -> TrainingData:
             x, m = cut_image(image, window, size), cut_mask(mask, window, size)
             k = int(rng.integers(4)) if cfg.window_rot90 else 0
             x, m = flipped(np.rot90(x, k, axes=(1, 2)), np.rot90(m, k)[None])
-            windows.append(jittered(np.ascontiguousarray(x)))
+            windows.append(np.ascontiguousarray(x))
             masks.append(np.ascontiguousarray(m))
             ids.append(key_index[defect_key(record)])
-    return stack_training_data(cfg.root, keys, channels, size, normal, (windows, masks, ids), skipped)
+    level = None
+    if cfg.window_level:
+        backgrounds = [background_mean(w) for w in normal]
+        backgrounds += [background_mean(w, m[0]) for w, m in zip(windows, masks, strict=True)]
+        if backgrounds:
+            level = float(np.median(backgrounds))
+            gains = [level_gain(level, b) for b in backgrounds]
+            normal = [scale_uint8(w, g) for w, g in zip(normal, gains[: len(normal)], strict=True)]
+            windows = [scale_uint8(w, g) for w, g in zip(windows, gains[len(normal) :], strict=True)]
+            logger.info("window level: L = %.2f (median background of %d windows)", level, len(backgrounds))
+    normal = [jittered(w) for w in normal]  # normal windows first, as they were cut: the jitter stream's order
+    windows = [jittered(w) for w in windows]
+    data = stack_training_data(cfg.root, keys, channels, size, normal, (windows, masks, ids), skipped)
+    data.window_level = level
+    return data

@@ -116,10 +116,12 @@ def publish_tiny_model(
     frame: str = "global",
     window_zoom: float = 1.0,
     untrained_keys: tuple[str, ...] = (),
+    window_level: float | None = None,
 ) -> str:
     """Publish a tiny model (32 px, random weights from ``seed``) at ``uri`` with the real publishing code; ``frame``
     ``"window"`` marks it as trained on native-resolution windows (synthesis then works in windows, at
-    ``window_zoom``); ``untrained_keys`` marks keys as never trained on (e.g. ``"good"`` of a defect-only run)."""
+    ``window_zoom``, scaled to the grey level ``window_level`` when given); ``untrained_keys`` marks keys as never
+    trained on (e.g. ``"good"`` of a defect-only run)."""
     model = FastLDM.from_scratch(tiny_fast_config(image_channels, keys), seed=seed)
     info = ModelInfo(
         image_size=32,
@@ -129,6 +131,7 @@ def publish_tiny_model(
         run_id="tiny-test",
         frame=frame,  # type: ignore[arg-type]
         window_zoom=window_zoom,
+        window_level=window_level,
         untrained_keys=list(untrained_keys),
     )
     return publish_model(model, uri, info, storage)

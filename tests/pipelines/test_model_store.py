@@ -71,6 +71,11 @@ def test_publish_rejects_info_that_disagrees(tmp_path: Path) -> None:
         ModelInfo(image_size=32, image_channels=2, keys=["a"])
     with pytest.raises(ValueError, match="window_zoom must be a number >= 1, got 0.5"):
         ModelInfo(image_size=32, image_channels=1, keys=["a"], frame="window", window_zoom=0.5)
+    for level in (0, 300, True):
+        with pytest.raises(ValueError, match=r"window_level must be null or a grey level in \(0, 255\]"):
+            ModelInfo(image_size=32, image_channels=1, keys=["a"], frame="window", window_level=level)
+    with pytest.raises(ValueError, match="window_level needs frame 'window'"):
+        ModelInfo(image_size=32, image_channels=1, keys=["a"], window_level=80.0)
 
 
 def test_put_dir_get_dir_round_trip(tmp_path: Path) -> None:

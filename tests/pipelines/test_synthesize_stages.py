@@ -241,6 +241,42 @@ def test_a_zoomed_window_model_paints_a_small_defect_in_a_smaller_window_and_pas
     assert not np.array_equal(image[label], source[label])
 
 
+def test_a_window_level_model_paints_relative_to_the_background_half_the_change_on_a_window_half_as_bright(
+    tmp_path: Path,
+) -> None:
+    """With ``ModelInfo.window_level`` a window and the same window at half its grey levels are the same input to the
+    model (each scaled to the level L), so the darker one gets half the change; without a level they are two inputs
+    and their changes are unrelated. The background stays bit-exact either way."""
+    from PIL import Image
+
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 1}, mode="RGB", size=(90, 70))
+    rng = np.random.default_rng(0)
+    bright = (rng.integers(50, 90, (90, 70, 3)) * 2).astype(np.uint8)  # even levels 100..178
+    images = {"bright": bright, "dark": bright // 2}  # exactly half
+    for name, image in images.items():
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    worst = {}
+    for level in (None, 60.0):
+        model = publish_tiny_model(str(tmp_path / f"model-{level}"), frame="window", window_level=level)
+        assert read_model_info(model).window_level == level
+        row = pair_rows(root, model, {("tiny", "crack"): 1})[0]  # both rows keep its seed: the same noise
+        rows = [{**row, "sample_id": name, "image_uri": str(tmp_path / f"{name}.png")} for name in images]
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        kwargs = {"image_size": 32, "image_channels": 3, "keys": ["good", "tiny/crack"], "frame": "window"}
+        batch = load_inputs(table, pending=_pending(rows), **kwargs)
+        out = FastSynthesizer(model_uri=model, sampler=SynthesisConfig(nfe=3, batch_size=4))(batch)
+        change = out["image"].astype(np.float64) - batch["image"]  # (2, 32, 32, 3)
+        inside = batch["mask"][0] > 0
+        assert np.array_equal(batch["mask"][0], batch["mask"][1]) and inside.any()
+        assert not change[:, ~inside].any()  # background bit-exact
+        unclipped = (out["image"][0] > 0) & (out["image"][0] < 255) & (out["image"][1] > 0) & (out["image"][1] < 255)
+        keep = unclipped & inside[..., None]
+        assert keep.sum() > 20 and np.abs(change[0][keep]).max() > 4  # something was painted
+        worst[level] = float(np.abs(change[1][keep] - change[0][keep] / 2).max())
+    assert worst[60.0] <= 1.5  # uint8 rounding of each output only
+    assert worst[None] > 4  # the test can tell: without a level the dark window's change is not half the bright one's
+
+
 def test_reference_start_pastes_the_rows_real_defect_in_the_window_and_rejects_rows_without_one(
     tmp_path: Path,
 ) -> None:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from fast_core.data.transforms import decode_png
+from fast_core.data.window_level import background_mean
 from fast_core.data.windows import Window, cut_image
 from pipelines.config import load_config
 from pipelines.train.checkpoint import CheckpointError, RunStore, flatten_optimizer_state, unflatten_optimizer_state
@@ -177,6 +178,7 @@ def test_a_rerun_with_another_frame_or_augmentation_is_refused_field_by_field(da
         ("dataset.vflip=true", "dataset.vflip: run has False, config gives True"),
         ("dataset.window_zoom=2", "dataset.window_zoom: run has 1.0, config gives 2.0"),
         ("dataset.window_jitter=0.25", "dataset.window_jitter: run has 0.0, config gives 0.25"),
+        ("dataset.window_level=true", "dataset.window_level: run has False, config gives True"),
     ]:
         changed = tiny_cfg(dataset, runs, "dataset.frame=window", override)
         with pytest.raises(ValueError, match="trained with different settings") as info:
@@ -333,6 +335,22 @@ def test_window_frame_cuts_native_windows_around_each_defect(tmp_path: Path) -> 
         slope, offset = np.polyfit(x[inside], y[inside], 1)
         assert 0.75 - 0.02 <= slope <= 1.25 + 0.02
         assert np.abs(slope * x[inside] + offset - y[inside]).max() <= 1.0  # rounding only
+    # window_level: the same windows, each scaled by one gain so that its background mean is L, the median of the
+    # unscaled windows' background means (normal windows: their whole mean); rounding and clipping aside
+    assert data.window_level is None
+    levelled = load_training_data(tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_level=true").dataset, 5)
+    assert np.array_equal(levelled.masks, data.masks)
+    backgrounds = [background_mean(w) for w in data.normal] + [
+        background_mean(w, m[0]) for w, m in zip(data.anomalies, data.masks, strict=True)
+    ]
+    assert levelled.window_level == pytest.approx(float(np.median(backgrounds)))
+    for before, after, b in zip(
+        [*data.normal, *data.anomalies], [*levelled.normal, *levelled.anomalies], backgrounds, strict=True
+    ):
+        expected = np.clip(np.rint(before.astype(np.float64) * levelled.window_level / b), 0, 255)
+        assert np.abs(after - expected).max() <= 1  # float32 rounding at .5 only
+    with pytest.raises(ValueError, match="window_level needs frame: window"):
+        tiny_cfg(root, tmp_path / "runs", "dataset.window_level=true")
     with pytest.raises(ValueError, match=r"window_jitter must be in \[0, 0.5\]"):
         tiny_cfg(root, tmp_path / "runs", *overrides, "dataset.window_jitter=0.6")
     with pytest.raises(ValueError, match="window_jitter needs frame: window"):
