@@ -153,9 +153,8 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     prediction; before ``model.latent_shift`` without a shift; before ``mask_model`` with the whole-mask model (frame
     "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
     ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before ``dataset.window_level``
-    unscaled, before ``dataset.normal_masks``
-    with borrowed masks. A run recorded before the
-    frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
+    with unscaled windows, before ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and
+    augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
         before = {
