@@ -22,10 +22,12 @@ A window-frame model is probed on the centred windows around the masks, as it wa
 
 Then the visible gate (:mod:`benchmarks.probe_pairs`, ``--pairs`` per type): real masks painted on normal images
 by the production synthesis path, their median ring contrast and grain ratio against the real defects', per type
-(pass: both 0.5–2×), and a contact sheet per model (``--sheets``).
+(pass: both 0.5–2×), and a contact sheet per model (``--sheets``). With ``--key-swap`` the same masks are also painted
+under every defect key with the same noise (:func:`benchmarks.probe_pairs.key_swap`): if the median signed contrast
+moves less between keys than between mask types, the model paints by mask and place, not by key.
 
     python -m benchmarks.generator_probe DATASET_ROOT [NAME=]MODEL_URI… [--images 64] [--pairs 8] [--json F]
-        [--sheets DIR]
+        [--sheets DIR] [--key-swap]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, get_args
 
 import torch
 
-from benchmarks.probe_pairs import paint_and_compare
+from benchmarks.probe_pairs import key_swap, paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
 from fast_core.data.window_level import background_mean, level_gain, scale_uint8
@@ -172,6 +174,27 @@ def contrast_markdown(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def key_swap_markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per probed model and mask type: the median signed contrast of its masks painted under each defect key,
+    and the key spread; a last row per model with each key's spread over the mask types (:func:`key_swap`)."""
+    lines = []
+    for name, r in rows.items():
+        swap = r.get("key_swap")
+        if swap is None:
+            continue
+        keys = sorted(swap["type_spread"])
+        lines += [
+            f"| {name}: mask type ↓, painted as → | " + " | ".join(keys) + " | key spread |",
+            "|---|" + "---:|" * (len(keys) + 1),
+        ]
+        for t, v in swap["signed"].items():
+            cells = " | ".join(str(v.get(k, "–")) for k in keys)
+            lines.append(f"| {t} | {cells} | {swap['key_spread'].get(t, '–')} |")
+        lines.append("| type spread | " + " | ".join(str(swap["type_spread"][k]) for k in keys) + " | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Probe each ``MODEL_URI`` (name=uri or uri) on DATASET_ROOT; print a markdown table, optionally write JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -189,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         "--guidance", type=float, default=1.0, help="guidance w of the painted pairs (SynthesisConfig.guidance)"
     )
     ap.add_argument("--no-farm", action="store_true", help="paint the pairs without FARM")
+    ap.add_argument(
+        "--key-swap",
+        action="store_true",
+        help="also paint every type's masks under every defect key (the same noise): does the key steer the paint?",
+    )
     ap.add_argument(
         "--paste",
         choices=get_args(Paste),
@@ -225,12 +253,18 @@ def main(argv: list[str] | None = None) -> int:
                 uri, info, args.dataset_root, args.pairs, threads=args.threads, sampler=sampler
             )
             rows[name]["ring_contrast"] = contrast
+            if args.key_swap:
+                rows[name]["key_swap"] = key_swap(
+                    uri, info, args.dataset_root, args.pairs, threads=args.threads, sampler=sampler
+                )
             if args.sheets is not None:
                 args.sheets.mkdir(parents=True, exist_ok=True)
                 (args.sheets / f"{name}_sheet.png").write_bytes(sheet)
     print(markdown(rows))
     if args.pairs:
         print(contrast_markdown(rows))
+    if args.pairs and args.key_swap:
+        print(key_swap_markdown(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -119,18 +119,11 @@ def _polarity(real: list[float], painted: list[float]) -> dict[str, Any]:
     }
 
 
-def paint_and_compare(
-    model_uri: str,
-    info: ModelInfo,
-    root: str,
-    per_type: int = 8,
-    cell: int = 96,
-    threads: int = 2,
-    sampler: SynthesisConfig | None = None,
-) -> tuple[dict[str, Any], bytes]:
-    """(per-key ring contrast and grain ratio of painted vs real and the gate, contact sheet PNG) — see the module
-    docstring. ``sampler``: how the pairs are painted (default: AIAS-10 with FARM, unguided)."""
-    rows, real_paths = probe_rows(root, model_uri, per_type)
+def _paint(
+    rows: list[dict[str, Any]], model_uri: str, info: ModelInfo, threads: int, sampler: SynthesisConfig | None
+) -> dict[str, Any]:
+    """The manifest ``rows`` through exactly what a synthesis job runs: the encoded batch (``image_png``,
+    ``mask_png``, ``status`` per row)."""
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     pending = pa.table(
         {"sample_id": [r["sample_id"] for r in rows], "row": list(range(len(rows))), "shard": [0] * len(rows)}
@@ -146,7 +139,65 @@ def paint_and_compare(
         window_zoom=info.window_zoom,
     )
     synth = FastSynthesizer(model_uri=model_uri, sampler=sampler or SynthesisConfig(nfe=10), num_cpus=threads)
-    out = encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
+    return encode_and_qc(synth(batch), qc_cfg=qc.QCConfig(min_mask_area_px=1))
+
+
+def key_swap(
+    model_uri: str,
+    info: ModelInfo,
+    root: str,
+    per_type: int = 8,
+    threads: int = 2,
+    sampler: SynthesisConfig | None = None,
+) -> dict[str, Any]:
+    """Does the defect key steer what is painted? The probe's masks of every type painted under every defect key
+    of the dataset, each mask with its own row's seed under every key (the same noise, only the key differs).
+
+    Returns ``signed[mask type][key]``, the median signed contrast (grey levels) of that type's masks painted under
+    that key; ``key_spread[mask type]`` = max − min over the keys (what the key moves) and ``type_spread[key]`` =
+    max − min over the mask types (what the mask and its place move). A key spread far below the type spread means
+    the model paints by mask, not by key.
+    """
+    rows, real_paths = probe_rows(root, model_uri, per_type)
+    keys = sorted(real_paths)
+    swapped = [
+        {**row, "sample_id": f"{row['sample_id']}-as-{k}".replace("/", "_"), "prompt": k} for k in keys for row in rows
+    ]
+    out = _paint(swapped, model_uri, info, threads, sampler)
+    mode = "L" if info.image_channels == 1 else "RGB"
+    tallies = {k: Tally() for k in keys}
+    for j, row in enumerate(swapped):
+        if out["status"][j] == "":
+            mask_type = rows[j % len(rows)]["prompt"]
+            tallies[row["prompt"]].add(
+                mask_type, decode_png(out["image_png"][j], mode), decode_png(out["mask_png"][j]) > 0
+            )
+    signed = {
+        t: {k: round(statistics.median(tallies[k].signed[t]), 2) for k in keys if tallies[k].signed[t]} for t in keys
+    }
+    return {
+        "pairs_per_type": per_type,
+        "signed": signed,
+        "key_spread": {t: round(max(v.values()) - min(v.values()), 2) for t, v in signed.items() if v},
+        "type_spread": {
+            k: round(max(vals) - min(vals), 2) for k in keys if (vals := [signed[t][k] for t in keys if k in signed[t]])
+        },
+    }
+
+
+def paint_and_compare(
+    model_uri: str,
+    info: ModelInfo,
+    root: str,
+    per_type: int = 8,
+    cell: int = 96,
+    threads: int = 2,
+    sampler: SynthesisConfig | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """(per-key ring contrast and grain ratio of painted vs real and the gate, contact sheet PNG) — see the module
+    docstring. ``sampler``: how the pairs are painted (default: AIAS-10 with FARM, unguided)."""
+    rows, real_paths = probe_rows(root, model_uri, per_type)
+    out = _paint(rows, model_uri, info, threads, sampler)
     real, painted = Tally(), Tally()
     sheet: list[list[np.ndarray]] = []
     rejected: dict[str, str] = {}

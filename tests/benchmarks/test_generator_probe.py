@@ -46,6 +46,34 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "| tiny |" in printed and "| tiny | tiny/crack |" in printed
 
 
+def test_key_swap_paints_every_types_masks_under_every_key_with_the_same_noise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--key-swap: each type's masks under each defect key; under a mask's own key the pairs are the gate's own
+    (the same rows, seeds and path), so that cell equals the gate's painted median; the spreads are max − min."""
+    torch.set_num_threads(1)
+    root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 3, "scratch": 6}, n_good=2)
+    model = publish_tiny_model(str(tmp_path / "model"), image_channels=1)
+    out = tmp_path / "probe.json"
+    argv = [str(root), f"tiny={model}", "--images", "2", "--threads", "1", "--json", str(out), "--pairs", "2"]
+    assert generator_probe.main([*argv, "--key-swap"]) == 0
+    row = json.loads(out.read_text())["tiny"]
+    swap, gate = row["key_swap"], row["ring_contrast"]["per_defect_type"]
+    keys = ["tiny/crack", "tiny/scratch"]
+    assert sorted(swap["signed"]) == keys and all(sorted(v) == keys for v in swap["signed"].values())
+    for t in keys:
+        assert swap["signed"][t][t] == pytest.approx(gate[t]["polarity"]["painted_median"], abs=0.01)
+        values = list(swap["signed"][t].values())
+        assert swap["key_spread"][t] == pytest.approx(max(values) - min(values), abs=0.011)
+    for k in keys:
+        values = [swap["signed"][t][k] for t in keys]
+        assert swap["type_spread"][k] == pytest.approx(max(values) - min(values), abs=0.011)
+    assert len({swap["signed"]["tiny/crack"][k] for k in keys}) == 2  # the key changes the paint of random weights
+    printed = capsys.readouterr().out
+    assert "| tiny: mask type ↓, painted as → | tiny/crack | tiny/scratch | key spread |" in printed
+    assert generator_probe.main(argv) == 0 and "key_swap" not in json.loads(out.read_text())["tiny"]  # opt-in
+
+
 def test_window_model_is_probed_in_windows(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     root = make_dummy_mvtec(tmp_path / "data", categories=("tiny",), defects={"crack": 3}, n_good=2, size=(50, 70))
