@@ -55,7 +55,8 @@ def to_level(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
 
 def from_level(x: torch.Tensor, x_level: torch.Tensor, out_level: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """out = x + (out' − x') / g, clamped to [−1, 1]: the model's change in the level frame, brought back to the
-    window x it was cut from. Where out' = x' (outside the mask) this returns x exactly."""
+    window x it was cut from. Where out' = x' (outside the mask) the change is exactly 0 and, x lying in [−1, 1],
+    this returns x bit for bit."""
     g = gain.to(out_level.dtype).view(-1, *([1] * (out_level.dim() - 1)))
     change = (out_level - x_level.to(out_level.dtype)) / g
-    return torch.where(change == 0, x.to(out_level.dtype), (x.to(out_level.dtype) + change).clamp(-1.0, 1.0))
+    return (x.to(out_level.dtype) + change).clamp(-1.0, 1.0)
