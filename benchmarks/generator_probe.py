@@ -24,10 +24,12 @@ Then the visible gate (:mod:`benchmarks.probe_pairs`, ``--pairs`` per type): rea
 by the production synthesis path, their median ring contrast and grain ratio against the real defects', per type
 (pass: both 0.5–2×), and a contact sheet per model (``--sheets``). With ``--key-swap`` the same masks are also painted
 under every defect key with the same noise (:func:`benchmarks.probe_pairs.key_swap`): if the median signed contrast
-moves less between keys than between mask types, the model paints by mask and place, not by key.
+moves less between keys than between mask types, the model paints by mask and place, not by key. With ``--cells``
+the probed windows are also painted on themselves and their cell contrast is compared with the real one
+(:mod:`benchmarks.probe_cells`): does the model put a thin or small defect where it lies inside its latent cells?
 
     python -m benchmarks.generator_probe DATASET_ROOT [NAME=]MODEL_URI… [--images 64] [--pairs 8] [--json F]
-        [--sheets DIR] [--key-swap]
+        [--sheets DIR] [--key-swap] [--cells]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any, get_args
 
 import torch
 
+from benchmarks.probe_cells import cell_contrast, cell_markdown
 from benchmarks.probe_pairs import key_swap, paint_and_compare
 from fast_core.data.layout import load_image, load_mask, read_dataset, split_anomalies
 from fast_core.data.transforms import to_model_image, to_model_mask
@@ -102,11 +105,11 @@ def probe(model: Any, x: torch.Tensor, M: torch.Tensor, keys: list[str], seed: i
     for t in TIMESTEPS:
         tt = torch.full((len(keys),), t, dtype=torch.long)
         eps = torch.randn(z0.shape, generator=g)
-        z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps, keys)
+        z0_fg, z_mix = farm_mixed_input(model, z0, m, tt, eps, keys, M)
         preds = {
-            "unet_key": model.unet_eps(z_mix, tt, keys, m, z0),
-            "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys), m, z0),
-            "fast": model.predict_eps(z_mix, tt, keys, m, z0),
+            "unet_key": model.unet_eps(z_mix, tt, keys, m, z0, M),
+            "unet_good": model.unet_eps(z_mix, tt, ["good"] * len(keys), m, z0, M),
+            "fast": model.predict_eps(z_mix, tt, keys, m, z0, M),
         }
         for name, pred in preds.items():
             sq = (pred.float() - eps).pow(2)
@@ -218,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also paint every type's masks under every defect key (the same noise): does the key steer the paint?",
     )
     ap.add_argument(
+        "--cells",
+        action="store_true",
+        help="also paint the probed windows on themselves: is a defect put where it lies inside its latent cells?",
+    )
+    ap.add_argument(
         "--paste",
         choices=get_args(Paste),
         default="residual",
@@ -247,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
+        if args.cells:
+            cells_sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm)
+            rows[name]["cell_contrast"] = cell_contrast(model, x, M, keys, cells_sampler)
         if args.pairs:
             sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm, paste=args.paste)
             contrast, sheet = paint_and_compare(
@@ -265,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         print(contrast_markdown(rows))
     if args.pairs and args.key_swap:
         print(key_swap_markdown(rows))
+    if args.cells:
+        print(cell_markdown(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

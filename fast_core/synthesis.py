@@ -188,6 +188,7 @@ def _guided_eps(
     keys: list[str],
     m: torch.Tensor,
     z_bg: torch.Tensor,
+    mask_px: torch.Tensor,
 ) -> torch.Tensor:
     """ε̂ = Adaptor(UNet(z̃, t, c), m); with w ≠ 1, classifier-free guidance against the normal key [ours]:
 
@@ -198,11 +199,11 @@ def _guided_eps(
     batch (2B); the networks are in eval mode, so a sample does not depend on its batch-mates.
     """
     if w == 1.0:
-        return model.predict_eps(z_mix, t_vec, keys, m, z_bg).float()
+        return model.predict_eps(z_mix, t_vec, keys, m, z_bg, mask_px).float()
     b = z_mix.shape[0]
     both = model.predict_eps(
         torch.cat([z_mix, z_mix]), torch.cat([t_vec, t_vec]), [*keys, *[GOOD] * b], torch.cat([m, m]),
-        torch.cat([z_bg, z_bg]),
+        torch.cat([z_bg, z_bg]), torch.cat([mask_px, mask_px]),
     ).float()  # fmt: skip
     eps_c, eps_good = both[:b], both[b:]
     return eps_good + w * (eps_c - eps_good)
@@ -215,11 +216,13 @@ def _denoise(
     z: torch.Tensor,
     z_bg: torch.Tensor,
     m: torch.Tensor,
+    mask_px: torch.Tensor,
     keys: list[str],
     generators: list[torch.Generator],
     amp: Callable[[], contextlib.AbstractContextManager],
 ) -> tuple[torch.Tensor, int]:
-    """Run the sampler from the start latent ``z`` (B, C, h, w) to the clean latent; returns (z_0, UNet calls)."""
+    """Run the sampler from the start latent ``z`` (B, C, h, w) to the clean latent (m: the latent mask, mask_px the
+    pixel mask M); returns (z_0, UNet calls)."""
     device = z.device
     timesteps = [int(t) for t in scheduler.timesteps.tolist()]
     lo, hi = cfg.bg_window
@@ -233,7 +236,7 @@ def _denoise(
         # 1. foreground reconstruction and anomaly-aware noise: z̃ = (1−m) z + m (√ᾱ_t ẑ0_fg + √(1−ᾱ_t) ζ)
         if cfg.use_farm and not in_tail and t >= cfg.farm_min_t:
             with amp():
-                z0_fg = model.farm_estimate(z, m, t_vec, keys, z_bg).float()  # (B, C, h, w)
+                z0_fg = model.farm_estimate(z, m, t_vec, keys, z_bg, mask_px).float()  # (B, C, h, w)
             zeta = _randn(z.shape[1:], generators, device)
             z_mix = (1.0 - m) * z + m * (math.sqrt(ab_t) * z0_fg + math.sqrt(1.0 - ab_t) * zeta)
         else:
@@ -241,7 +244,7 @@ def _denoise(
 
         # 2. noise prediction ε̂ = Adaptor(UNet(z̃, t, c), m), or guided: ε̂_good + w (ε̂_c − ε̂_good)
         with amp():
-            eps = _guided_eps(model, cfg.guidance, z_mix, t_vec, keys, m, z_bg)  # (B, C, h, w)
+            eps = _guided_eps(model, cfg.guidance, z_mix, t_vec, keys, m, z_bg, mask_px)  # (B, C, h, w)
         calls += 1 if cfg.guidance == 1.0 else 2
         if cfg.clip_x0 is not None:  # ẑ0 = (z̃ − √(1−ᾱ_t) ε̂)/√ᾱ_t clamped to [−c, c]; ε̂ recomputed from it
             x0 = ((z_mix - math.sqrt(1.0 - ab_t) * eps) / math.sqrt(ab_t)).clamp(-cfg.clip_x0, cfg.clip_x0)
@@ -292,7 +295,7 @@ def _synthesize_chunk(
         else:  # √ᾱ_{t₀} z_start + √(1−ᾱ_{t₀}) ε, z_start = z_bg or z_ref
             ab_0 = alpha_bar(scheduler, int(scheduler.timesteps[0]))
             z = math.sqrt(ab_0) * (z_bg if x_ref is None else z_ref) + math.sqrt(1.0 - ab_0) * noise
-        z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, keys, generators, amp)
+        z, calls = _denoise(model, scheduler, cfg, z, z_bg, m, mask_px, keys, generators, amp)
     with timer("decode"), amp():
         if cfg.pastes_change:  # one decoder call for D(z) and D(z_bg)
             both = model.decode(torch.cat([z, z_bg])).float()

@@ -75,6 +75,7 @@ def farm_mixed_input(
     t: torch.Tensor,
     eps: torch.Tensor,
     keys: list[str],
+    M: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The FAST stage's noised, FARM-mixed input (FAST_SPEC §6), under the caller's autocast:
 
@@ -86,13 +87,14 @@ def farm_mixed_input(
         model: the FAST model (its ``farm``).
         z0: (B, C, h, w) clean latents; m: (B, 1, h, w) latent mask; t: (B,) timesteps; eps: (B, C, h, w) noise.
         keys: the B defect keys (read by a keyed FARM).
+        M: (B, 1, H, W) pixel masks (read by a pixel-mask FARM, ``FARMConfig.mask_detail``).
 
     Returns:
         (ẑ0_fg as float32, z̃_t), both (B, C, h, w).
     """
     ab = _alpha_bar(t, z0)  # (B, 1, 1, 1)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-    z0_fg = model.farm_estimate(z_t, m, t, keys, z0).float()
+    z0_fg = model.farm_estimate(z_t, m, t, keys, z0, M).float()
     return z0_fg, (1 - m) * z_t + m * (ab.sqrt() * z0_fg + (1 - ab).sqrt() * eps)
 
 
@@ -235,8 +237,8 @@ def fast_training_step(
     t = sample_timesteps(z0.shape[0], generator, z0.device)  # (B,)
     eps = _randn(z0.shape, generator, z0)  # (B, C, h, w)
     with _autocast(z0.device, autocast_dtype):
-        z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps, keys)
-        eps_pred = model.predict_eps(z_mix, t, keys, m, z0).float()
+        z0_fg, z_mix = farm_mixed_input(model, z0, m, t, eps, keys, M)
+        eps_pred = model.predict_eps(z_mix, t, keys, m, z0, M).float()
     loss_eps = eps_loss(eps_pred, eps, m, fg_weight, loss_t_weight(t, snr_gamma, model.config.unet.prediction))
     loss_farm = F.mse_loss(z0_fg, m * z0)
     loss = lambda_eps * loss_eps + lambda_farm * loss_farm
@@ -299,7 +301,7 @@ def unet_training_step(
     ab = _alpha_bar(t, z0)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     with _autocast(z0.device, autocast_dtype):
-        eps_pred = model.unet_eps(z_t, t, keys, m, z0).float()
+        eps_pred = model.unet_eps(z_t, t, keys, m, z0, M).float()
     t_weight = loss_t_weight(t, snr_gamma, model.config.unet.prediction)
     loss = eps_loss(eps_pred, eps, m if fg_weight > 0.0 else None, fg_weight, t_weight)
     return loss, {"loss": float(loss.detach())}

@@ -119,7 +119,9 @@ class UNetConfig:
 
     ``conditioning`` "inpaint" [ours] widens the input to 2C + 1 channels: z_t ‖ m ‖ (1 − m) ⊙ z_0, the latent mask and
     the clean background outside it (as Stable Diffusion's inpainting UNet), so the UNet knows where the defect goes
-    and what surrounds it; "none" is the LDM's C-channel input.
+    and what surrounds it; "inpaint_px" [ours] adds the pixel mask folded into the latent grid, unshuffle_f(M) (f²
+    channels: cell (i, j) carries the f × f pixels it covers), so the UNet also knows where inside each masked cell
+    the defect lies; "none" is the LDM's C-channel input.
 
     Note: diffusers' ``attention_head_dim`` is, for this UNet class, the *number of heads* per attention block (a
     legacy name kept for the LDM checkpoints; the CompVis LDM uses 8 heads).
@@ -138,7 +140,8 @@ class UNetConfig:
         "DownBlock2D",
     )
     up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-    conditioning: Literal["none", "inpaint"] = "none"  # extra input channels: none, or m ‖ (1 − m) ⊙ z_0
+    # extra input channels: none; m ‖ (1 − m) ⊙ z_0 (inpaint); and unshuffle_f(M) as well (inpaint_px)
+    conditioning: Literal["none", "inpaint", "inpaint_px"] = "none"
     # what the network outputs: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours]; stored as the base's scheduler
     # prediction_type, and FastLDM.unet_eps turns v̂ into ε̂ for everything downstream
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -162,11 +165,13 @@ class UNetConfig:
 
     @classmethod
     def from_model(cls, unet: UNet2DConditionModel) -> UNetConfig:
-        """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``); the
-        network does not record its ``prediction``, which the base's scheduler config carries (default epsilon)."""
+        """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``; more:
+        ``inpaint_px``, whose f² extra channels the model checks against its first stage's f); the network does not
+        record its ``prediction``, which the base's scheduler config carries (default epsilon)."""
         c = unet.config
+        extra = int(c.in_channels) - (2 * int(c.out_channels) + 1)
         return cls(
-            conditioning="inpaint" if int(c.in_channels) == 2 * int(c.out_channels) + 1 else "none",
+            conditioning="none" if extra < 0 else "inpaint" if extra == 0 else "inpaint_px",
             sample_size=_first(c.sample_size),
             block_out_channels=tuple(c.block_out_channels),
             layers_per_block=_first(c.layers_per_block),
@@ -196,20 +201,24 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     )
 
 
-def unet_in_channels(cfg: UNetConfig, latent_channels: int) -> int:
-    """C for a plain UNet, 2C + 1 for an ``inpaint`` one (z_t ‖ m ‖ (1 − m) ⊙ z_0).
+def unet_in_channels(cfg: UNetConfig, latent_channels: int, factor: int) -> int:
+    """C for a plain UNet, 2C + 1 for an ``inpaint`` one (z_t ‖ m ‖ (1 − m) ⊙ z_0), 2C + 1 + f² for an ``inpaint_px``
+    one (… ‖ unshuffle_f(M)); f = ``factor``, the first stage's H / h.
 
-    >>> unet_in_channels(UNetConfig(conditioning="inpaint"), 32)
-    65
+    >>> [unet_in_channels(UNetConfig(conditioning=c), 32, 8) for c in ("none", "inpaint", "inpaint_px")]
+    [32, 65, 129]
     """
-    return latent_channels if cfg.conditioning == "none" else 2 * latent_channels + 1
+    if cfg.conditioning == "none":
+        return latent_channels
+    return 2 * latent_channels + 1 + (factor * factor if cfg.conditioning == "inpaint_px" else 0)
 
 
-def build_unet(cfg: UNetConfig, latent_channels: int) -> UNet2DConditionModel:
-    """A randomly initialised ``UNet2DConditionModel`` of shape ``cfg`` on ``latent_channels``-channel latents."""
+def build_unet(cfg: UNetConfig, latent_channels: int, factor: int) -> UNet2DConditionModel:
+    """A randomly initialised ``UNet2DConditionModel`` of shape ``cfg`` on ``latent_channels``-channel latents at
+    1/``factor`` of the image size."""
     return UNet2DConditionModel(
         sample_size=cfg.sample_size,
-        in_channels=unet_in_channels(cfg, latent_channels),
+        in_channels=unet_in_channels(cfg, latent_channels, factor),
         out_channels=latent_channels,
         down_block_types=cfg.down_block_types,
         up_block_types=cfg.up_block_types,
@@ -280,7 +289,8 @@ def build_base_components(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae_model = build_vae(vae) if first_stage is None else first_stage
-        unet_model = build_unet(unet, int(vae_model.config.latent_channels))
+        factor = vae.downsample_factor if first_stage is None else first_stage.config.downsample_factor
+        unet_model = build_unet(unet, int(vae_model.config.latent_channels), factor)
     generator = torch.Generator().manual_seed(seed + 1)
     encoder = LearnedPromptEncoder(prompt_encoder, generator=generator)
     return BaseComponents(

@@ -57,6 +57,11 @@ class FARMConfig:
     # around the mask and its MSE estimate falls back to a mean over all backgrounds; the background is known at
     # synthesis (the normal image's latent) and in training ((1 − m) ⊙ z_0).
     context: bool = False
+    # Pixel mask [ours]: k > 0 channels of the pixel mask folded into the latent grid (unshuffle_f(M), k = f²) join m
+    # wherever the module reads the mask at full latent resolution (the encoder's input and the decoder's last two
+    # layers), so its estimate can put a thin or small defect where it lies inside a masked cell; 0 = the spec's
+    # latent mask alone.
+    mask_detail: int = 0
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -72,6 +77,8 @@ class FARMConfig:
         for name in ("skips", "residual", "context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FARMConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.mask_detail, bool) or not isinstance(self.mask_detail, int) or self.mask_detail < 0:
+            raise ValueError(f"FARMConfig.mask_detail must be an integer >= 0, got {self.mask_detail!r}")
         if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 0:
             raise ValueError(f"FARMConfig.num_keys must be an integer >= 0, got {self.num_keys!r}")
         if self.num_train_timesteps < 1:
@@ -135,6 +142,7 @@ class FARM(nn.Module):
         d₂ = ConvBNReLU([up(Conv1×1(u)), m₂])    # (B, w1, h/2, w/2);  skips: [up(Conv1×1(u)), m₂, h₂]
         d₁ = ConvBNReLU([up(d₂), m])             # (B, w0, h, w);      skips: [up(d₂), m, h₁]
         ẑ0_fg = Conv3×3([d₁, m])                 # (B, C, h, w)
+        (mask_detail k > 0: m ‖ unshuffle_f(M) wherever m is read at h × w, in the first block and the last two)
 
     With ``config.skips`` [ours] the decoder also reads h₂ and h₁, so fine detail of z_t need not pass the (h/4)²
     bottleneck; the gate g_t still acts on the bottleneck alone. With ``config.context`` [ours] the first block also
@@ -154,7 +162,8 @@ class FARM(nn.Module):
         c, (w0, w1, w2) = cfg.latent_channels, cfg.widths
         self.bottleneck_size = cfg.latent_size // 4
         # encoder (no skip connections)
-        self.enc1 = _block(2 * c + 1 if cfg.context else c, w0)
+        k = cfg.mask_detail
+        self.enc1 = _block((2 * c + 1 if cfg.context else c) + k, w0)
         self.enc2 = _block(w0, w1)
         self.enc3 = _block(w1, w2)
         self.enc_proj = nn.Conv2d(w2, w2, 1)
@@ -170,8 +179,8 @@ class FARM(nn.Module):
         self.dec_proj = nn.Conv2d(w2, w2, 1)
         skip1, skip2 = (w0, w1) if cfg.skips else (0, 0)
         self.dec2 = nn.Sequential(*_conv_bn_relu(w2 + 1 + skip2, w1))
-        self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1 + skip1, w0))
-        self.dec_out = nn.Conv2d(w0 + 1, c, 3, padding=1)
+        self.dec1 = nn.Sequential(*_conv_bn_relu(w1 + 1 + k + skip1, w0))
+        self.dec_out = nn.Conv2d(w0 + 1 + k, c, 3, padding=1)
         # ᾱ_t of FAST's training schedule (FAST_SPEC §1) for the residual output; not saved (derived)
         if cfg.residual:
             alpha_bar = AIASScheduler(num_train_timesteps=cfg.num_train_timesteps).alphas_cumprod.to(torch.float32)
@@ -254,6 +263,19 @@ class FARM(nn.Module):
             )
         return inpaint_input(z_t, m, z_bg)
 
+    def _full_mask(self, m: torch.Tensor, detail: torch.Tensor | None) -> torch.Tensor:
+        """m, or m ‖ detail when the module reads the folded pixel mask (``config.mask_detail`` = k channels)."""
+        k = self.config.mask_detail
+        if not k:
+            return m
+        if detail is None or tuple(detail.shape) != (m.shape[0], k, *m.shape[2:]):
+            got = None if detail is None else tuple(detail.shape)
+            raise ValueError(
+                f"this FARM reads the pixel mask (mask_detail={k}): pass detail of shape "
+                f"{(m.shape[0], k, *m.shape[2:])}, got {got}"
+            )
+        return torch.cat([m, detail.to(m.dtype)], dim=1)
+
     def forward(
         self,
         z_t: torch.Tensor,
@@ -261,6 +283,7 @@ class FARM(nn.Module):
         t: torch.Tensor,
         key_ids: torch.Tensor | None = None,
         z_bg: torch.Tensor | None = None,
+        detail: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstruct the clean foreground latent.
 
@@ -271,6 +294,8 @@ class FARM(nn.Module):
             key_ids: (B,) long defect-key indices in [0, num_keys); required by a keyed FARM, ignored otherwise.
             z_bg: (B, C, h, w) clean background latent (only (1 − m) ⊙ z_bg is read); required by a context FARM,
                 ignored otherwise.
+            detail: (B, k, h, w) the folded pixel mask unshuffle_f(M); required when ``config.mask_detail`` = k > 0,
+                ignored otherwise.
 
         Returns:
             ẑ0_fg of shape (B, C, h, w), trained against m ⊙ z_0.
@@ -278,8 +303,9 @@ class FARM(nn.Module):
         t = self._check_inputs(z_t, m, t)
         m = m.to(z_t.dtype)
         m2, m4 = self._pool_mask(m, 2), self._pool_mask(m, 4)  # (B,1,h/2,w/2), (B,1,h/4,w/4)
+        mh = self._full_mask(m, detail)  # (B, 1 + k, h, w): m, or m ‖ unshuffle_f(M)
         # 1. encoder
-        h1 = self.enc1(self._encoder_input(z_t, m, z_bg))  # (B, w0, h, w)
+        h1 = self.enc1(torch.cat([self._encoder_input(z_t, m, z_bg), mh[:, 1:]], dim=1))  # (B, w0, h, w)
         h2 = self.enc2(F.max_pool2d(h1, 2))  # (B, w1, h/2, w/2)
         h3 = self.enc_proj(self.enc3(F.max_pool2d(h2, 2)))  # (B, w2, h/4, w/4)
         # 2. time-gated bottleneck: u = h₃ ⊙ (m₄ + (1 − m₄) g_t) + b_t
@@ -295,8 +321,8 @@ class FARM(nn.Module):
         skips = self.config.skips
         d = self.dec2(torch.cat([d, m2, h2] if skips else [d, m2], dim=1))  # (B, w1, h/2, w/2)
         d = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, w1, h, w)
-        d = self.dec1(torch.cat([d, m, h1] if skips else [d, m], dim=1))  # (B, w0, h, w)
-        out = self.dec_out(torch.cat([d, m], dim=1))  # (B, C, h, w)
+        d = self.dec1(torch.cat([d, mh, h1] if skips else [d, mh], dim=1))  # (B, w0, h, w)
+        out = self.dec_out(torch.cat([d, mh], dim=1))  # (B, C, h, w)
         if not self.config.residual:
             return out
         ab = self.alpha_bar[t].to(z_t.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1)

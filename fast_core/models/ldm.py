@@ -10,6 +10,7 @@
     ε̂   = predict_eps(z, t, keys, m, z_bg) = Adaptor(UNet(u, t, c(keys)), m)
           u = z                                # unet.conditioning "none" (the LDM's UNet)
           u = z ‖ m ‖ (1 − m) ⊙ z_bg           # "inpaint" [ours]: the mask and the clean background beside it
+          u = … ‖ unshuffle_f(M)               # "inpaint_px" [ours]: also the pixel mask, f² channels per cell
           UNet(u, t, c) = √(1−ᾱ_t) z + √ᾱ_t v̂  # unet.prediction "v_prediction" [ours]: the network outputs
                                                # v̂ ≈ √ᾱ_t ε − √(1−ᾱ_t) z_0, given back as the ε̂ it implies
     m   = latent_mask(M)                       # "bilinear": resize then ≥ 0.5 [release];  "any": max-pool [ours]
@@ -280,10 +281,17 @@ class FastLDM(nn.Module):
         bad = {k: v for k, v in channels.items() if v != c}
         if bad:
             raise ValueError(f"FastLDM: latent channels {bad} differ from the first stage's latent_channels ({c})")
-        if int(unet.config.in_channels) != unet_in_channels(config.unet, c):
+        f = vae.config.downsample_factor if isinstance(vae, TAEF2) else 2 ** (len(vae.config.block_out_channels) - 1)
+        if int(unet.config.in_channels) != unet_in_channels(config.unet, c, f):
             raise ValueError(
                 f"FastLDM: unet in_channels is {unet.config.in_channels}; with conditioning="
-                f"{config.unet.conditioning!r} on {c}-channel latents it must be {unet_in_channels(config.unet, c)}"
+                f"{config.unet.conditioning!r} on {c}-channel latents at 1/{f} it must be "
+                f"{unet_in_channels(config.unet, c, f)}"
+            )
+        if farm.config.mask_detail not in (0, f * f):
+            raise ValueError(
+                f"FastLDM: FARM reads {farm.config.mask_detail} folded pixel-mask channels; at 1/{f} it must be 0 or "
+                f"{f * f}"
             )
         dim = _conditioner_dim(conditioner)
         if dim is not None and dim != int(unet.config.cross_attention_dim):
@@ -389,8 +397,15 @@ class FastLDM(nn.Module):
 
     @property
     def inpaint(self) -> bool:
-        """True when the UNet also takes the latent mask and the background beside it (``unet.conditioning``)."""
-        return self.config.unet.conditioning == "inpaint"
+        """True when the UNet also takes the latent mask and the background beside it (``unet.conditioning``
+        "inpaint" or "inpaint_px")."""
+        return self.config.unet.conditioning != "none"
+
+    @property
+    def pixel_mask_input(self) -> bool:
+        """True when the UNet also takes the pixel mask M, folded into the latent grid (``inpaint_px``): its callers
+        must pass M."""
+        return self.config.unet.conditioning == "inpaint_px"
 
     def unet_eps(
         self,
@@ -399,6 +414,7 @@ class FastLDM(nn.Module):
         keys: list[str],
         m: torch.Tensor | None = None,
         z_bg: torch.Tensor | None = None,
+        M: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The base UNet's ε̂ = ε_θ(u, t, c(keys)), without the Adaptor (u: see the module docstring); a v-prediction
         UNet's output v̂ comes back as the ε̂ it implies, √(1−ᾱ_t) z + √ᾱ_t v̂ (float32).
@@ -409,6 +425,7 @@ class FastLDM(nn.Module):
             keys: B defect keys.
             m: (B, 1, h, w) latent mask (1 = anomaly); an ``inpaint`` UNet needs it, a plain one ignores it.
             z_bg: (B, C, h, w) clean latent of the background; likewise.
+            M: (B, 1, f·h, f·w) pixel mask whose latent mask is m; an ``inpaint_px`` UNet needs it, others ignore it.
         """
         b = z.shape[0]
         if len(keys) != b:
@@ -425,6 +442,8 @@ class FastLDM(nn.Module):
                     f"{None if z_bg is None else tuple(z_bg.shape)}"
                 )
             z = inpaint_input(z, m, z_bg)  # (B, 2C + 1, h, w)
+            if self.pixel_mask_input:
+                z = torch.cat([z, self._folded_mask(M, z_t)], dim=1)  # (B, 2C + 1 + f², h, w)
         context = self.conditioner(list(keys)).to(device=z.device, dtype=z.dtype)  # (B, L, D)
         out = self.unet(z, t, encoder_hidden_states=context).sample
         if self.config.unet.prediction == "epsilon":
@@ -434,22 +453,46 @@ class FastLDM(nn.Module):
         ab = self._alphas_cumprod[t.cpu()].to(device=z_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
         return (1.0 - ab).sqrt() * z_t.float() + ab.sqrt() * out.float()
 
+    def _folded_mask(self, M: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """unshuffle_f(M): (B, f², h, w), channel a·f + b of cell (i, j) = M[f·i + a, f·j + b]."""
+        f = self.downsample_factor
+        b, _, h, w = z.shape
+        if M is None or M.shape != (b, 1, f * h, f * w):
+            raise ValueError(
+                f"FastLDM: an inpaint_px UNet needs the pixel mask M (B, 1, f·h, f·w) = {(b, 1, f * h, f * w)}; got "
+                f"{None if M is None else tuple(M.shape)}"
+            )
+        return F.pixel_unshuffle(M.to(device=z.device, dtype=z.dtype), f)
+
     def predict_eps(
-        self, z: torch.Tensor, t: torch.Tensor, keys: list[str], m: torch.Tensor, z_bg: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        keys: list[str],
+        m: torch.Tensor,
+        z_bg: torch.Tensor | None = None,
+        M: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ε̂ = Adaptor(UNet(u, t, c(keys)), m): (B, C, h, w); m is the (B, 1, h, w) latent mask (1 = anomaly), z_bg
-        the clean background latent (used by an ``inpaint`` UNet)."""
-        return self.adaptor(self.unet_eps(z, t, keys, m, z_bg), m.to(z.dtype))
+        the clean background latent (used by an ``inpaint`` UNet), M the pixel mask (used by an ``inpaint_px`` one)."""
+        return self.adaptor(self.unet_eps(z, t, keys, m, z_bg, M), m.to(z.dtype))
 
     def farm_estimate(
-        self, z: torch.Tensor, m: torch.Tensor, t: torch.Tensor, keys: list[str], z_bg: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        m: torch.Tensor,
+        t: torch.Tensor,
+        keys: list[str],
+        z_bg: torch.Tensor | None = None,
+        M: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ẑ0_fg = FARM(z, m, t) (FAST_SPEC §4); a keyed FARM also gets each sample's index in ``keys``, a context FARM
-        the clean background latent ``z_bg``."""
+        the clean background latent ``z_bg``, a pixel-mask FARM (``mask_detail``) the pixel mask M folded."""
         ids = None
         if self.farm.key_embed is not None:
             ids = torch.tensor(self.conditioner.key_indices(keys), device=z.device, dtype=torch.long)
-        return self.farm(z, m, t, ids, z_bg)  # a FARM without context ignores z_bg
+        detail = self._folded_mask(M, z) if self.farm.config.mask_detail else None
+        return self.farm(z, m, t, ids, z_bg, detail)  # a FARM without context ignores z_bg
 
     def latent_mask(self, M: torch.Tensor, mode: MaskDownsample | None = None) -> torch.Tensor:
         """Pixel mask M (B, 1, H, W) in {0, 1} → latent mask m (B, 1, H/f, W/f) in {0., 1.}.

@@ -133,8 +133,9 @@ class ModelConfig:
     latent_shift: bool = False
     adaptor_mode: Literal["replace", "residual_zero_init", "none"] | None = None  # override the preset's Adaptor mode
     mask_downsample: Literal["bilinear", "any"] | None = None  # override the preset's pixel → latent mask rule
-    # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0)
-    unet_conditioning: Literal["none", "inpaint"] | None = None  # override the preset's (none)
+    # "inpaint": the UNet also takes the latent mask and the clean background beside it (z_t ‖ m ‖ (1 − m) z_0);
+    # "inpaint_px" [ours]: and the pixel mask folded into the latent grid, so it knows where in a cell the defect lies
+    unet_conditioning: Literal["none", "inpaint", "inpaint_px"] | None = None  # override the preset's (none)
     # what the base UNet learns: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours] (UNetConfig.prediction)
     unet_prediction: Literal["epsilon", "v_prediction"] | None = None  # override the preset's (epsilon)
     farm_keyed: bool = False  # a defect-aware FARM (one learned embedding per key, FARMConfig.num_keys) [ours]
@@ -143,6 +144,9 @@ class ModelConfig:
     farm_residual: bool = False
     # FARM also reads the mask and the clean background beside it, z_t ‖ m ‖ (1 − m) z_0 (FARMConfig.context) [ours]
     farm_context: bool = False
+    # FARM also reads the pixel mask folded into the latent grid (FARMConfig.mask_detail = f²), as an inpaint_px UNet
+    # does, so its estimate can put a thin defect where it lies inside a masked cell [ours]
+    farm_pixel_mask: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -150,7 +154,7 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
-        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "latent_shift"):
+        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "farm_pixel_mask", "latent_shift"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("unet_conditioning", "unet_prediction"):

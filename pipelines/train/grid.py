@@ -82,7 +82,7 @@ def base_grid(
     """
     rows = []
     h = model.config.unet.sample_size
-    m = z_bg = None
+    m = z_bg = mask = None
     if model.inpaint:
         if context is None or not len(context[0]) or not len(context[1]):
             raise ValueError("base_grid: an inpaint UNet needs normal images and masks to fill")
@@ -95,7 +95,7 @@ def base_grid(
         z = torch.randn((n, model.latent_channels, h, h), generator=gen).to(device)
         scheduler = make_scheduler(SynthesisConfig(sampler="ddim", nfe=nfe), device=device)
         for t in scheduler.timesteps:
-            eps = model.unet_eps(z, t.to(device), [key] * n, m, z_bg).float()
+            eps = model.unet_eps(z, t.to(device), [key] * n, m, z_bg, mask).float()
             t_e = target_timestep("ddim", scheduler, int(t))
             z = scheduler.step(eps, t, z).prev_sample
             if m is not None:  # background re-injection (the UNet paints only the mask)

@@ -57,6 +57,8 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc.farm = dataclasses.replace(
             mc.farm, skips=cfg.model.farm_skips, residual=cfg.model.farm_residual, context=cfg.model.farm_context
         )
+    if cfg.model.farm_pixel_mask:
+        mc.farm = dataclasses.replace(mc.farm, mask_detail=mc.downsample_factor**2)
     return mc
 
 

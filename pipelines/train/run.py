@@ -244,7 +244,7 @@ def stage_rows(data: TrainingData, cfg: TrainConfig, stage: str) -> dict[str, np
     """The columns ``stage`` trains on: masks in the base stage for ``loss.fg_weight`` > 0 or an inpaint UNet, and
     for an inpaint UNet borrowed by the normal images too unless ``dataset.normal_masks`` is false
     (:meth:`TrainingData.stage_columns`)."""
-    inpaint = cfg.model.unet_conditioning == "inpaint"
+    inpaint = cfg.model.unet_conditioning in ("inpaint", "inpaint_px")
     borrow = inpaint and cfg.dataset.normal_masks
     return data.stage_columns(stage, base_masks=cfg.loss.fg_weight > 0 or inpaint, borrow_masks=borrow)
 

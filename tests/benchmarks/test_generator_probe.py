@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from benchmarks import generator_probe
+from benchmarks.probe_cells import cell_contrast
 from benchmarks.probe_pairs import _polarity
 from fast_core.data.transforms import decode_png
+from fast_core.synthesis_config import SynthesisConfig
 from tests.helpers.dummy_data import make_dummy_mvtec
-from tests.helpers.tiny_models import publish_tiny_model
+from tests.helpers.tiny_models import publish_tiny_model, tiny_fast_ldm
 
 
 def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,9 +23,11 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     model = publish_tiny_model(str(tmp_path / "model"), image_channels=1)
     out = tmp_path / "probe.json"
     argv = [str(root), f"tiny={model}", "--images", "8", "--threads", "1", "--json", str(out)]
-    argv += ["--pairs", "2", "--sheets", str(tmp_path / "sheets")]
+    argv += ["--pairs", "2", "--sheets", str(tmp_path / "sheets"), "--cells"]
     assert generator_probe.main(argv) == 0
     row = json.loads(out.read_text())["tiny"]
+    for c in row["cell_contrast"].values():  # painted on themselves: the real side is the probed windows' own
+        assert c["n"] >= 1 and (c["ratio"] is None or c["ratio"] == pytest.approx(c["painted"] / c["real"], abs=0.02))
     gate = row["ring_contrast"]["per_defect_type"]
     assert set(gate) == {"tiny/crack", "tiny/scratch"} and row["ring_contrast"]["rejected"] == {}
     for v in gate.values():
@@ -43,7 +47,7 @@ def test_probe_figures_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert row["x0_rel_err_fg_high_t"] > 0 < row["x0_rel_err_bg_high_t"]
     assert all(row[f"mse_{part}_{p}"] > 0 for part in ("fg", "bg") for p in ("unet_key", "unet_good", "fast"))
     printed = capsys.readouterr().out
-    assert "| tiny |" in printed and "| tiny | tiny/crack |" in printed
+    assert "| tiny |" in printed and "| tiny | tiny/crack |" in printed and "Cell contrast" in printed
 
 
 def test_key_swap_paints_every_types_masks_under_every_key_with_the_same_noise(
@@ -106,3 +110,18 @@ def test_the_polarity_gate_fails_bright_blots_where_real_defects_are_dark_pits()
     assert bright == {"real_median": -25.0, "painted_median": 6.0, "same_sign_share": 0.333, "passes": False}
     faint = _polarity([1.0, -2.0, 3.0], [20.0])  # real median within POLARITY_MIN of 0: no sign to keep
     assert faint["same_sign_share"] is None and faint["passes"]
+
+
+def test_cell_contrast_compares_the_mask_with_the_rest_of_its_cells() -> None:
+    """A one-pixel dark line (grey 25.5) on a flat grey 127.5 surface: its cells' other pixels are the surface, so the
+    real cell contrast is exactly −102; a mask too small to compare is skipped; the painted side is D(z) on M."""
+    torch.set_num_threads(1)
+    model = tiny_fast_ldm(image_channels=1, seed=0, inpaint="inpaint_px").eval()
+    model.config.mask_downsample = "any"
+    x, M = torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    M[0, :, 8:20, 5] = 1
+    x[0][M[0] > 0] = -0.8
+    M[1, :, 8, 5] = 1  # one pixel: fewer than MIN_PX
+    rows = cell_contrast(model, x, M, ["tiny/crack", "tiny/scratch"], SynthesisConfig(nfe=3, use_farm=False))
+    assert set(rows) == {"tiny/crack"} and rows["tiny/crack"]["n"] == 1 and rows["tiny/crack"]["real"] == -102.0
+    assert rows["tiny/crack"]["ratio"] == pytest.approx(rows["tiny/crack"]["painted"] / -102.0, abs=0.01)

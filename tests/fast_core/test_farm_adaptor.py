@@ -231,6 +231,25 @@ def test_context_farm_reads_the_background_outside_the_mask_only() -> None:
         FARMConfig(context="yes")  # type: ignore[arg-type]
 
 
+def test_pixel_mask_farm_reads_the_folded_mask_where_it_reads_m() -> None:
+    """mask_detail k: the first block and the decoder's last two layers read m ‖ detail (k more channels each); a
+    different detail gives a different estimate; a spec FARM has none of those inputs; a bad k or detail is refused."""
+    cfg = FARMConfig(widths=(8, 16, 16), time_dim=16, latent_size=8, mask_detail=4)
+    torch.manual_seed(0)
+    farm = FARM(cfg).eval()
+    assert (farm.enc1[0].in_channels, farm.dec1[0].in_channels, farm.dec_out.in_channels) == (4 + 4, 16 + 1 + 4, 8 + 5)
+    z, m, t = torch.randn(2, 4, 8, 8), _half_mask(2, 8), torch.tensor([10, 900])
+    left, right = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    left[:, 0], right[:, 3] = m[:, 0], m[:, 0]  # the same cells, other pixels inside them
+    assert not torch.equal(farm(z, m, t, detail=left), farm(z, m, t, detail=right))
+    with pytest.raises(ValueError, match="reads the pixel mask"):
+        farm(z, m, t)
+    with pytest.raises(ValueError, match="reads the pixel mask"):
+        farm(z, m, t, detail=left[:, :2])
+    with pytest.raises(ValueError, match="mask_detail must be an integer >= 0"):
+        FARMConfig(mask_detail=-1)
+
+
 def test_farm_config_round_trip() -> None:
     cfg = from_dict(FARMConfig, {"widths": [8, 16, 32], "latent_size": 16, "mask_pool": "bilinear"})
     assert cfg.widths == (8, 16, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -300,15 +301,18 @@ def test_inpaint_unet_sees_the_mask_and_the_background_outside_it(tmp_path: Path
 
 def test_a_unet_whose_inputs_disagree_with_the_config_is_refused() -> None:
     plain = tiny_base_components(seed=0)
-    with pytest.raises(ValueError, match="with conditioning='inpaint' on 4-channel latents it must be 9"):
-        FastLDM(
-            vae=plain.vae,
-            unet=plain.unet,
-            conditioner=plain.prompt_encoder,
-            farm=tiny_fast_ldm().farm,
-            adaptor=tiny_fast_ldm().adaptor,
-            config=tiny_fast_config(inpaint=True),
-        )
+    for conditioning, width in (("inpaint", 9), ("inpaint_px", 9 + 4 * 4)):
+        with pytest.raises(
+            ValueError, match=f"with conditioning='{conditioning}' on 4-channel latents at 1/4 it must be {width}"
+        ):
+            FastLDM(
+                vae=plain.vae,
+                unet=plain.unet,
+                conditioner=plain.prompt_encoder,
+                farm=tiny_fast_ldm().farm,
+                adaptor=tiny_fast_ldm().adaptor,
+                config=tiny_fast_config(inpaint=conditioning),
+            )
 
 
 @torch.no_grad()
@@ -346,3 +350,49 @@ def test_a_v_prediction_unet_is_read_as_the_eps_it_implies_and_travels_with_the_
             config=tiny_fast_config(inpaint=True),
             scheduler_config=model.scheduler_config,
         )
+
+
+@torch.no_grad()
+def test_pixel_mask_unet_knows_where_inside_a_cell_the_defect_lies(tmp_path: Path) -> None:
+    model = tiny_fast_ldm(seed=0, inpaint="inpaint_px").eval()
+    f = model.downsample_factor
+    assert model.inpaint and model.pixel_mask_input and model.unet.config.in_channels == 2 * 4 + 1 + f * f
+    z, z_bg = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    left, right = torch.zeros(2, 1, 8 * f, 8 * f), torch.zeros(2, 1, 8 * f, 8 * f)
+    left[:, :, 2 * f : 5 * f, 3 * f] = 1  # a one-pixel line at the left edge of latent column 3 ...
+    right[:, :, 2 * f : 5 * f, 4 * f - 1] = 1  # ... and at its right edge: the same latent mask
+    m = model.latent_mask(left, "any")
+    assert torch.equal(m, model.latent_mask(right, "any")) and m.sum() == 2 * 3
+    t, keys = torch.tensor([10, 500]), ["tiny/crack", "good"]
+    eps = model.predict_eps(z, t, keys, m, z_bg, left)
+    assert eps.shape == z.shape
+    assert not torch.allclose(model.predict_eps(z, t, keys, m, z_bg, right), eps)  # the pixels are an input
+    with pytest.raises(ValueError, match="inpaint_px UNet needs the pixel mask M"):
+        model.predict_eps(z, t, keys, m, z_bg)
+    with pytest.raises(ValueError, match="inpaint_px UNet needs the pixel mask M"):
+        model.unet_eps(z, t, keys, m, z_bg, left[:, :, :f])
+    # the conditioning travels with the saved base (in = 2C + 1 + f² channels), checked against the first stage's f
+    base = save_base_model(model.base_components(), tmp_path / "base")
+    model.save_fast(tmp_path / "fast")
+    loaded = FastLDM.load_fast(tmp_path / "fast", base).eval()
+    assert loaded.pixel_mask_input and torch.equal(loaded.predict_eps(z, t, keys, m, z_bg, left), eps)
+    assert not tiny_fast_ldm(seed=0, inpaint=True).pixel_mask_input
+
+
+@torch.no_grad()
+def test_a_pixel_mask_farm_gets_the_folded_mask_from_the_model() -> None:
+    cfg = tiny_fast_config(inpaint="inpaint_px")
+    f = FastLDM.from_scratch(cfg).downsample_factor
+    cfg.farm = dataclasses.replace(cfg.farm, mask_detail=f * f)
+    model = FastLDM.from_scratch(cfg, seed=0).eval()
+    z, t, keys = torch.randn(1, 4, 8, 8), torch.tensor([500]), ["tiny/crack"]
+    line, moved = torch.zeros(1, 1, 8 * f, 8 * f), torch.zeros(1, 1, 8 * f, 8 * f)
+    line[..., 2 * f : 5 * f, 3 * f] = 1
+    moved[..., 2 * f : 5 * f, 4 * f - 1] = 1  # the same latent cells
+    m = model.latent_mask(line, "any")
+    assert not torch.equal(model.farm_estimate(z, m, t, keys, z, line), model.farm_estimate(z, m, t, keys, z, moved))
+    with pytest.raises(ValueError, match="pixel mask M"):
+        model.farm_estimate(z, m, t, keys, z)
+    cfg.farm = dataclasses.replace(cfg.farm, mask_detail=3)
+    with pytest.raises(ValueError, match=f"FARM reads 3 folded pixel-mask channels; at 1/{f} it must be 0 or {f * f}"):
+        FastLDM.from_scratch(cfg)

@@ -636,3 +636,26 @@ def test_uint8_conversions():
     assert masks_to_uint8(m).tolist() == [[[0, 0], [255, 0]]]
     with pytest.raises(ValueError):
         masks_to_uint8(torch.zeros(1, 2, 2, 2))
+
+
+def test_a_pixel_mask_model_paints_by_the_pixels_of_its_mask():
+    """An ``inpaint_px`` UNet reads M itself: one more pixel in an already masked latent cell changes what is
+    painted on the pixels both masks share, and the background stays bit-exact."""
+    model = tiny_fast_ldm(image_channels=3, seed=0, inpaint="inpaint_px").eval()
+    f = model.downsample_factor
+    images, _ = _inputs(1)
+    line = torch.zeros(1, 1, 32, 32)
+    line[:, :, 2 * f : 6 * f, 3 * f] = 1.0  # a one-pixel line at the left edge of a latent column
+    wider = line.clone()
+    wider[:, :, 3 * f, 3 * f + 1] = 1.0  # one pixel more, in a cell the line already marks
+    assert torch.equal(model.latent_mask(line, "any"), model.latent_mask(wider, "any"))
+    cfg = SynthesisConfig(nfe=5)
+    a = synthesize(model, images, line, ["tiny/crack"], cfg, _gens(4), "cpu").images
+    b = synthesize(model, images, wider, ["tiny/crack"], cfg, _gens(4), "cpu").images
+    shared = line.expand_as(images) > 0
+    assert (a[shared] - b[shared]).abs().max() > 1e-4
+    assert torch.equal(a[~shared], images[~shared])
+    plain = tiny_fast_ldm(image_channels=3, seed=0, inpaint=True).eval()  # a cell-mask UNet cannot tell them apart
+    pa = synthesize(plain, images, line, ["tiny/crack"], cfg, _gens(4), "cpu").images
+    pb = synthesize(plain, images, wider, ["tiny/crack"], cfg, _gens(4), "cpu").images
+    assert torch.equal(pa[shared], pb[shared])

@@ -258,6 +258,31 @@ def test_inpaint_unet_step_needs_masks_and_learns() -> None:
     assert all(p.grad is None for p in model.unet.parameters()) and len(fast_params) > 0
 
 
+def test_a_pixel_mask_unet_trains_on_the_pixels_of_its_masks() -> None:
+    """``inpaint_px``: the base and FAST steps feed M itself, folded into the latent grid (f² more input channels),
+    so masks with the same latent cells but other pixels give other losses, and those channels get gradients."""
+    model = tiny_fast_ldm(seed=1, inpaint="inpaint_px")
+    model.configure_stage("base")
+    model.train()
+    x, M = _batch(4)
+    keys = KEYS
+    loss, _ = unet_training_step(model, x, keys, torch.Generator().manual_seed(1), M=M)
+    loss.backward()
+    c = model.latent_channels
+    assert model.unet.conv_in.weight.grad[:, 2 * c + 1 :].abs().sum() > 0  # the folded mask is an input
+    same_cells = M.clone()
+    same_cells[:, :, 10, 12] = 0  # one pixel fewer, inside a cell that stays masked
+    assert torch.equal(model.latent_mask(M), model.latent_mask(same_cells))
+    with torch.no_grad():
+        a, _ = unet_training_step(model, x, keys, torch.Generator().manual_seed(1), M=M)
+        b, _ = unet_training_step(model, x, keys, torch.Generator().manual_seed(1), M=same_cells)
+        assert float(a) != pytest.approx(float(b))
+        model.configure_stage("fast")
+        fa, _ = fast_training_step(model, x, M, keys, torch.Generator().manual_seed(2))
+        fb, _ = fast_training_step(model, x, same_cells, keys, torch.Generator().manual_seed(2))
+        assert float(fa) != pytest.approx(float(fb))
+
+
 def test_a_v_prediction_base_step_is_the_v_loss_and_learns() -> None:
     torch.manual_seed(0)
     model = tiny_fast_ldm(seed=1, prediction="v_prediction").eval()

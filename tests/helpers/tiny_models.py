@@ -26,13 +26,16 @@ TINY_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anomaly", "*", "def
 
 
 def tiny_fast_config(
-    image_channels: int = 3, keys: tuple[str, ...] = TINY_KEYS, inpaint: bool = False, prediction: str = "epsilon"
+    image_channels: int = 3,
+    keys: tuple[str, ...] = TINY_KEYS,
+    inpaint: bool | str = False,
+    prediction: str = "epsilon",
 ) -> FastModelConfig:
-    """The ``tiny`` preset with the test keys (``inpaint``: the UNet takes z ‖ m ‖ (1 − m) z_bg; ``prediction``: what
-    the UNet outputs, ε or v)."""
+    """The ``tiny`` preset with the test keys (``inpaint``: the UNet takes z ‖ m ‖ (1 − m) z_bg, or a conditioning name
+    such as "inpaint_px"; ``prediction``: what the UNet outputs, ε or v)."""
     cfg = tiny_config(keys=keys, image_channels=image_channels)
     if inpaint:
-        cfg.unet = dataclasses.replace(cfg.unet, conditioning="inpaint")
+        cfg.unet = dataclasses.replace(cfg.unet, conditioning="inpaint" if inpaint is True else inpaint)
     cfg.unet = dataclasses.replace(cfg.unet, prediction=prediction)
     return cfg
 
@@ -49,7 +52,7 @@ def tiny_base_model_dir(tmp_path: Path, image_channels: int = 3, seed: int = 0) 
 
 
 def tiny_fast_ldm(
-    image_channels: int = 3, seed: int = 0, inpaint: bool = False, prediction: str = "epsilon"
+    image_channels: int = 3, seed: int = 0, inpaint: bool | str = False, prediction: str = "epsilon"
 ) -> FastLDM:
     """A tiny FastLDM (from-scratch base + FARM + Adaptor), all weights from ``seed``; builds in well under a second."""
     return FastLDM.from_scratch(tiny_fast_config(image_channels, inpaint=inpaint, prediction=prediction), seed=seed)

@@ -274,6 +274,9 @@ def test_training_data_shapes_keys_and_exact_uint8(dataset: Path, tmp_path: Path
     inpaint = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint")  # normal images borrow the masks
     borrowed = stage_rows(data, inpaint, "base")["mask"]
     assert np.array_equal(borrowed[:4], data.masks[[0, 1, 2, 0]]) and np.array_equal(borrowed[4:], data.masks)
+    px = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint_px")  # the pixel-mask UNet: the same rows
+    assert model_config(px, data.keys).unet.conditioning == "inpaint_px"
+    assert np.array_equal(stage_rows(data, px, "base")["mask"], borrowed)
     own = tiny_cfg(dataset, tmp_path, "model.unet_conditioning=inpaint", "dataset.normal_masks=false")
     kept = stage_rows(data, own, "base")["mask"]  # normal images keep empty masks: masks hold defects only
     assert not kept[:4].any() and np.array_equal(kept[4:], data.masks)
@@ -648,6 +651,8 @@ def test_vae_and_fast_grids_are_pngs_of_the_right_size() -> None:
     assert base.shape == (2 * 32 + 2, 3 * 32 + 4, 3)
     with pytest.raises(ValueError, match="inpaint UNet needs normal images and masks"):
         base_grid(inpaint, keys, 3, 4, 0, torch.device("cpu"))
+    px = tiny_fast_ldm(inpaint="inpaint_px").eval()  # a pixel-mask UNet is given the masks' pixels too
+    assert decode_png(base_grid(px, keys, 3, 4, 0, torch.device("cpu"), (imgs, masks))).shape == base.shape
 
 
 def test_defect_windows_only_give_the_grids_their_own_defects_to_repaint(tmp_path: Path) -> None:
