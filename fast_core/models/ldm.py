@@ -459,7 +459,8 @@ class FastLDM(nn.Module):
         b, _, h, w = z.shape
         if M is None or M.shape != (b, 1, f * h, f * w):
             raise ValueError(
-                f"FastLDM: an inpaint_px UNet needs the pixel mask M (B, 1, f·h, f·w) = {(b, 1, f * h, f * w)}; got "
+                f"FastLDM: a model that reads the pixel mask (an inpaint_px UNet, a FARM with mask_detail) needs M "
+                f"(B, 1, f·h, f·w) = {(b, 1, f * h, f * w)}; got "
                 f"{None if M is None else tuple(M.shape)}"
             )
         return F.pixel_unshuffle(M.to(device=z.device, dtype=z.dtype), f)

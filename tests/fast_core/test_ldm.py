@@ -367,9 +367,9 @@ def test_pixel_mask_unet_knows_where_inside_a_cell_the_defect_lies(tmp_path: Pat
     eps = model.predict_eps(z, t, keys, m, z_bg, left)
     assert eps.shape == z.shape
     assert not torch.allclose(model.predict_eps(z, t, keys, m, z_bg, right), eps)  # the pixels are an input
-    with pytest.raises(ValueError, match="inpaint_px UNet needs the pixel mask M"):
+    with pytest.raises(ValueError, match="reads the pixel mask .* needs M"):
         model.predict_eps(z, t, keys, m, z_bg)
-    with pytest.raises(ValueError, match="inpaint_px UNet needs the pixel mask M"):
+    with pytest.raises(ValueError, match="reads the pixel mask .* needs M"):
         model.unet_eps(z, t, keys, m, z_bg, left[:, :, :f])
     # the conditioning travels with the saved base (in = 2C + 1 + f² channels), checked against the first stage's f
     base = save_base_model(model.base_components(), tmp_path / "base")
@@ -391,7 +391,7 @@ def test_a_pixel_mask_farm_gets_the_folded_mask_from_the_model() -> None:
     moved[..., 2 * f : 5 * f, 4 * f - 1] = 1  # the same latent cells
     m = model.latent_mask(line, "any")
     assert not torch.equal(model.farm_estimate(z, m, t, keys, z, line), model.farm_estimate(z, m, t, keys, z, moved))
-    with pytest.raises(ValueError, match="pixel mask M"):
+    with pytest.raises(ValueError, match="reads the pixel mask .* needs M"):
         model.farm_estimate(z, m, t, keys, z)
     cfg.farm = dataclasses.replace(cfg.farm, mask_detail=3)
     with pytest.raises(ValueError, match=f"FARM reads 3 folded pixel-mask channels; at 1/{f} it must be 0 or {f * f}"):
