@@ -255,11 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
-        if args.cells:
-            cells_sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm)
-            rows[name]["cell_contrast"] = cell_contrast(model, x, M, keys, cells_sampler)
+        sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm, paste=args.paste)
+        if args.cells:  # painted with paste "replace" whatever --paste says
+            rows[name]["cell_contrast"] = cell_contrast(model, x, M, keys, sampler)
         if args.pairs:
-            sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm, paste=args.paste)
             contrast, sheet = paint_and_compare(
                 uri, info, args.dataset_root, args.pairs, threads=args.threads, sampler=sampler
             )
