@@ -160,7 +160,7 @@ CPU_FULL_METHODS = tuple(m for m in ALL_METHODS if m not in ABLATIONS and m not 
 
 CPU_QUICK = Preset(
     train_config="jobs/configs/train-cpu-window.yaml",
-    generator_name="cpu-defectonly",  # a new name when the recipe changes: an old run refuses a changed config
+    generator_name="cpu-pixelmask",  # a new name when the recipe changes: an old run refuses a changed config
     pairs_per_defect=16,
     min_pairs=64,
     ddpm_nfe=200,
