@@ -201,6 +201,14 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     )
 
 
+def first_stage_factor(first_stage: nn.Module) -> int:
+    """f = H / h of a built first stage: TAEF2's configured factor, or 2^(levels − 1) for a KL VAE (as
+    :attr:`VAEConfig.downsample_factor`)."""
+    if isinstance(first_stage, TAEF2):
+        return first_stage.config.downsample_factor
+    return 2 ** (len(first_stage.config.block_out_channels) - 1)
+
+
 def unet_in_channels(cfg: UNetConfig, latent_channels: int, factor: int) -> int:
     """C for a plain UNet, 2C + 1 for an ``inpaint`` one (z_t ‖ m ‖ (1 − m) ⊙ z_0), 2C + 1 + f² for an ``inpaint_px``
     one (… ‖ unshuffle_f(M)); f = ``factor``, the first stage's H / h.
@@ -289,8 +297,7 @@ def build_base_components(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae_model = build_vae(vae) if first_stage is None else first_stage
-        factor = vae.downsample_factor if first_stage is None else first_stage.config.downsample_factor
-        unet_model = build_unet(unet, int(vae_model.config.latent_channels), factor)
+        unet_model = build_unet(unet, int(vae_model.config.latent_channels), first_stage_factor(vae_model))
     generator = torch.Generator().manual_seed(seed + 1)
     encoder = LearnedPromptEncoder(prompt_encoder, generator=generator)
     return BaseComponents(

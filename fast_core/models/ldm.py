@@ -46,6 +46,7 @@ from fast_core.models.base import (
     build_base_components,
     check_safetensors,
     check_state,
+    first_stage_factor,
     load_base_model,
     read_json,
     unet_in_channels,
@@ -281,7 +282,7 @@ class FastLDM(nn.Module):
         bad = {k: v for k, v in channels.items() if v != c}
         if bad:
             raise ValueError(f"FastLDM: latent channels {bad} differ from the first stage's latent_channels ({c})")
-        f = vae.config.downsample_factor if isinstance(vae, TAEF2) else 2 ** (len(vae.config.block_out_channels) - 1)
+        f = first_stage_factor(vae)
         if int(unet.config.in_channels) != unet_in_channels(config.unet, c, f):
             raise ValueError(
                 f"FastLDM: unet in_channels is {unet.config.in_channels}; with conditioning="
@@ -335,9 +336,7 @@ class FastLDM(nn.Module):
     @property
     def downsample_factor(self) -> int:
         """f = H / h."""
-        if isinstance(self.vae, TAEF2):
-            return self.vae.config.downsample_factor
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return first_stage_factor(self.vae)
 
     @property
     def keys(self) -> list[str]:
