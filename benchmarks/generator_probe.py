@@ -231,11 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         default="residual",
         help="what goes inside M in the painted pairs (SynthesisConfig.paste; default residual)",
     )
+    ap.add_argument(
+        "--smooth-min-radius",
+        type=int,
+        default=0,
+        help="with --paste smooth: masks thinner than this half-thickness keep their change unsmoothed (default 0)",
+    )
     args = ap.parse_args(argv)
     if args.images < 1 or args.pairs < 0:
         ap.error("--images must be >= 1 and --pairs >= 0")
     try:
-        SynthesisConfig(nfe=10, guidance=args.guidance)
+        SynthesisConfig(nfe=10, guidance=args.guidance, smooth_min_radius=args.smooth_min_radius)
     except ValueError as exc:
         ap.error(str(exc))
     torch.set_num_threads(args.threads)
@@ -255,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         logger.info("probing %s (%s frame) on %d images", uri, info.frame, len(keys))
         rows[name] = probe(model, x, M, keys)
-        sampler = SynthesisConfig(nfe=10, guidance=args.guidance, use_farm=not args.no_farm, paste=args.paste)
+        sampler = SynthesisConfig(
+            nfe=10,
+            guidance=args.guidance,
+            use_farm=not args.no_farm,
+            paste=args.paste,
+            smooth_min_radius=args.smooth_min_radius,
+        )
         if args.cells:  # painted with paste "replace" whatever --paste says
             rows[name]["cell_contrast"] = cell_contrast(model, x, M, keys, sampler)
         if args.pairs:

@@ -12,7 +12,8 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                   FAST (AIAS-10 + FARM) · FAST without FARM (AIAS-10) · FAST with FAST_SPEC §3's decoded-window
                   paste instead of the residual one (``fast_replace``, with --methods) · FAST with and without
                   FARM, the decoded change smoothed at the mask's own scale (``fast_smooth``,
-                  ``fast_no_farm_smooth``, with --methods; fast_core.smooth_paste) · DDPM-T (T = 100 on
+                  ``fast_no_farm_smooth``, with --methods; fast_core.smooth_paste), or only inside masks at
+                  least 16 px thick (``fast_routed``, ``fast_no_farm_routed``) · DDPM-T (T = 100 on
                   cpu-full, 1000 on GPU) · FAST on generated masks (``fast_masks_augment`` / ``_diffusion`` /
                   ``_mix``, with --methods: the mask stage makes the masks, a manifest with the same job seed and
                   counts pairs them with the normal images, FAST paints them; the sampled ones need
@@ -139,8 +140,8 @@ class Preset:
 MASK_METHODS = ("fast_masks_augment", "fast_masks_diffusion", "fast_masks_mix")
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
-    "fast", "fast_no_farm", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_clip", "fast_no_farm_clip",
-    "fast_farm_early",
+    "fast", "fast_no_farm", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_routed", "fast_no_farm_routed",
+    "fast_clip", "fast_no_farm_clip", "fast_farm_early",
     "fast_ref", "fast_ref_no_farm", *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
     "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
@@ -152,7 +153,8 @@ SOLVER_METHODS = ("dpmpp", "unipc")
 #: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
 #: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
 ABLATIONS = (
-    "ddim", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
+    "ddim", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_routed", "fast_no_farm_routed", "fast_clip",
+    "fast_no_farm_clip", "fast_farm_early",
     "fast_ref", "fast_ref_no_farm",
     *MASK_METHODS,
 )  # fmt: skip
@@ -209,6 +211,7 @@ class Method:
     nfe: int = 10
     use_farm: bool = True
     paste: str = "residual"  # SynthesisConfig.paste
+    smooth_min_radius: int = 0  # SynthesisConfig.smooth_min_radius
     clip_x0: float | None = None  # SynthesisConfig.clip_x0 (TAEF2: 3 s, the decoder's own soft-clamp range)
     farm_min_t: int = 0  # SynthesisConfig.farm_min_t
     start: str = "noise"  # SynthesisConfig.start
@@ -224,6 +227,10 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_replace": Method("fast_replace", "fast", paste="replace"),
         "fast_smooth": Method("fast_smooth", "fast", paste="smooth"),
         "fast_no_farm_smooth": Method("fast_no_farm_smooth", "fast", use_farm=False, paste="smooth"),
+        "fast_routed": Method("fast_routed", "fast", paste="smooth", smooth_min_radius=ROUTE_MIN_RADIUS),
+        "fast_no_farm_routed": Method(
+            "fast_no_farm_routed", "fast", use_farm=False, paste="smooth", smooth_min_radius=ROUTE_MIN_RADIUS
+        ),
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
@@ -249,6 +256,11 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
 #: (3 tanh(u/3)), i.e. ±3 s = ±4.1 at the measured s = 1.375 of the CPU generator; beyond it nothing decodes
 #: differently, and an unconverged UNet's ẑ0 overshoots there (sampled latents up to |z| = 10 inside M without FARM).
 CLIP_X0 = 4.1
+#: fast_routed smooths the change only inside masks at least this thick (half-thickness r in window pixels, 8: 16 px
+#: across); thinner ones keep the residual paste. Set from the smooth paste's own run: it blurred away KolektorSDD's
+#: cracks (r <= 4) and Magnetic Tile's blowholes (r <= 5), and helped only the wide fray and uneven patches (median
+#: r 14 and 21).
+ROUTE_MIN_RADIUS = 8
 #: fast_farm_early mixes with FARM only in the first two AIAS segments (t = 999, 874): FARM's MSE-trained estimate is
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
 #: real latents (0.85 when it stops at t = 800).
@@ -352,6 +364,7 @@ def synthesize_all(
                 nfe=method.nfe,
                 use_farm=method.use_farm,
                 paste=method.paste,  # type: ignore[arg-type]
+                smooth_min_radius=method.smooth_min_radius,
                 clip_x0=method.clip_x0,
                 farm_min_t=method.farm_min_t,
                 start=method.start,  # type: ignore[arg-type]

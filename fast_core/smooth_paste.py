@@ -13,7 +13,13 @@ chance). The smooth paste keeps the surface's texture and carries the change onl
     x̂ = x_n + G_σ ∗ (M ⊙ Δ)                                G_σ: a normalised Gaussian, zero outside the image
 
 A thin crack (r = 1, σ = 0.5 px) keeps nearly all of Δ; a wide, uneven patch (r = 30, σ = 15 px) moves the surface's
-brightness under its own grain. Blurring M ⊙ Δ rather than Δ also fades the change inside M towards its edge, so
+brightness under its own grain. A floor r_min (``SynthesisConfig.smooth_min_radius``, 0 by default) routes by mask
+size: a mask with r < r_min keeps Δ itself (the residual paste), so thin defects, whose fine structure is the whole
+of the defect, are not blurred, while area defects are:
+
+    x̂ = x_n + M ⊙ Δ                 r < r_min
+    x̂ = x_n + G_σ ∗ (M ⊙ Δ)         r ≥ r_min
+ Blurring M ⊙ Δ rather than Δ also fades the change inside M towards its edge, so
 nothing outside M leaks in and the background stays bit-exact after the paste. At k = 0.5 the centre of a disc of
 radius r keeps 1 − e^(−2) = 86 % of its change. One σ per sample: a mask of several parts is smoothed at the scale of
 its thickest one.
@@ -58,20 +64,29 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
 
 
-def smooth_change(delta: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """G_σ ∗ (M ⊙ Δ) per sample, σ = ``scale`` · r(M); samples with an empty mask get zeros.
+def smooth_change(delta: torch.Tensor, mask: torch.Tensor, scale: float, min_radius: int = 0) -> torch.Tensor:
+    """G_σ ∗ (M ⊙ Δ) per sample, σ = ``scale`` · r(M), or M ⊙ Δ unsmoothed where r(M) < ``min_radius``; samples
+    with an empty mask get zeros.
 
     Args:
         delta: Δ = decode(z) − decode(z_bg), (B, C, H, W).
         mask: M, (B, 1, H, W), 1 = anomaly.
         scale: k > 0.
+        min_radius: r_min >= 0: thinner masks keep their change as it is (0: every mask is smoothed).
 
     Returns:
         (B, C, H, W): the change to add to x_n inside M.
+
+    >>> d = torch.ones(2, 1, 12, 12); m = torch.zeros(2, 1, 12, 12); m[0, :, 5, 2:10] = 1; m[1, :, 2:10, 2:10] = 1
+    >>> out = smooth_change(d, m, 0.5, min_radius=2)  # a line (r = 1) kept as it is, a square (r = 4) smoothed
+    >>> out[0].sum().item() == m[0].sum().item(), 0 < out[1, 0, 2, 2].item() < 1
+    (True, True)
     """
     masked = delta * (mask > 0.5).to(delta.dtype)
     out = torch.zeros_like(delta)
     for i, r in enumerate(half_thickness(mask).tolist()):
-        if r > 0:
+        if r >= max(1, min_radius):
             out[i : i + 1] = _gaussian_blur(masked[i : i + 1], scale * r)
+        elif r > 0:
+            out[i : i + 1] = masked[i : i + 1]
     return out

@@ -74,6 +74,9 @@ class SynthesisConfig:
     # the input plus that change blurred at the mask's own scale (smooth, fast_core.smooth_paste) [ours]
     paste: Paste = "residual"
     smooth_scale: float = 0.5  # paste "smooth": σ = smooth_scale × the mask's half-thickness in pixels
+    # paste "smooth": a mask thinner than this (half-thickness r in the model's pixels) keeps its change unsmoothed,
+    # as the residual paste does: routing by size, thin defects sharp and area defects smoothed (0: smooth every mask)
+    smooth_min_radius: int = 0
     # classifier-free guidance w towards the defect key, against the normal key "good" [ours]:
     # ε̂ = ε̂_good + w (ε̂_key − ε̂_good); 1 = off (one UNet call per step), otherwise two calls per step
     guidance: float = 1.0
@@ -133,6 +136,11 @@ class SynthesisConfig:
         if isinstance(k, bool) or not isinstance(k, int | float) or not 0 < k < math.inf:
             raise ValueError(f"SynthesisConfig.smooth_scale must be a number > 0, got {k!r}")
         self.smooth_scale = float(k)
+        r = self.smooth_min_radius
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(
+                f"SynthesisConfig.smooth_min_radius must be an integer >= 0 (0: smooth every mask), got {r!r}"
+            )
         c = self.clip_x0
         if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c < math.inf):
             raise ValueError(f"SynthesisConfig.clip_x0 must be a number > 0 or null (no clipping), got {c!r}")

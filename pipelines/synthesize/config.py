@@ -116,6 +116,7 @@ LATER_SAMPLER_FIELDS: dict[str, object] = {
     "farm_min_t": 0,
     "start_t": 999,
     "smooth_scale": 0.5,
+    "smooth_min_radius": 0,
 }
 LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
 
@@ -153,8 +154,9 @@ class SynthesizeConfig:
         """The settings the output bytes depend on (the sampler's batch_size is excluded: per-sample generators)."""
         sampler = without_later_defaults(to_dict(self.sampler), LATER_SAMPLER_FIELDS, drop_all=self.generator != "fast")
         sampler.pop("batch_size")
-        if sampler.get("paste") != "smooth":  # smooth_scale shapes the bytes of the smooth paste only
+        if sampler.get("paste") != "smooth":  # these shape the bytes of the smooth paste only
             sampler.pop("smooth_scale", None)
+            sampler.pop("smooth_min_radius", None)
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),

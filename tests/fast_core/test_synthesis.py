@@ -329,6 +329,35 @@ def test_half_thickness_counts_erosions_and_a_frame_filling_mask_stops():
     assert out[1, 0, 5, 5] > out[1, 0, 2, 2] > 0  # the change fades inside M towards its edge
 
 
+def test_smooth_min_radius_keeps_thin_masks_change_unsmoothed_and_smooths_thick_ones():
+    """r < r_min: M ⊙ Δ exactly (the residual paste's change); r ≥ r_min: G_σ ∗ (M ⊙ Δ), as with r_min = 0."""
+    m = torch.zeros(3, 1, 12, 12)
+    m[0, :, 5:7, 1:11] = 1  # r = 1
+    m[1, :, 2:9, 2:9] = 1  # r = 4
+    m[2, :, 3:6, 3:6] = 1  # r = 2: at the floor, smoothed
+    delta = torch.randn(3, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    routed = smooth_paste.smooth_change(delta, m, 0.5, min_radius=2)
+    everywhere = smooth_paste.smooth_change(delta, m, 0.5)
+    assert torch.equal(routed[0], delta[0] * m[0])
+    assert torch.equal(routed[1:], everywhere[1:])
+    assert not torch.allclose(everywhere[0], delta[0] * m[0])  # without the floor the line is blurred
+
+
+def test_routed_smooth_paste_equals_the_residual_paste_for_masks_below_the_floor(model, monkeypatch):
+    """Synthesis with paste="smooth" and a floor above every mask's half-thickness writes the residual paste's bytes."""
+    images, masks = _inputs(2)
+
+    def denoise(model, sched, cfg, z, z_bg, *rest):
+        return z_bg + 0.5 * torch.randn_like(z_bg, generator=torch.Generator().manual_seed(0)), 0
+
+    monkeypatch.setattr(synthesis, "_denoise", denoise)
+    residual = _run(model, SynthesisConfig(nfe=5), images=images, masks=masks)
+    routed = _run(model, SynthesisConfig(nfe=5, paste="smooth", smooth_min_radius=9), images=images, masks=masks)
+    smoothed = _run(model, SynthesisConfig(nfe=5, paste="smooth", smooth_min_radius=8), images=images, masks=masks)
+    assert torch.equal(routed.images, residual.images)  # r = 8 < 9: both masks keep their change
+    assert not torch.allclose(smoothed.images, residual.images, atol=1e-3)  # r = 8 >= 8: smoothed
+
+
 # --------------------------------------------------------------------------------------------------- NFE and paths
 @pytest.mark.parametrize(
     ("sampler", "nfe"),
@@ -468,6 +497,9 @@ def test_model_mode_is_restored(model):
         ({"smooth_scale": 0.0}, "smooth_scale"),
         ({"smooth_scale": float("inf")}, "smooth_scale"),
         ({"smooth_scale": True}, "smooth_scale"),
+        ({"smooth_min_radius": -1}, "smooth_min_radius"),
+        ({"smooth_min_radius": 2.5}, "smooth_min_radius"),
+        ({"smooth_min_radius": True}, "smooth_min_radius"),
         ({"guidance": -1.0}, "guidance"),
         ({"guidance": float("nan")}, "guidance"),
         ({"guidance": True}, "guidance"),

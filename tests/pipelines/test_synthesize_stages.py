@@ -385,6 +385,9 @@ def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
     assert smooth["sampler"]["paste"] == "smooth" and "smooth_scale" not in smooth["sampler"]  # at its default
     assert content("sampler.paste=smooth", "sampler.smooth_scale=1.0")["sampler"]["smooth_scale"] == 1.0
     assert content("sampler.smooth_scale=1.0") == residual  # unused by the residual paste: the same bytes
+    assert "smooth_min_radius" not in smooth["sampler"]  # 0 (smooth every mask): the datasets made before it
+    assert content("sampler.paste=smooth", "sampler.smooth_min_radius=8")["sampler"]["smooth_min_radius"] == 8
+    assert content("sampler.smooth_min_radius=8") == residual
 
 
 def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() -> None:
