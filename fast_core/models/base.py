@@ -145,9 +145,15 @@ class UNetConfig:
     # what the network outputs: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours]; stored as the base's scheduler
     # prediction_type, and FastLDM.unet_eps turns v̂ into ε̂ for everything downstream
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    # [ours] one learned vector per defect key added to the timestep embedding (diffusers' num_class_embeds, the
+    # prompt encoder's key order), so the key scales and shifts every ResNet block; without it the key reaches the
+    # UNet only through cross-attention, which the cpu_small UNet has at its two coarsest levels only
+    key_embedding: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if not isinstance(self.key_embedding, bool):
+            raise ValueError(f"UNetConfig.key_embedding must be true or false, got {self.key_embedding!r}")
         self.block_out_channels = tuple(self.block_out_channels)
         self.down_block_types = tuple(self.down_block_types)
         self.up_block_types = tuple(self.up_block_types)
@@ -166,8 +172,9 @@ class UNetConfig:
     @classmethod
     def from_model(cls, unet: UNet2DConditionModel) -> UNetConfig:
         """The config of a built or loaded ``UNet2DConditionModel`` (in = 2 · out + 1 channels: ``inpaint``; more:
-        ``inpaint_px``, whose f² extra channels the model checks against its first stage's f); the network does not
-        record its ``prediction``, which the base's scheduler config carries (default epsilon)."""
+        ``inpaint_px``, whose f² extra channels the model checks against its first stage's f; a class embedding:
+        ``key_embedding``); the network does not record its ``prediction``, which the base's scheduler config carries
+        (default epsilon)."""
         c = unet.config
         extra = int(c.in_channels) - (2 * int(c.out_channels) + 1)
         return cls(
@@ -180,6 +187,7 @@ class UNetConfig:
             norm_num_groups=int(c.norm_num_groups),
             down_block_types=tuple(c.down_block_types),
             up_block_types=tuple(c.up_block_types),
+            key_embedding=c.get("num_class_embeds") is not None,
         )
 
 
@@ -221,9 +229,11 @@ def unet_in_channels(cfg: UNetConfig, latent_channels: int, factor: int) -> int:
     return 2 * latent_channels + 1 + (factor * factor if cfg.conditioning == "inpaint_px" else 0)
 
 
-def build_unet(cfg: UNetConfig, latent_channels: int, factor: int) -> UNet2DConditionModel:
+def build_unet(cfg: UNetConfig, latent_channels: int, factor: int, num_keys: int = 0) -> UNet2DConditionModel:
     """A randomly initialised ``UNet2DConditionModel`` of shape ``cfg`` on ``latent_channels``-channel latents at
-    1/``factor`` of the image size."""
+    1/``factor`` of the image size; with ``cfg.key_embedding``, one class embedding per key (``num_keys`` >= 1)."""
+    if cfg.key_embedding and num_keys < 1:
+        raise ValueError(f"UNetConfig.key_embedding needs the number of keys (>= 1), got {num_keys}")
     return UNet2DConditionModel(
         sample_size=cfg.sample_size,
         in_channels=unet_in_channels(cfg, latent_channels, factor),
@@ -235,6 +245,7 @@ def build_unet(cfg: UNetConfig, latent_channels: int, factor: int) -> UNet2DCond
         cross_attention_dim=cfg.cross_attention_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
+        num_class_embeds=num_keys if cfg.key_embedding else None,
     )
 
 
@@ -297,7 +308,9 @@ def build_base_components(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae_model = build_vae(vae) if first_stage is None else first_stage
-        unet_model = build_unet(unet, int(vae_model.config.latent_channels), first_stage_factor(vae_model))
+        unet_model = build_unet(
+            unet, int(vae_model.config.latent_channels), first_stage_factor(vae_model), len(prompt_encoder.keys)
+        )
     generator = torch.Generator().manual_seed(seed + 1)
     encoder = LearnedPromptEncoder(prompt_encoder, generator=generator)
     return BaseComponents(

@@ -294,6 +294,20 @@ class FastLDM(nn.Module):
                 f"FastLDM: FARM reads {farm.config.mask_detail} folded pixel-mask channels; at 1/{f} it must be 0 or "
                 f"{f * f}"
             )
+        classes = unet.config.get("num_class_embeds")
+        if config.unet.key_embedding != (classes is not None):
+            raise ValueError(
+                f"FastLDM: config.unet.key_embedding is {config.unet.key_embedding} but the UNet has "
+                f"num_class_embeds={classes}"
+            )
+        if classes is not None and (
+            not isinstance(conditioner, LearnedPromptEncoder) or len(conditioner.keys) != classes
+        ):
+            raise ValueError(
+                f"FastLDM: a UNet with {classes} key embeddings needs a learned prompt encoder with as many keys "
+                f"(its key order indexes them); got {type(conditioner).__name__} with "
+                f"{len(getattr(conditioner, 'keys', []))} keys"
+            )
         dim = _conditioner_dim(conditioner)
         if dim is not None and dim != int(unet.config.cross_attention_dim):
             raise ValueError(
@@ -444,7 +458,10 @@ class FastLDM(nn.Module):
             if self.pixel_mask_input:
                 z = torch.cat([z, self._folded_mask(M, z_t)], dim=1)  # (B, 2C + 1 + f², h, w)
         context = self.conditioner(list(keys)).to(device=z.device, dtype=z.dtype)  # (B, L, D)
-        out = self.unet(z, t, encoder_hidden_states=context).sample
+        labels = None
+        if self.config.unet.key_embedding:  # the key's row in the prompt encoder, added to the timestep embedding
+            labels = torch.tensor(self.conditioner.key_indices(list(keys)), device=z.device)
+        out = self.unet(z, t, encoder_hidden_states=context, class_labels=labels).sample
         if self.config.unet.prediction == "epsilon":
             return out
         # v̂ → ε̂ = √(1−ᾱ_t) z_t + √ᾱ_t v̂, in float32 (at large t ε̂ ≈ z_t, and ẑ0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t

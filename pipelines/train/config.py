@@ -138,6 +138,9 @@ class ModelConfig:
     unet_conditioning: Literal["none", "inpaint", "inpaint_px"] | None = None  # override the preset's (none)
     # what the base UNet learns: ε (FAST_SPEC §1) or v = √ᾱ_t ε − √(1−ᾱ_t) z_0 [ours] (UNetConfig.prediction)
     unet_prediction: Literal["epsilon", "v_prediction"] | None = None  # override the preset's (epsilon)
+    # the defect key also enters the UNet as a learned vector added to its timestep embedding, so it conditions every
+    # ResNet block, not only the cross-attention layers (UNetConfig.key_embedding) [ours]
+    unet_key_embedding: bool = False
     farm_keyed: bool = False  # a defect-aware FARM (one learned embedding per key, FARMConfig.num_keys) [ours]
     farm_skips: bool = False  # FARM's decoder also reads the encoder features at h/2 and h (FARMConfig.skips) [ours]
     # FARM corrects the linear estimate: ẑ0_fg = m ⊙ (√ᾱ_t z_t + √(1−ᾱ_t) F) (FARMConfig.residual) [ours]
@@ -154,11 +157,19 @@ class ModelConfig:
             raise ValueError("TrainConfig.model.base_model_uri is empty; use null to train from scratch")
         if self.first_stage_uri is not None and not self.first_stage_uri:
             raise ValueError("TrainConfig.model.first_stage_uri is empty; use null to train a KL VAE first stage")
-        for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "farm_pixel_mask", "latent_shift"):
+        for name in (
+            "farm_keyed",
+            "farm_skips",
+            "farm_residual",
+            "farm_context",
+            "farm_pixel_mask",
+            "latent_shift",
+            "unet_key_embedding",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.model.{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("unet_conditioning", "unet_prediction"):
-            if getattr(self, name) is not None and self.base_model_uri is not None:
+        for name in ("unet_conditioning", "unet_prediction", "unet_key_embedding"):
+            if getattr(self, name) not in (None, False) and self.base_model_uri is not None:
                 raise ValueError(
                     f"TrainConfig.model.{name} applies to a base trained here; a loaded base "
                     "(base_model_uri) brings its own UNet"

@@ -49,6 +49,8 @@ def model_config(cfg: TrainConfig, keys: list[str]) -> FastModelConfig:
         mc.unet = dataclasses.replace(mc.unet, conditioning=cfg.model.unet_conditioning)
     if cfg.model.unet_prediction is not None:
         mc.unet = dataclasses.replace(mc.unet, prediction=cfg.model.unet_prediction)
+    if cfg.model.unet_key_embedding:
+        mc.unet = dataclasses.replace(mc.unet, key_embedding=True)
     if cfg.model.first_stage_uri is not None:
         mc = with_taef2(mc, cfg.dataset.image_size)
     if cfg.model.farm_keyed:

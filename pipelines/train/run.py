@@ -149,12 +149,14 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
 
     Runs recorded before ``loss`` (or one of its fields) existed trained with its default (the plain ε mean, no
     min-SNR weighting); before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` / ``farm_context`` with the
-    spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.unet_prediction`` with the preset's ε
-    prediction; before ``model.latent_shift`` without a shift; before ``mask_model`` with the whole-mask model (frame
-    "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
-    ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before ``dataset.window_level``
-    with unscaled windows, before ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and
-    augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
+    spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.farm_pixel_mask`` with a FARM that
+    reads the latent mask only; before ``model.unet_key_embedding`` with the key in cross-attention only; before
+    ``model.unet_prediction`` with the preset's ε prediction; before ``model.latent_shift`` without a shift; before
+    ``mask_model`` with the whole-mask model (frame "image", the only one there was); before
+    ``dataset.window_flips`` with windows left as cut, before ``dataset.window_zoom`` at zoom 1, before
+    ``dataset.window_jitter`` with no jitter, before ``dataset.window_level`` with unscaled windows, before
+    ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and augmentation fields
+    (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
         before = {
@@ -173,7 +175,9 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
             "farm_skips": False,
             "farm_residual": False,
             "farm_context": False,
+            "farm_pixel_mask": False,
             "latent_shift": False,
+            "unet_key_embedding": False,
         }
         return {**before, "unet_prediction": None, **have[key]}
     if key == "mask_model":

@@ -396,3 +396,46 @@ def test_a_pixel_mask_farm_gets_the_folded_mask_from_the_model() -> None:
     cfg.farm = dataclasses.replace(cfg.farm, mask_detail=3)
     with pytest.raises(ValueError, match=f"FARM reads 3 folded pixel-mask channels; at 1/{f} it must be 0 or {f * f}"):
         FastLDM.from_scratch(cfg)
+
+
+@torch.no_grad()
+def test_a_key_embedding_unet_gets_the_key_in_its_timestep_embedding_and_travels_with_the_base(
+    tmp_path: Path,
+) -> None:
+    """UNetConfig.key_embedding: num_class_embeds = number of keys, class label = the key's row in the prompt encoder;
+    the saved base's UNet config carries it, so a loaded model reads the key the same way."""
+    cfg = tiny_fast_config(inpaint=True)
+    cfg.unet = dataclasses.replace(cfg.unet, key_embedding=True)
+    model = FastLDM.from_scratch(cfg, seed=0).eval()
+    assert model.unet.config.num_class_embeds == len(TINY_KEYS)
+    z, z_bg = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 2:5, 2:6] = 1
+    t, keys = torch.tensor([500, 500]), ["tiny/crack", "good"]
+    context = model.conditioner(keys)
+    labels = torch.tensor(model.conditioner.key_indices(keys))
+    direct = model.unet(inpaint_input(z, m, z_bg), t, encoder_hidden_states=context, class_labels=labels).sample
+    torch.testing.assert_close(model.unet_eps(z, t, keys, m, z_bg), direct)
+    # only the class label differs: the same tokens with another key's embedding give another ε̂
+    swapped = model.unet(
+        inpaint_input(z, m, z_bg), t, encoder_hidden_states=context, class_labels=labels.flip(0)
+    ).sample
+    assert not torch.allclose(swapped, direct)
+    base = save_base_model(model.base_components(), tmp_path / "base")
+    assert json.loads((base / "unet" / "config.json").read_text())["num_class_embeds"] == len(TINY_KEYS)
+    model.save_fast(tmp_path / "fast")
+    loaded = FastLDM.load_fast(tmp_path / "fast", base).eval()
+    assert loaded.config.unet.key_embedding
+    assert torch.equal(loaded.unet_eps(z, t, keys, m, z_bg), direct)
+    # a config that disagrees with the UNet is refused by name
+    with pytest.raises(ValueError, match="key_embedding is False but the UNet has num_class_embeds=3"):
+        FastLDM(
+            vae=model.vae,
+            unet=model.unet,
+            conditioner=model.conditioner,
+            farm=model.farm,
+            adaptor=model.adaptor,
+            config=tiny_fast_config(inpaint=True),
+        )
+    with pytest.raises(ValueError, match="key_embedding must be true or false"):
+        dataclasses.replace(cfg.unet, key_embedding="yes")

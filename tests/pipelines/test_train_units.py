@@ -202,7 +202,16 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
     keys = ["good", "widget/dent", "widget/scratch"]
     _check_run_info(store, cfg, keys, resume=False)
     info = json.loads(Path(store.uri("run.json")).read_text())
-    for name in ("farm_keyed", "farm_skips", "farm_residual", "farm_context", "unet_prediction", "latent_shift"):
+    for name in (
+        "farm_keyed",
+        "farm_skips",
+        "farm_residual",
+        "farm_context",
+        "farm_pixel_mask",
+        "unet_prediction",
+        "unet_key_embedding",
+        "latent_shift",
+    ):
         del info["model"][name]
     Path(store.uri("run.json")).write_text(json.dumps(info))
     assert _check_run_info(store, cfg, keys, resume=True) is True
@@ -228,6 +237,15 @@ def test_a_run_recorded_before_the_farm_options_existed_resumes_and_a_changed_fa
         "v_prediction",
         "epsilon",
     )
+    px = tiny_cfg(dataset, tmp_path / "runs", "model.farm_pixel_mask=true")
+    with pytest.raises(ValueError, match="model.farm_pixel_mask: run has False, config gives True"):
+        _check_run_info(store, px, keys, resume=True)
+    emb = tiny_cfg(dataset, tmp_path / "runs", "model.unet_key_embedding=true")
+    with pytest.raises(ValueError, match="model.unet_key_embedding: run has False, config gives True"):
+        _check_run_info(store, emb, keys, resume=True)
+    assert (model_config(emb, keys).unet.key_embedding, model_config(cfg, keys).unet.key_embedding) == (True, False)
+    with pytest.raises(ValueError, match="unet_key_embedding applies to a base trained here"):
+        tiny_cfg(dataset, tmp_path, "model.unet_key_embedding=true", "model.base_model_uri=/b", "stages=[fast]")
 
 
 def test_a_run_recorded_before_mask_frames_resumes_as_image_and_a_changed_frame_is_refused(
