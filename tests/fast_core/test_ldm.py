@@ -35,6 +35,19 @@ def _square_mask(b: int = 2, size: int = 32) -> torch.Tensor:
     return M
 
 
+def _rewrapped(model: FastLDM, config: FastModelConfig, scheduler_config: dict | None = None) -> FastLDM:
+    """``model``'s parts wrapped again under another ``config`` (the constructor's consistency checks run)."""
+    return FastLDM(
+        vae=model.vae,
+        unet=model.unet,
+        conditioner=model.conditioner,
+        farm=model.farm,
+        adaptor=model.adaptor,
+        config=config,
+        scheduler_config=scheduler_config,
+    )
+
+
 @torch.no_grad()
 def _base_outputs(components, tokens=None) -> dict[str, torch.Tensor]:
     x = _images()
@@ -341,15 +354,7 @@ def test_a_v_prediction_unet_is_read_as_the_eps_it_implies_and_travels_with_the_
     plain = tiny_fast_ldm(seed=0, inpaint=True).eval()
     assert torch.equal(plain.unet_eps(z, t, keys, m, z_bg), v)
     with pytest.raises(ValueError, match="config.unet.prediction is 'epsilon' but the scheduler config says"):
-        FastLDM(
-            vae=model.vae,
-            unet=model.unet,
-            conditioner=model.conditioner,
-            farm=model.farm,
-            adaptor=model.adaptor,
-            config=tiny_fast_config(inpaint=True),
-            scheduler_config=model.scheduler_config,
-        )
+        _rewrapped(model, tiny_fast_config(inpaint=True), scheduler_config=model.scheduler_config)
 
 
 @torch.no_grad()
@@ -429,13 +434,6 @@ def test_a_key_embedding_unet_gets_the_key_in_its_timestep_embedding_and_travels
     assert torch.equal(loaded.unet_eps(z, t, keys, m, z_bg), direct)
     # a config that disagrees with the UNet is refused by name
     with pytest.raises(ValueError, match="key_embedding is False but the UNet has num_class_embeds=3"):
-        FastLDM(
-            vae=model.vae,
-            unet=model.unet,
-            conditioner=model.conditioner,
-            farm=model.farm,
-            adaptor=model.adaptor,
-            config=tiny_fast_config(inpaint=True),
-        )
+        _rewrapped(model, tiny_fast_config(inpaint=True))
     with pytest.raises(ValueError, match="key_embedding must be true or false"):
         dataclasses.replace(cfg.unet, key_embedding="yes")
