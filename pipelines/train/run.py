@@ -37,7 +37,7 @@ from pipelines import storage as st
 from pipelines.config import RESOLVED_NAME, dump_config
 from pipelines.model_store import ModelInfo, publish_model, read_model_info
 from pipelines.train.checkpoint import RUN_INFO, Checkpoint, RunStore
-from pipelines.train.config import LossSettings, StageConfig, TrainConfig, check_dataset
+from pipelines.train.config import LossSettings, ModelConfig, StageConfig, TrainConfig, check_dataset
 from pipelines.train.curves import CURVES, render_curves
 from pipelines.train.data import TrainingData, check_stage_rows, load_training_data, to_ray_dataset
 from pipelines.train.loops import LOOPS
@@ -148,15 +148,14 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
     """A run.json entry, compared with ``want`` (this rerun's fingerprint).
 
     Runs recorded before ``loss`` (or one of its fields) existed trained with its default (the plain ε mean, no
-    min-SNR weighting); before ``model.farm_keyed`` / ``farm_skips`` / ``farm_residual`` / ``farm_context`` with the
-    spec's FARM (key-blind, no skips, direct output, z_t alone); before ``model.farm_pixel_mask`` with a FARM that
-    reads the latent mask only; before ``model.unet_key_embedding`` with the key in cross-attention only; before
-    ``model.unet_prediction`` with the preset's ε prediction; before ``model.latent_shift`` without a shift; before
-    ``mask_model`` with the whole-mask model (frame "image", the only one there was); before
-    ``dataset.window_flips`` with windows left as cut, before ``dataset.window_zoom`` at zoom 1, before
-    ``dataset.window_jitter`` with no jitter, before ``dataset.window_level`` with unscaled windows, before
-    ``dataset.normal_masks`` with borrowed masks. A run recorded before the frame and augmentation fields
-    (``_LATE_DATASET_FIELDS``) is taken to match the rerun's, their values unknown."""
+    min-SNR weighting); before a ``model`` field existed with that field's default, which is the behaviour before it
+    (the spec's FARM: key-blind, no skips, direct output, z_t alone, the latent mask only; the key in
+    cross-attention only; the preset's ε prediction; no latent shift); before ``mask_model`` with the whole-mask
+    model (frame "image", the only one there was); before ``dataset.window_flips`` with windows left as cut, before
+    ``dataset.window_zoom`` at zoom 1, before ``dataset.window_jitter`` with no jitter, before
+    ``dataset.window_level`` with unscaled windows, before ``dataset.normal_masks`` with borrowed masks. A run
+    recorded before the frame and augmentation fields (``_LATE_DATASET_FIELDS``) is taken to match the rerun's,
+    their values unknown."""
     if key == "dataset" and isinstance(have.get(key), dict):
         late = {k: want["dataset"][k] for k in _LATE_DATASET_FIELDS}
         before = {
@@ -169,17 +168,8 @@ def _recorded(have: dict[str, Any], key: str, want: dict[str, Any]) -> Any:
         return {**late, **before, **have[key]}
     if key == "loss":
         return {**to_dict(LossSettings()), **(have.get(key) or {})}
-    if key == "model" and isinstance(have.get(key), dict):
-        before = {
-            "farm_keyed": False,
-            "farm_skips": False,
-            "farm_residual": False,
-            "farm_context": False,
-            "farm_pixel_mask": False,
-            "latent_shift": False,
-            "unet_key_embedding": False,
-        }
-        return {**before, "unet_prediction": None, **have[key]}
+    if key == "model" and isinstance(have.get(key), dict):  # every model option added later is off by default
+        return {**to_dict(ModelConfig()), **have[key]}
     if key == "mask_model":
         return {"frame": "image", **(have.get(key) or {})}
     return have.get(key)
