@@ -25,7 +25,9 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                 made; the headroom covers rejected rows, and a shortfall is reported with its reasons), with the
                 same seeds, steps, batch, crops, augmentation and normal fraction; the segmenter is the pretrained
                 EfficientNet-Lite0 U-Net at native resolution; tested on the real test set (the last 2/3 of each
-                defect type + test/good)
+                defect type + test/good). Kept beside their datasets: ``<work>/eval/<set>/seed<k>`` for sets no
+                generator paints, ``<work>/datasets-<run>-<sha8>/eval/<set>/seed<k>`` for the generator's, so
+                generators compared in one work folder keep their own segmenters
     diagnose    ring contrast |mean in M − mean around M| of each method's pairs next to the real defects'
                 (benchmarks.quality_contrast): is the painted anomaly visible at all?
     report      results.json (every seed's metrics, mean and std per method), results.md (mean ± std tables, the
@@ -473,6 +475,21 @@ def train_sources(name: str, datasets: dict[str, dict[str, Any]], n: int) -> lis
     return [TrainSource(kind="synthetic", uri=datasets[name]["uri"], pairs_per_key=n)]
 
 
+def eval_folder(name: str, work: Path, tag: str) -> Path:
+    """Where a training set's segmenters are kept: ``<work>/<tag>/eval/<name>`` when the set is painted by the
+    generator whose folder is ``tag`` (see ``generator_tag``), ``<work>/eval/<name>`` when it is not.
+
+    Keyed as the datasets are, so two generators compared in one work folder each keep their segmenters, and the
+    baselines' segmenters (which no generator paints) are shared by both.
+
+    >>> eval_folder("fast", Path("/w"), "datasets-run-0123abcd").as_posix()
+    '/w/datasets-run-0123abcd/eval/fast'
+    >>> eval_folder("cutpaste", Path("/w"), "").as_posix()
+    '/w/eval/cutpaste'
+    """
+    return (work / tag if tag else work) / "eval" / name
+
+
 def evaluation_config(
     name: str,
     seed: int,
@@ -480,13 +497,14 @@ def evaluation_config(
     args: argparse.Namespace,
     preset: Preset,
     n: int,
-    work: Path,
+    folder: Path,
 ) -> EvaluateConfig:
-    """The segmenter run of one training set and seed (everything but the sources and the seed is shared)."""
+    """The segmenter run of one training set and seed in ``folder / seed<seed>`` (everything but the sources and
+    the seed is shared)."""
     pretrained = args.encoder == "efficientnet_lite0"
     return EvaluateConfig(
         dataset_root=args.dataset_root,
-        out=str(work / "eval" / name / f"seed{seed}"),
+        out=str(folder / f"seed{seed}"),
         train_sources=train_sources(name, datasets, n),
         seed=seed,
         steps=args.seg_steps or preset.seg_steps,
@@ -522,10 +540,11 @@ def evaluate_all(
     args: argparse.Namespace,
     preset: Preset,
     n: int,
-    work: Path,
+    folders: dict[str, Path],
     timings: Timings,
 ) -> dict[str, dict[str, Any]]:
-    """Train and test one segmenter per training set and seed; reuse ``metrics.json`` written with the same config.
+    """Train and test one segmenter per training set and seed under ``folders[name]``; reuse ``metrics.json``
+    written there with the same config.
 
     Returns, per training set, ``{"seeds": {seed: metrics.json}}`` or ``{"error": why}``.
     """
@@ -542,7 +561,7 @@ def evaluate_all(
         results[name] = {"seeds": {}}
         for seed in args.seeds:
             done += 1
-            cfg = evaluation_config(name, seed, datasets, args, preset, n, work)
+            cfg = evaluation_config(name, seed, datasets, args, preset, n, folders[name])
             metrics_path = Path(cfg.out) / METRICS_NAME
             resolved_path = Path(cfg.out) / "config.resolved.yaml"
             if (
@@ -707,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / f"datasets-{geometry[0]}px-{geometry[1]}ch"
         datasets.update(synthesize_all(baselines, manifest.uri, preset, folder, timings, geometry))
     fast_methods = [m for m in methods if m.generator == "fast"]
+    fast_names = {m for m in needed if available[m].generator == "fast"}
     tag = generator_tag(model_uri) if model_uri else ""
     for masks in sorted({m.masks for m in fast_methods}, key=lambda k: k != "real"):
         group = [m for m in fast_methods if m.masks == masks]
@@ -718,7 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     timings.add("manifests_and_synthesis", time.perf_counter() - t0)
     contrast = {"real_third": real_third_contrast(root, contrast_size)}
     contrast.update({m: dataset_contrast(d["uri"], contrast_size) for m, d in datasets.items()})
-    evaluations = evaluate_all(names, datasets, args, preset, n, work, timings)
+    painted = fast_names | {"real_third_fast"}  # the sets whose pairs come from the generator
+    folders = {m: eval_folder(m, work, tag if m in painted else "") for m in names}
+    evaluations = evaluate_all(names, datasets, args, preset, n, folders, timings)
 
     report = {
         "dataset_root": root,

@@ -70,6 +70,11 @@ def test_quality_benchmark_tiny(tmp_path: Path, ray_local: None, monkeypatch: py
     assert report["frame"] == "window" and report["baseline_geometry"] == {"image_size": 48, "image_channels": 1}
     assert {decode_png(r["image"]["bytes"]).shape for r in pq.read_table(fast_uri / "data").to_pylist()} == {(32, 40)}
     assert (tmp_path / "w" / "manifest-n3-seed0-nomodel").is_dir()
+    # Segmenters sit beside their datasets: a second generator in this work folder would keep its own.
+    for name, folder in [("fast", fast_uri.parent), ("real_third_fast", fast_uri.parent), ("cutpaste", tmp_path / "w")]:
+        assert (folder / "eval" / name / "seed1" / "metrics.json").is_file(), name
+    assert (tmp_path / "w" / "eval" / "real_third" / "seed0" / "metrics.json").is_file()
+    assert not (tmp_path / "w" / "eval" / "fast").exists()
     # equal footing: the manifest asked ⌈2 · 1.25⌉ = 3 rows per type, every synthetic method trains on 2 per type
     assert report["requested_per_defect"] == 3 and report["datasets"]["cutpaste"]["written"] == 6
     pairs = {name: m["anomaly_pairs"] for name, m in report["methods"].items()}
