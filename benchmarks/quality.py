@@ -13,7 +13,8 @@ One run, one dataset, every method side by side, the same segmenter budget for e
                   paste instead of the residual one (``fast_replace``, with --methods) · FAST with and without
                   FARM, the decoded change smoothed at the mask's own scale (``fast_smooth``,
                   ``fast_no_farm_smooth``, with --methods; fast_core.smooth_paste), or only inside masks at
-                  least 16 px thick (``fast_routed``, ``fast_no_farm_routed``) · DDPM-T (T = 100 on
+                  least 16 px thick (``fast_routed``, ``fast_no_farm_routed``; ``…_routed_cell`` with the blur
+                  capped at the decoder's cell scale, σ <= 3 px) · DDPM-T (T = 100 on
                   cpu-full, 1000 on GPU) · FAST on generated masks (``fast_masks_augment`` / ``_diffusion`` /
                   ``_mix``, with --methods: the mask stage makes the masks, a manifest with the same job seed and
                   counts pairs them with the normal images, FAST paints them; the sampled ones need
@@ -143,7 +144,7 @@ MASK_METHODS = ("fast_masks_augment", "fast_masks_diffusion", "fast_masks_mix")
 #: The training sets of FAST_SPEC §8.5 plus the real-defect paste baseline.
 ALL_METHODS = (
     "fast", "fast_no_farm", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_routed", "fast_no_farm_routed",
-    "fast_clip", "fast_no_farm_clip", "fast_farm_early",
+    "fast_routed_cell", "fast_no_farm_routed_cell", "fast_clip", "fast_no_farm_clip", "fast_farm_early",
     "fast_ref", "fast_ref_no_farm", *MASK_METHODS, "ddpm", "ddim", "dpmpp", "unipc",
     "cutpaste", "perlin", "realpaste", "real_third", "real_third_fast",
 )  # fmt: skip
@@ -155,7 +156,8 @@ SOLVER_METHODS = ("dpmpp", "unipc")
 #: many-step reference as DDPM-100, to stay under 90 minutes on 2 cores: 8 sets × 3 seeds × ~155 s segmenters (400
 #: channels-last steps at ~0.32 s + ~28 s of testing) + ~11 min of DDPM-100 synthesis on Magnetic Tile's 256² model.
 ABLATIONS = (
-    "ddim", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_routed", "fast_no_farm_routed", "fast_clip",
+    "ddim", "fast_replace", "fast_smooth", "fast_no_farm_smooth", "fast_routed", "fast_no_farm_routed",
+    "fast_routed_cell", "fast_no_farm_routed_cell", "fast_clip",
     "fast_no_farm_clip", "fast_farm_early",
     "fast_ref", "fast_ref_no_farm",
     *MASK_METHODS,
@@ -214,6 +216,7 @@ class Method:
     use_farm: bool = True
     paste: str = "residual"  # SynthesisConfig.paste
     smooth_min_radius: int = 0  # SynthesisConfig.smooth_min_radius
+    smooth_max_sigma: float | None = None  # SynthesisConfig.smooth_max_sigma
     clip_x0: float | None = None  # SynthesisConfig.clip_x0 (TAEF2: 3 s, the decoder's own soft-clamp range)
     farm_min_t: int = 0  # SynthesisConfig.farm_min_t
     start: str = "noise"  # SynthesisConfig.start
@@ -233,6 +236,17 @@ def synthetic_methods(preset: Preset) -> dict[str, Method]:
         "fast_no_farm_routed": Method(
             "fast_no_farm_routed", "fast", use_farm=False, paste="smooth", smooth_min_radius=ROUTE_MIN_RADIUS
         ),
+        "fast_routed_cell": Method(
+            "fast_routed_cell", "fast", paste="smooth", smooth_min_radius=ROUTE_MIN_RADIUS, smooth_max_sigma=CELL_SIGMA
+        ),
+        "fast_no_farm_routed_cell": Method(
+            "fast_no_farm_routed_cell",
+            "fast",
+            use_farm=False,
+            paste="smooth",
+            smooth_min_radius=ROUTE_MIN_RADIUS,
+            smooth_max_sigma=CELL_SIGMA,
+        ),  # fmt: skip
         "fast_clip": Method("fast_clip", "fast", clip_x0=CLIP_X0),
         "fast_no_farm_clip": Method("fast_no_farm_clip", "fast", use_farm=False, clip_x0=CLIP_X0),
         "fast_farm_early": Method("fast_farm_early", "fast", clip_x0=CLIP_X0, farm_min_t=FARM_EARLY_T),
@@ -263,6 +277,12 @@ CLIP_X0 = 4.1
 #: cracks (r <= 4) and Magnetic Tile's blowholes (r <= 5), and helped only the wide fray and uneven patches (median
 #: r 14 and 21).
 ROUTE_MIN_RADIUS = 8
+#: The ``_routed_cell`` methods cap that blur at σ = 3 window pixels, the scale of the decoder's 8-px cell (TAEF2,
+#: f = 8): a period-8 pattern keeps 6 %, one of two cells 50 % (fast_core.smooth_paste). With σ = r/2 (7–20 px in
+#: fray and uneven patches) a segmenter trained on the routed pairs learned soft shading: 4–8 % of the background of
+#: Magnetic Tile's test anomaly images far from any defect came out positive, mostly the tile's shaded border, against
+#: 0.2–0.6 % for CutPaste.
+CELL_SIGMA = 3.0
 #: fast_farm_early mixes with FARM only in the first two AIAS segments (t = 999, 874): FARM's MSE-trained estimate is
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
 #: real latents (0.85 when it stops at t = 800).
@@ -367,6 +387,7 @@ def synthesize_all(
                 use_farm=method.use_farm,
                 paste=method.paste,  # type: ignore[arg-type]
                 smooth_min_radius=method.smooth_min_radius,
+                smooth_max_sigma=method.smooth_max_sigma,
                 clip_x0=method.clip_x0,
                 farm_min_t=method.farm_min_t,
                 start=method.start,  # type: ignore[arg-type]

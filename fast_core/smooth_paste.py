@@ -9,7 +9,8 @@ chance). The smooth paste keeps the surface's texture and carries the change onl
 
     r  = half-thickness of M in pixels: the number of 3 × 3 erosions that empty it (chessboard distance; the
          image border does not erode, so a mask cut by the frame keeps its thickness)
-    σ  = k · r                                             k = ``SynthesisConfig.smooth_scale`` (0.5)
+    σ  = min(k · r, σ_max)                                 k = ``SynthesisConfig.smooth_scale`` (0.5),
+                                                           σ_max = ``SynthesisConfig.smooth_max_sigma`` (∞)
     x̂ = x_n + G_σ ∗ (M ⊙ Δ)                                G_σ: a normalised Gaussian, zero outside the image
 
 A thin crack (r = 1, σ = 0.5 px) keeps nearly all of Δ; a wide, uneven patch (r = 30, σ = 15 px) moves the surface's
@@ -23,6 +24,11 @@ of the defect, are not blurred, while area defects are:
 Blurring M ⊙ Δ rather than Δ also fades the change inside M towards its edge, so nothing outside M leaks in and the
 background stays bit-exact after the paste. At k = 0.5 the centre of a disc of radius r keeps 1 − e^(−2) = 86 % of
 its change. One σ per sample: a mask of several parts is smoothed at the scale of its thickest one.
+
+The cap σ_max [ours, off by default] cuts at the decoder's own scale instead of the defect's: a Gaussian keeps
+exp(−2π²σ²/P²) of a pattern of period P, so at σ = 3 px the fill's 8-px cell pattern (TAEF2, f = 8) keeps 6 % and
+what the latent paints across two cells or more keeps half or more (50 % at P = 16, 84 % at P = 32), where
+σ = k · r = 10 px of a wide patch keeps 0.05 % at P = 16: the patch's painted structure, not only its mean shading.
 
 Measured (benchmarks/RESULTS.md): smoothing every mask costs KolektorSDD's thin cracks 9.5 mIoU; with r_min = 8 in
 the 128² window their pairs are byte for byte the residual paste's, and Magnetic Tile's anomaly IoU rises from 6.0 to
@@ -68,15 +74,18 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
 
 
-def smooth_change(delta: torch.Tensor, mask: torch.Tensor, scale: float, min_radius: int = 0) -> torch.Tensor:
-    """G_σ ∗ (M ⊙ Δ) per sample, σ = ``scale`` · r(M), or M ⊙ Δ unsmoothed where r(M) < ``min_radius``; samples
-    with an empty mask get zeros.
+def smooth_change(
+    delta: torch.Tensor, mask: torch.Tensor, scale: float, min_radius: int = 0, max_sigma: float | None = None
+) -> torch.Tensor:
+    """G_σ ∗ (M ⊙ Δ) per sample, σ = min(``scale`` · r(M), ``max_sigma``), or M ⊙ Δ unsmoothed where
+    r(M) < ``min_radius``; samples with an empty mask get zeros.
 
     Args:
         delta: Δ = decode(z) − decode(z_bg), (B, C, H, W).
         mask: M, (B, 1, H, W), 1 = anomaly.
         scale: k > 0.
         min_radius: r_min >= 0: thinner masks keep their change as it is (0: every mask is smoothed).
+        max_sigma: σ_max > 0, the largest blur in pixels (None: σ = k · r for every mask).
 
     Returns:
         (B, C, H, W): the change to add to x_n inside M.
@@ -90,7 +99,8 @@ def smooth_change(delta: torch.Tensor, mask: torch.Tensor, scale: float, min_rad
     out = torch.zeros_like(delta)
     for i, r in enumerate(half_thickness(mask).tolist()):
         if r >= max(1, min_radius):
-            out[i : i + 1] = _gaussian_blur(masked[i : i + 1], scale * r)
+            sigma = scale * r if max_sigma is None else min(scale * r, max_sigma)
+            out[i : i + 1] = _gaussian_blur(masked[i : i + 1], sigma)
         elif r > 0:
             out[i : i + 1] = masked[i : i + 1]
     return out

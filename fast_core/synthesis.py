@@ -17,7 +17,8 @@ convention: 1 = anomaly (the region to synthesize), 0 = normal background.
     x̂ = decode(z)                                   paste = "replace" (FAST_SPEC §3)
     x̂ = x_n + decode(z) − decode(z_bg)              paste = "residual" (default, ours)
     x̂ = x_n + G_σ ∗ (M ⊙ (decode(z) − decode(z_bg)))  paste = "smooth" (ours; σ = k · half-thickness r of M,
-                                                    fast_core.smooth_paste; unsmoothed where r < smooth_min_radius)
+                                                    at most smooth_max_sigma, fast_core.smooth_paste; unsmoothed
+                                                    where r < smooth_min_radius)
 
 Reference start [ours]: with ``start = "reference"`` the caller also gives x_ref, the normal image with a real defect
 pasted inside M, and the sampling starts from encode(x_ref) noised to t₀ = ``start_t`` (AIAS boundaries between t₀ and
@@ -300,8 +301,8 @@ def _synthesize_chunk(
         if cfg.pastes_change:  # one decoder call for D(z) and D(z_bg)
             both = model.decode(torch.cat([z, z_bg])).float()
             delta = both[: z.shape[0]] - both[z.shape[0] :]  # Δ = D(z) − D(z_bg)
-            if cfg.paste == "smooth":  # G_σ ∗ (M ⊙ Δ), σ = k · r(M); M ⊙ Δ where r(M) < r_min
-                delta = smooth_change(delta, mask_px, cfg.smooth_scale, cfg.smooth_min_radius)
+            if cfg.paste == "smooth":  # G_σ ∗ (M ⊙ Δ), σ = min(k · r(M), σ_max); M ⊙ Δ where r(M) < r_min
+                delta = smooth_change(delta, mask_px, cfg.smooth_scale, cfg.smooth_min_radius, cfg.smooth_max_sigma)
             decoded = (x_n + delta).clamp(-1.0, 1.0)
         else:
             decoded = model.decode(z).float().clamp(-1.0, 1.0)  # (B, C, H, W)

@@ -77,6 +77,9 @@ class SynthesisConfig:
     # paste "smooth": a mask thinner than this (half-thickness r in the model's pixels) keeps its change unsmoothed,
     # as the residual paste does: routing by size, thin defects sharp and area defects smoothed (0: smooth every mask)
     smooth_min_radius: int = 0
+    # paste "smooth": σ capped at this many pixels (None: no cap). A cap at the decoder's cell scale removes the
+    # cell-periodic fill of an unconverged decoder and keeps the painted structure coarser than a cell
+    smooth_max_sigma: float | None = None
     # classifier-free guidance w towards the defect key, against the normal key "good" [ours]:
     # ε̂ = ε̂_good + w (ε̂_key − ε̂_good); 1 = off (one UNet call per step), otherwise two calls per step
     guidance: float = 1.0
@@ -141,6 +144,10 @@ class SynthesisConfig:
             raise ValueError(
                 f"SynthesisConfig.smooth_min_radius must be an integer >= 0 (0: smooth every mask), got {r!r}"
             )
+        s = self.smooth_max_sigma
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int | float) or not 0 < s < math.inf):
+            raise ValueError(f"SynthesisConfig.smooth_max_sigma must be a number > 0 or null (no cap), got {s!r}")
+        self.smooth_max_sigma = None if s is None else float(s)
         c = self.clip_x0
         if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c < math.inf):
             raise ValueError(f"SynthesisConfig.clip_x0 must be a number > 0 or null (no clipping), got {c!r}")

@@ -117,6 +117,7 @@ LATER_SAMPLER_FIELDS: dict[str, object] = {
     "start_t": 999,
     "smooth_scale": 0.5,
     "smooth_min_radius": 0,
+    "smooth_max_sigma": None,
 }
 LATER_QC_FIELDS: dict[str, object] = {"min_change": 0.0}
 
@@ -157,6 +158,7 @@ class SynthesizeConfig:
         if sampler.get("paste") != "smooth":  # these shape the bytes of the smooth paste only
             sampler.pop("smooth_scale", None)
             sampler.pop("smooth_min_radius", None)
+            sampler.pop("smooth_max_sigma", None)
         manifest = self.manifest.rstrip("/")
         content: dict[str, Any] = {
             "manifest": manifest if "://" in manifest else os.path.abspath(manifest),

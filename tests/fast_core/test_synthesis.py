@@ -329,6 +329,25 @@ def test_half_thickness_counts_erosions_and_a_frame_filling_mask_stops():
     assert out[1, 0, 5, 5] > out[1, 0, 2, 2] > 0  # the change fades inside M towards its edge
 
 
+def test_smooth_max_sigma_caps_the_blur_of_wide_masks_only():
+    """σ = min(k · r, σ_max): a wide mask is blurred at σ_max (and keeps more of a fine pattern than at k · r), a
+    mask with k · r below the cap is blurred exactly as without it."""
+    m = torch.zeros(2, 1, 40, 40)
+    m[0, :, 4:36, 4:36] = 1  # r = 16: k · r = 8 > 3
+    m[1, :, 10:14, 10:30] = 1  # r = 2: k · r = 1 < 3
+    stripes = torch.tensor([1.0, -1.0]).repeat(20).view(1, 1, 1, 40).expand(2, 1, 40, 40)  # period 2 px
+    coarse = torch.sin(torch.arange(40.0) * 2 * math.pi / 16).view(1, 1, 1, 40).expand(2, 1, 40, 40)  # period 16
+    for delta in (stripes, coarse):
+        capped = smooth_paste.smooth_change(delta, m, 0.5, max_sigma=3.0)
+        free = smooth_paste.smooth_change(delta, m, 0.5)
+        assert torch.equal(capped[1], free[1])  # below the cap: the same blur
+    wide = (slice(None), slice(12, 28), slice(12, 28))  # the patch's centre, away from its fading edge
+    capped = smooth_paste.smooth_change(coarse, m, 0.5, max_sigma=3.0)[0][wide].abs().mean()
+    free = smooth_paste.smooth_change(coarse, m, 0.5)[0][wide].abs().mean()
+    assert capped > 0.25 > 0.05 > free  # a two-cell pattern (mean |sin| 0.64): half kept at σ = 3, gone at σ = 8
+    assert smooth_paste.smooth_change(stripes, m, 0.5, max_sigma=3.0)[0][wide].abs().max() < 1e-3  # a fine one: gone
+
+
 def test_smooth_min_radius_keeps_thin_masks_change_unsmoothed_and_smooths_thick_ones():
     """r < r_min: M ⊙ Δ exactly (the residual paste's change); r ≥ r_min: G_σ ∗ (M ⊙ Δ), as with r_min = 0."""
     m = torch.zeros(3, 1, 12, 12)
@@ -500,6 +519,9 @@ def test_model_mode_is_restored(model):
         ({"smooth_min_radius": -1}, "smooth_min_radius"),
         ({"smooth_min_radius": 2.5}, "smooth_min_radius"),
         ({"smooth_min_radius": True}, "smooth_min_radius"),
+        ({"smooth_max_sigma": 0.0}, "smooth_max_sigma"),
+        ({"smooth_max_sigma": float("nan")}, "smooth_max_sigma"),
+        ({"smooth_max_sigma": True}, "smooth_max_sigma"),
         ({"guidance": -1.0}, "guidance"),
         ({"guidance": float("nan")}, "guidance"),
         ({"guidance": True}, "guidance"),

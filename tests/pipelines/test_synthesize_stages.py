@@ -388,6 +388,9 @@ def test_the_paste_is_part_of_a_fast_fingerprint_only() -> None:
     assert "smooth_min_radius" not in smooth["sampler"]  # 0 (smooth every mask): the datasets made before it
     assert content("sampler.paste=smooth", "sampler.smooth_min_radius=8")["sampler"]["smooth_min_radius"] == 8
     assert content("sampler.smooth_min_radius=8") == residual
+    assert "smooth_max_sigma" not in smooth["sampler"]  # null (no cap): the datasets made before it
+    assert content("sampler.paste=smooth", "sampler.smooth_max_sigma=3")["sampler"]["smooth_max_sigma"] == 3.0
+    assert content("sampler.smooth_max_sigma=3") == residual
 
 
 def test_later_sampler_settings_are_part_of_a_fast_fingerprint_only_when_on() -> None:
