@@ -423,15 +423,19 @@ def synthesize_all(
 
 
 def generator_tag(model_uri: str) -> str:
-    """``datasets-<name>-<sha8>``: the folder of one generator's manifest and FAST datasets (name: the training run).
+    """``datasets-<name>-<sha8>``: the folder of one generator's manifest and FAST datasets (name: the training run;
+    sha8 of the URI, a local path made absolute first, so a relative and an absolute --model-uri share the folder).
 
     >>> generator_tag("/w/train/magnetic_tile-cpu-window/model")
     'datasets-magnetic_tile-cpu-window-006bce03'
+    >>> generator_tag("/w/train/magnetic_tile-cpu-window/model/")
+    'datasets-magnetic_tile-cpu-window-006bce03'
     """
-    path = Path(model_uri.rstrip("/"))
+    uri = model_uri.rstrip("/") if "://" in model_uri else os.path.abspath(model_uri)
+    path = Path(uri)
     name = path.parent.name if path.name == "model" else path.name
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return f"datasets-{safe}-{hashlib.sha256(model_uri.encode()).hexdigest()[:8]}"
+    return f"datasets-{safe}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
 
 
 def manifest_config(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from benchmarks import quality
 from pipelines.evaluate import EvaluateConfig
 from pipelines.evaluate.config import TrainSource
@@ -30,3 +32,15 @@ def test_a_dataset_remade_after_its_segmenter_invalidates_the_reuse(tmp_path: Pa
     assert not quality.remade_since(metrics, cfg)  # the segmenter saw this dataset
     os.utime(success, (3_000, 3_000))
     assert quality.remade_since(metrics, cfg)  # the folder was synthesized again afterwards
+
+
+def test_a_relative_and_an_absolute_model_path_share_the_generator_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "train" / "run-a" / "model")
+    tag = quality.generator_tag(absolute)
+    assert tag.startswith("datasets-run-a-")
+    assert quality.generator_tag("train/run-a/model") == tag == quality.generator_tag(absolute + "/")
+    assert quality.generator_tag("train/run-b/model") != tag
+    assert quality.generator_tag("s3://bucket/run-a/model/") == quality.generator_tag("s3://bucket/run-a/model")
