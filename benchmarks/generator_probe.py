@@ -237,11 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="with --paste smooth: masks thinner than this half-thickness keep their change unsmoothed (default 0)",
     )
+    ap.add_argument(
+        "--smooth-max-sigma",
+        type=float,
+        default=None,
+        help="with --paste smooth: the blur's σ capped at this many pixels (SynthesisConfig.smooth_max_sigma)",
+    )
     args = ap.parse_args(argv)
     if args.images < 1 or args.pairs < 0:
         ap.error("--images must be >= 1 and --pairs >= 0")
     try:
-        SynthesisConfig(nfe=10, guidance=args.guidance, smooth_min_radius=args.smooth_min_radius)
+        SynthesisConfig(
+            nfe=10,
+            guidance=args.guidance,
+            smooth_min_radius=args.smooth_min_radius,
+            smooth_max_sigma=args.smooth_max_sigma,
+        )
     except ValueError as exc:
         ap.error(str(exc))
     torch.set_num_threads(args.threads)
@@ -267,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             use_farm=not args.no_farm,
             paste=args.paste,
             smooth_min_radius=args.smooth_min_radius,
+            smooth_max_sigma=args.smooth_max_sigma,
         )
         if args.cells:  # painted with paste "replace" whatever --paste says
             rows[name]["cell_contrast"] = cell_contrast(model, x, M, keys, sampler)

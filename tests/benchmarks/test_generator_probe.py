@@ -97,6 +97,8 @@ def test_window_model_is_probed_in_windows(tmp_path: Path) -> None:
         generator_probe.main([*argv, "--guidance", "-1"])
     with pytest.raises(SystemExit):
         generator_probe.main([*argv, "--paste", "smooth", "--smooth-min-radius", "-1"])
+    with pytest.raises(SystemExit):
+        generator_probe.main([*argv, "--paste", "smooth", "--smooth-max-sigma", "0"])
     # routed: a floor above every mask's half-thickness keeps the residual paste's change, so the same figures
     assert generator_probe.main([*argv, "--paste", "smooth", "--smooth-min-radius", "1000"]) == 0
     routed = json.loads(out.read_text())[model]["ring_contrast"]["per_defect_type"]["tiny/crack"]
