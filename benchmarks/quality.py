@@ -279,9 +279,9 @@ CLIP_X0 = 4.1
 ROUTE_MIN_RADIUS = 8
 #: The ``_routed_cell`` methods cap that blur at σ = 3 window pixels, the scale of the decoder's 8-px cell (TAEF2,
 #: f = 8): a period-8 pattern keeps 6 %, one of two cells 50 % (fast_core.smooth_paste). With σ = r/2 (7–20 px in
-#: fray and uneven patches) a segmenter trained on the routed pairs learned soft shading: 4–8 % of the background of
-#: Magnetic Tile's test anomaly images far from any defect came out positive, mostly the tile's shaded border, against
-#: 0.2–0.6 % for CutPaste.
+#: fray and uneven patches) a segmenter trained on the routed pairs learned soft shading: 1–5 % of the background of
+#: Magnetic Tile's test images far from any defect came out positive, mostly the tile's shaded border, against
+#: 0.2–0.6 % for CutPaste (benchmarks/RESULTS.md).
 CELL_SIGMA = 3.0
 #: fast_farm_early mixes with FARM only in the first two AIAS segments (t = 999, 874): FARM's MSE-trained estimate is
 #: a conditional mean, and mixed in at every step it leaves the sampled latent inside M at std 0.46 against 1.04 for
